@@ -1,0 +1,230 @@
+#include "pykvstore/file_engine.hpp"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+
+#include "pykvstore/error.hpp"
+
+namespace pykvstore {
+namespace {
+
+// Closes a descriptor on every path out of a scope.
+class Fd {
+ public:
+  Fd() = default;
+  explicit Fd(int fd) : fd_(fd) {}
+  ~Fd() { reset(); }
+  Fd(const Fd&) = delete;
+  Fd& operator=(const Fd&) = delete;
+  int get() const noexcept { return fd_; }
+  void reset(int fd = -1) noexcept {
+    if (fd_ >= 0) ::close(fd_);
+    fd_ = fd;
+  }
+  // close() reports deferred write errors (NFS, quota): check it on writes.
+  int release_and_close() noexcept {
+    int fd = fd_;
+    fd_ = -1;
+    return fd >= 0 ? ::close(fd) : 0;
+  }
+
+ private:
+  int fd_ = -1;
+};
+
+bool is_aligned(const void* p) {
+  return reinterpret_cast<std::uintptr_t>(p) % kDirectAlignment == 0;
+}
+
+std::string parent_dir(const std::string& path) {
+  auto pos = path.find_last_of('/');
+  if (pos == std::string::npos) return ".";
+  if (pos == 0) return "/";
+  return path.substr(0, pos);
+}
+
+// Writes len bytes at offset 0; returns 0 or the errno of the failure.
+int pwrite_all(int fd, const std::uint8_t* data, std::size_t len) {
+  std::size_t done = 0;
+  while (done < len) {
+    ssize_t n = ::pwrite(fd, data + done, len - done, static_cast<off_t>(done));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return errno;
+    }
+    if (n == 0) return EIO;
+    done += static_cast<std::size_t>(n);
+  }
+  return 0;
+}
+
+// Reads up to len bytes from offset 0; returns bytes read, or -errno.
+ssize_t pread_all(int fd, std::uint8_t* data, std::size_t len) {
+  std::size_t done = 0;
+  while (done < len) {
+    ssize_t n = ::pread(fd, data + done, len - done, static_cast<off_t>(done));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return -errno;
+    }
+    if (n == 0) break;  // end of file
+    done += static_cast<std::size_t>(n);
+  }
+  return static_cast<ssize_t>(done);
+}
+
+}  // namespace
+
+FileEngine::FileEngine(std::size_t num_threads) : pool_(num_threads) {}
+
+std::size_t FileEngine::write_now(const std::string& final_path, const std::string& tmp_path,
+                                  const AlignedBuffer& buf, std::size_t size, DirectMode mode,
+                                  bool sync) {
+  if (size > buf.size()) PYKVSTORE_THROW_IO(EINVAL, "write (size beyond buffer)", tmp_path);
+  const int base_flags = O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC;
+  Fd fd;
+  bool direct = false;
+  if (mode != DirectMode::Off && is_aligned(buf.data())) {
+    int d = ::open(tmp_path.c_str(), base_flags | O_DIRECT, 0644);
+    if (d >= 0) {
+      fd.reset(d);
+      direct = true;
+    } else if (errno != EINVAL || mode == DirectMode::On) {
+      PYKVSTORE_THROW_ERRNO("open(O_DIRECT)", tmp_path);
+    }
+  } else if (mode == DirectMode::On) {
+    PYKVSTORE_THROW_IO(EINVAL, "open(O_DIRECT) with an unaligned buffer", tmp_path);
+  }
+  auto fail = [&](int err, const char* op) {
+    fd.reset();
+    ::unlink(tmp_path.c_str());
+    counters_.errors.fetch_add(1, std::memory_order_relaxed);
+    PYKVSTORE_THROW_IO(err, op, tmp_path);
+  };
+
+  int err = 0;
+  if (direct) {
+    // O_DIRECT wants whole aligned blocks: write the padded length, trim after.
+    err = pwrite_all(fd.get(), buf.data(), round_up(size, kDirectAlignment));
+    if (err == EINVAL && mode == DirectMode::Auto) {
+      // Some file systems accept the flag at open and refuse the write.
+      fd.reset();
+      ::unlink(tmp_path.c_str());
+      direct = false;
+    } else if (err != 0) {
+      fail(err, "pwrite(O_DIRECT)");
+    } else if (round_up(size, kDirectAlignment) != size && ::ftruncate(fd.get(), size) != 0) {
+      fail(errno, "ftruncate");
+    }
+  }
+  if (!direct) {
+    if (fd.get() < 0) {
+      if (mode != DirectMode::Off) counters_.direct_fallbacks.fetch_add(1, std::memory_order_relaxed);
+      int b = ::open(tmp_path.c_str(), base_flags, 0644);
+      if (b < 0) {
+        counters_.errors.fetch_add(1, std::memory_order_relaxed);
+        PYKVSTORE_THROW_ERRNO("open", tmp_path);
+      }
+      fd.reset(b);
+    }
+    err = pwrite_all(fd.get(), buf.data(), size);
+    if (err != 0) fail(err, "pwrite");
+  }
+  if (sync && ::fsync(fd.get()) != 0) fail(errno, "fsync");
+  if (fd.release_and_close() != 0) {
+    int e = errno;
+    ::unlink(tmp_path.c_str());
+    counters_.errors.fetch_add(1, std::memory_order_relaxed);
+    PYKVSTORE_THROW_IO(e, "close", tmp_path);
+  }
+  if (::rename(tmp_path.c_str(), final_path.c_str()) != 0) {
+    int e = errno;
+    ::unlink(tmp_path.c_str());
+    counters_.errors.fetch_add(1, std::memory_order_relaxed);
+    PYKVSTORE_THROW_IO(e, "rename", final_path);
+  }
+  if (sync) {
+    // The rename is durable only once the directory entry is.
+    std::string dir = parent_dir(final_path);
+    Fd dfd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+    if (dfd.get() >= 0) ::fsync(dfd.get());
+  }
+  (direct ? counters_.direct_writes : counters_.buffered_writes)
+      .fetch_add(1, std::memory_order_relaxed);
+  counters_.bytes_written.fetch_add(size, std::memory_order_relaxed);
+  return size;
+}
+
+BufferPtr FileEngine::read_now(const std::string& path, DirectMode mode, std::size_t max_size) {
+  Fd fd;
+  bool direct = false;
+  if (mode != DirectMode::Off) {
+    int d = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_DIRECT);
+    if (d >= 0) {
+      fd.reset(d);
+      direct = true;
+    } else if (errno != EINVAL || mode == DirectMode::On) {
+      counters_.errors.fetch_add(1, std::memory_order_relaxed);
+      PYKVSTORE_THROW_ERRNO("open(O_DIRECT)", path);
+    } else {
+      counters_.direct_fallbacks.fetch_add(1, std::memory_order_relaxed);
+    }
+  }
+  if (!direct) {
+    int b = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (b < 0) {
+      counters_.errors.fetch_add(1, std::memory_order_relaxed);
+      PYKVSTORE_THROW_ERRNO("open", path);
+    }
+    fd.reset(b);
+  }
+  struct stat st;
+  if (::fstat(fd.get(), &st) != 0) {
+    counters_.errors.fetch_add(1, std::memory_order_relaxed);
+    PYKVSTORE_THROW_ERRNO("fstat", path);
+  }
+  auto size = static_cast<std::size_t>(st.st_size);
+  if (size > max_size) {
+    counters_.errors.fetch_add(1, std::memory_order_relaxed);
+    PYKVSTORE_THROW_IO(EFBIG, "read (file larger than expected)", path);
+  }
+  auto buf = std::make_shared<AlignedBuffer>(size);
+  std::size_t want = direct ? buf->capacity() : size;
+  ssize_t got = pread_all(fd.get(), buf->data(), want);
+  if (got < 0 && direct && -got == EINVAL && mode == DirectMode::Auto) {
+    counters_.direct_fallbacks.fetch_add(1, std::memory_order_relaxed);
+    direct = false;
+    got = pread_all(fd.get(), buf->data(), size);
+  }
+  if (got < 0) {
+    counters_.errors.fetch_add(1, std::memory_order_relaxed);
+    PYKVSTORE_THROW_IO(static_cast<int>(-got), direct ? "pread(O_DIRECT)" : "pread", path);
+  }
+  // A file that shrank under us is returned short; the caller's checks see it.
+  if (static_cast<std::size_t>(got) < size) buf->set_size(static_cast<std::size_t>(got));
+  (direct ? counters_.direct_reads : counters_.buffered_reads)
+      .fetch_add(1, std::memory_order_relaxed);
+  counters_.bytes_read.fetch_add(buf->size(), std::memory_order_relaxed);
+  return buf;
+}
+
+std::shared_future<std::size_t> FileEngine::write(std::string final_path, std::string tmp_path,
+                                                  BufferPtr buf, std::size_t size,
+                                                  DirectMode mode, bool sync) {
+  return pool_.submit([this, final_path = std::move(final_path), tmp_path = std::move(tmp_path),
+                       buf = std::move(buf), size, mode, sync] {
+    return write_now(final_path, tmp_path, *buf, size, mode, sync);
+  });
+}
+
+std::shared_future<BufferPtr> FileEngine::read(std::string path, DirectMode mode,
+                                               std::size_t max_size) {
+  return pool_.submit([this, path = std::move(path), mode, max_size] {
+    return read_now(path, mode, max_size);
+  });
+}
+
+}  // namespace pykvstore

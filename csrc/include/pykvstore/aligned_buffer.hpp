@@ -1,0 +1,35 @@
+// Page-aligned host memory: the staging area for chunk files. Alignment and a
+// capacity rounded up to kDirectAlignment let O_DIRECT read and write it as is.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+namespace pykvstore {
+
+constexpr std::size_t kDirectAlignment = 4096;
+
+inline std::size_t round_up(std::size_t n, std::size_t a) { return (n + a - 1) / a * a; }
+
+class AlignedBuffer {
+ public:
+  // `size` bytes are addressable; the allocation is rounded up to the alignment.
+  explicit AlignedBuffer(std::size_t size);
+  ~AlignedBuffer();
+  AlignedBuffer(const AlignedBuffer&) = delete;
+  AlignedBuffer& operator=(const AlignedBuffer&) = delete;
+
+  std::uint8_t* data() noexcept { return data_; }
+  const std::uint8_t* data() const noexcept { return data_; }
+  std::size_t size() const noexcept { return size_; }
+  std::size_t capacity() const noexcept { return capacity_; }
+  // Shrinks the visible size (a read that found a shorter file); never grows.
+  void set_size(std::size_t size);
+
+ private:
+  std::uint8_t* data_ = nullptr;
+  std::size_t size_ = 0;
+  std::size_t capacity_ = 0;
+};
+
+}  // namespace pykvstore

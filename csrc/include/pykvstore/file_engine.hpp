@@ -1,0 +1,61 @@
+// The file I/O engine: chunk files written and read by a pool of threads with
+// pwrite/pread. Writes are crash-safe (temporary name, fsync, rename, fsync of
+// the directory); O_DIRECT is used where the file system takes it, and
+// counters say which path each operation ran.
+#pragma once
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <future>
+#include <memory>
+#include <string>
+
+#include "pykvstore/aligned_buffer.hpp"
+#include "pykvstore/thread_pool.hpp"
+
+namespace pykvstore {
+
+// OFF: page cache only. AUTO: O_DIRECT where the file system accepts it,
+// buffered otherwise (counted as a fallback). ON: O_DIRECT or an error.
+enum class DirectMode : int { Off = 0, Auto = 1, On = 2 };
+
+struct IoCounters {
+  std::atomic<std::uint64_t> direct_writes{0};
+  std::atomic<std::uint64_t> buffered_writes{0};
+  std::atomic<std::uint64_t> direct_reads{0};
+  std::atomic<std::uint64_t> buffered_reads{0};
+  std::atomic<std::uint64_t> direct_fallbacks{0};
+  std::atomic<std::uint64_t> bytes_written{0};
+  std::atomic<std::uint64_t> bytes_read{0};
+  std::atomic<std::uint64_t> errors{0};
+};
+
+using BufferPtr = std::shared_ptr<AlignedBuffer>;
+
+class FileEngine {
+ public:
+  explicit FileEngine(std::size_t num_threads);
+
+  // Writes buf[0, size) to tmp_path, syncs it, renames it to final_path.
+  // The result is the number of bytes written.
+  std::shared_future<std::size_t> write(std::string final_path, std::string tmp_path,
+                                        BufferPtr buf, std::size_t size, DirectMode mode,
+                                        bool sync);
+  // Reads a whole file (at most max_size bytes, else an EFBIG error).
+  std::shared_future<BufferPtr> read(std::string path, DirectMode mode, std::size_t max_size);
+
+  // The same operations on the calling thread.
+  std::size_t write_now(const std::string& final_path, const std::string& tmp_path,
+                        const AlignedBuffer& buf, std::size_t size, DirectMode mode, bool sync);
+  BufferPtr read_now(const std::string& path, DirectMode mode, std::size_t max_size);
+
+  const IoCounters& counters() const noexcept { return counters_; }
+  std::size_t num_threads() const noexcept { return pool_.size(); }
+
+ private:
+  IoCounters counters_;
+  ThreadPool pool_;  // last: joined before the counters go away
+};
+
+}  // namespace pykvstore

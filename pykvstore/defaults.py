@@ -1,0 +1,71 @@
+"""Process-wide knobs, each with a getter, a setter and a PYKVSTORE_* variable.
+
+The environment is read once, at first use; `set()` changes a knob for stores
+opened afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from .errors import InputError
+from .sizes import parse_size
+
+_MODES = {"off": 0, "auto": 1, "on": 2}
+
+# name -> (environment variable, default, parser)
+_SPEC: dict[str, tuple[str, str, Any]] = {
+    "io_threads": ("PYKVSTORE_IO_THREADS", "4", int),
+    # O_DIRECT for chunk writes: the data is fsynced anyway; skipping the page
+    # cache saves a copy and keeps hot pages for the engine.
+    "direct_write": ("PYKVSTORE_DIRECT_WRITE", "auto", str.lower),
+    # Reads go through the page cache by default: a warm page cache is the
+    # fastest tier after host memory. "auto"/"on" read with O_DIRECT.
+    "direct_read": ("PYKVSTORE_DIRECT_READ", "off", str.lower),
+    "host_capacity": ("PYKVSTORE_HOST_CAPACITY", "1GiB", lambda v: parse_size(v, "host capacity")),
+    "inflight": ("PYKVSTORE_INFLIGHT", "8", int),  # chunk files in flight per put/get
+    "fsync": ("PYKVSTORE_FSYNC", "1", lambda v: v.lower() not in ("0", "false", "no", "off")),
+}
+_values: dict[str, Any] = {}
+
+
+def _check(name: str, value: Any) -> Any:
+    if name in ("direct_write", "direct_read") and value not in _MODES:
+        raise InputError(f"{name} must be one of off/auto/on, got {value!r}")
+    if name in ("io_threads", "inflight") and (not isinstance(value, int) or value < 1):
+        raise InputError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+def get(name: str) -> Any:
+    """The current value of a knob (environment variable, else built-in default)."""
+    if name not in _SPEC:
+        raise InputError(f"unknown setting {name!r}; known: {', '.join(sorted(_SPEC))}")
+    if name not in _values:
+        env, default, parse = _SPEC[name]
+        raw = os.environ.get(env, default)
+        try:
+            _values[name] = _check(name, parse(raw))
+        except (ValueError, TypeError) as e:
+            raise InputError(f"{env}={raw!r} is not valid: {e}") from None
+    return _values[name]
+
+
+def set(**knobs: Any) -> None:  # noqa: A001 - mirrors get()
+    """Change knobs for stores opened after the call: `defaults.set(io_threads=8)`."""
+    for name, value in knobs.items():
+        if name not in _SPEC:
+            raise InputError(f"unknown setting {name!r}; known: {', '.join(sorted(_SPEC))}")
+        if name == "host_capacity":
+            value = parse_size(value, "host capacity")
+        _values[name] = _check(name, value)
+
+
+def direct_mode(name: str) -> int:
+    """The knob as the native engine's mode number (0 off, 1 auto, 2 on)."""
+    return _MODES[get(name)]
+
+
+def as_dict() -> dict[str, Any]:
+    return {name: get(name) for name in _SPEC}

@@ -1,0 +1,100 @@
+"""Chunk keys: chained hashes over fixed-width token bytes.
+
+chunk i's key = H(key[i-1] || little-endian uint32 tokens of chunk i), with
+key[-1] = H(namespace). The namespace digest covers everything that makes KV
+incompatible, so KV is never served to a model, layout or tenant it was not
+computed for. Keys depend on nothing in the process (no hash(), no pickle):
+every process, replica and machine derives the same ones.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import xxhash
+
+from .errors import TokensError, InputError
+
+FORMAT_VERSION = "1"
+HASH_ALGORITHMS = ("xxh3_128", "sha256")
+TOKEN_DTYPE = np.dtype("<u4")  # the fixed width every key is computed over
+
+
+def _hasher(name: str):
+    if name == "xxh3_128":
+        return xxhash.xxh3_128
+    if name == "sha256":
+        return hashlib.sha256
+    raise InputError(f"unknown hash algorithm {name!r}; choose one of {HASH_ALGORITHMS}")
+
+
+def as_tokens(tokens: Any) -> np.ndarray:
+    """Tokens as a 1-D little-endian uint32 array, or a TokensError naming the problem.
+
+    Accepts lists, tuples, ranges, numpy arrays and torch tensors of integers.
+    """
+    if hasattr(tokens, "detach") and hasattr(tokens, "cpu"):  # torch.Tensor, no import needed
+        tokens = tokens.detach().cpu().numpy()
+    if isinstance(tokens, (str, bytes)):
+        raise TokensError(f"tokens must be a 1-D sequence of token ids, got {type(tokens).__name__}")
+    try:
+        arr = np.asarray(tokens)
+    except (ValueError, TypeError) as e:
+        raise TokensError(f"tokens must be a 1-D sequence of token ids: {e}") from None
+    if arr.ndim != 1:
+        raise TokensError(f"tokens must be 1-D, got an array of shape {tuple(arr.shape)}")
+    if arr.size == 0:
+        return np.empty(0, dtype=TOKEN_DTYPE)
+    if arr.dtype == object:  # Python ints too large for int64, or mixed objects
+        items = arr.tolist()
+        if not all(isinstance(t, (int, np.integer)) and not isinstance(t, bool) for t in items):
+            raise TokensError("tokens must be integers, got a sequence with non-integer items")
+        lo, hi = min(items), max(items)
+        if lo < 0 or hi > 0xFFFFFFFF:
+            raise TokensError(f"token ids must lie in [0, 2**32), got values from {lo} to {hi}")
+        return np.array(items, dtype=TOKEN_DTYPE)
+    if not np.issubdtype(arr.dtype, np.integer):
+        raise TokensError(f"tokens must be integers, got dtype {arr.dtype}")
+    lo, hi = int(arr.min()), int(arr.max())
+    if lo < 0 or hi > 0xFFFFFFFF:
+        raise TokensError(f"token ids must lie in [0, 2**32), got values from {lo} to {hi}")
+    return np.ascontiguousarray(arr, dtype=TOKEN_DTYPE)
+
+
+def namespace_digest(params: dict[str, Any], algorithm: str = "xxh3_128") -> bytes:
+    """H(canonical JSON of the namespace parameters): the root of every chain."""
+    blob = json.dumps(params, sort_keys=True, separators=(",", ":")).encode()
+    return _hasher(algorithm)(blob).digest()
+
+
+def salt_digest(salt: str | bytes | None) -> str | None:
+    """The tenant salt enters the namespace as a digest; the salt itself is never stored."""
+    if salt is None:
+        return None
+    raw = salt.encode() if isinstance(salt, str) else bytes(salt)
+    return hashlib.sha256(b"pykvstore-salt\0" + raw).hexdigest()
+
+
+def chunk_keys(root: bytes, tokens: np.ndarray, chunk_tokens: int, algorithm: str = "xxh3_128") -> list[bytes]:
+    """Chained keys of the full chunks of `tokens` (a partial last chunk gets none)."""
+    if chunk_tokens <= 0:
+        raise InputError(f"chunk_tokens must be positive, got {chunk_tokens}")
+    new = _hasher(algorithm)
+    data = memoryview(tokens.astype(TOKEN_DTYPE, copy=False).tobytes())
+    step = chunk_tokens * TOKEN_DTYPE.itemsize
+    keys: list[bytes] = []
+    prev = root
+    for off in range(0, (len(tokens) // chunk_tokens) * step, step):
+        h = new(prev)
+        h.update(data[off : off + step])
+        prev = h.digest()
+        keys.append(prev)
+    return keys
+
+
+def hex_keys(keys: Sequence[bytes]) -> list[str]:
+    return [k.hex() for k in keys]

@@ -1,0 +1,305 @@
+"""Engine KV layouts and the canonical chunk order.
+
+A `PagedKV` wraps an engine's KV tensors and a dims string naming the axes of
+one layer tensor:
+
+    B  block            T  token within a block     H  kv head
+    D  head channel     2  K/V axis (K first)       L  layer (one tensor for all layers)
+    C  channels packing K then V (2*D) when H is present; an MLA latent when not
+
+Forms in use: "2BTHD" (older vLLM flash-attn), "B2THD" (flashinfer),
+"BHTC" / "BTHC" (current vLLM, K|V packed; vLLM's CPU backend uses BHTC),
+"BTD" or "BTC" (MLA latent), and cross-layer forms such as "LB2THD" or "BLTHC".
+Strides are read from the tensors, never assumed.
+
+Every chunk is stored in one engine-independent order, (layers, planes,
+tokens, heads, head_dim), where planes is 2 (K, V) for attention and 1 for an
+MLA latent (heads is then 1). A chunk stored from one layout or block size
+loads into any other with the same geometry. Bytes move as same-width
+integers, so every bit pattern (NaN payloads, fp8) survives exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Union
+
+import numpy as np
+import torch
+
+from .errors import BlockIdsError, InputError, LayoutError
+
+# torch dtype -> (name, safetensors dtype, integer dtype of the same width)
+_DTYPES: dict[torch.dtype, tuple[str, str, torch.dtype]] = {
+    torch.bfloat16: ("bfloat16", "BF16", torch.int16),
+    torch.float16: ("float16", "F16", torch.int16),
+    torch.float32: ("float32", "F32", torch.int32),
+    torch.float64: ("float64", "F64", torch.int64),
+    torch.float8_e4m3fn: ("float8_e4m3fn", "F8_E4M3", torch.uint8),
+    torch.float8_e5m2: ("float8_e5m2", "F8_E5M2", torch.uint8),
+    torch.uint8: ("uint8", "U8", torch.uint8),
+    torch.int8: ("int8", "I8", torch.uint8),
+}
+_BY_NAME = {v[0]: k for k, v in _DTYPES.items()}
+_AXES = set("LBTHD2C")
+
+
+def _dtype_entry(dtype: Union[torch.dtype, str]) -> tuple[torch.dtype, tuple[str, str, torch.dtype]]:
+    if isinstance(dtype, str):
+        name = dtype.removeprefix("torch.")
+        if name not in _BY_NAME:
+            raise InputError(f"unsupported KV dtype {dtype!r}; supported: {', '.join(sorted(_BY_NAME))}")
+        dtype = _BY_NAME[name]
+    if dtype not in _DTYPES:
+        raise LayoutError(f"unsupported KV dtype {dtype}; supported: {', '.join(sorted(_BY_NAME))}")
+    return dtype, _DTYPES[dtype]
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """What makes KV interchangeable: layer count, planes, heads, head width, dtype.
+
+    The block size is not part of it: a chunk moves between block sizes.
+    """
+
+    layers: int
+    heads: int
+    head_dim: int
+    dtype: str
+    planes: int = 2  # 2: K and V; 1: an MLA latent
+
+    def __post_init__(self) -> None:
+        torch_dtype, (name, _, _) = _dtype_entry(self.dtype if isinstance(self.dtype, (str, torch.dtype)) else str(self.dtype))
+        object.__setattr__(self, "dtype", name)
+        for field in ("layers", "heads", "head_dim", "planes"):
+            v = getattr(self, field)
+            if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v <= 0:
+                raise InputError(f"geometry {field} must be a positive integer, got {v!r}")
+            object.__setattr__(self, field, int(v))
+        if self.planes not in (1, 2):
+            raise InputError(f"geometry planes must be 2 (K and V) or 1 (MLA latent), got {self.planes}")
+        if self.planes == 1 and self.heads != 1:
+            raise InputError("an MLA latent geometry (planes=1) has heads=1")
+
+    @classmethod
+    def mla(cls, layers: int, latent_dim: int, dtype: Union[torch.dtype, str]) -> "Geometry":
+        """The geometry of an MLA latent cache (DeepSeek: latent_dim 576)."""
+        return cls(layers=layers, heads=1, head_dim=latent_dim, dtype=dtype, planes=1)
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return _BY_NAME[self.dtype]
+
+    @property
+    def safetensors_dtype(self) -> str:
+        return _DTYPES[self.torch_dtype][1]
+
+    @property
+    def view_dtype(self) -> torch.dtype:
+        return _DTYPES[self.torch_dtype][2]
+
+    @property
+    def itemsize(self) -> int:
+        return torch.empty((), dtype=self.torch_dtype).element_size()
+
+    def chunk_shape(self, tokens: int) -> tuple[int, int, int, int, int]:
+        return (self.layers, self.planes, tokens, self.heads, self.head_dim)
+
+    def chunk_bytes(self, tokens: int) -> int:
+        return self.layers * self.planes * tokens * self.heads * self.head_dim * self.itemsize
+
+    def as_params(self) -> dict[str, Any]:
+        return {"layers": self.layers, "planes": self.planes, "heads": self.heads,
+                "head_dim": self.head_dim, "dtype": self.dtype}
+
+
+def _parse_dims(dims: str) -> tuple[bool, bool]:
+    """Checks a dims string; returns (packed K|V in C, MLA latent)."""
+    if not isinstance(dims, str) or not dims:
+        raise LayoutError(f"dims must be a non-empty string such as 'BHTC', got {dims!r}")
+    unknown = sorted(set(dims) - _AXES)
+    if unknown:
+        raise LayoutError(
+            f"dims {dims!r} has unknown letters {''.join(unknown)!r}; use L B T H D 2 C "
+            f"(e.g. '2BTHD', 'B2THD', 'BHTC', 'BTHC', 'BTD', 'LB2THD')"
+        )
+    repeated = sorted({c for c in dims if dims.count(c) > 1})
+    if repeated:
+        raise LayoutError(f"dims {dims!r} repeats {''.join(repeated)!r}")
+    missing = [c for c in "BT" if c not in dims]
+    if missing:
+        raise LayoutError(f"dims {dims!r} lacks {''.join(missing)!r}: every layout has a block (B) and token (T) axis")
+    s = set(dims) - {"L", "B", "T"}
+    if s == {"2", "H", "D"}:
+        return False, False
+    if s == {"H", "C"}:
+        return True, False
+    if s in ({"D"}, {"C"}):
+        return False, True
+    raise LayoutError(
+        f"dims {dims!r} is not a KV layout: besides B and T (and L) it needs '2HD' "
+        f"(separate K/V axis), 'HC' (K|V packed in C) or a single 'D'/'C' (MLA latent)"
+    )
+
+
+def _canonical_view(x: torch.Tensor, dims: str, packed: bool, latent: bool, int_dtype: torch.dtype) -> torch.Tensor:
+    """A view of x with axes ([L,] B, planes, T, H, D) over same-width integers."""
+    x = x.view(int_dtype)
+    letters = list(dims)
+    if packed:
+        i = letters.index("C")
+        x = x.unflatten(i, (2, x.shape[i] // 2))
+        letters[i : i + 1] = ["2", "D"]
+    if latent:
+        letters[letters.index("C" if "C" in letters else "D")] = "D"
+        x = x.unsqueeze(-1).unsqueeze(-1)
+        letters += ["2", "H"]  # planes = 1, heads = 1
+    order = ("L" if "L" in letters else "") + "B2THD"
+    return x.permute([letters.index(c) for c in order])
+
+
+class PagedKV:
+    """An engine's paged KV tensors plus the layout that names their axes.
+
+    Args:
+        tensors: one tensor per layer (list, tuple, or dict in layer order), or
+            one tensor with an L axis.
+        dims: the axes of a layer tensor (with L for a single tensor), e.g. "BHTC".
+
+    Example:
+        >>> caches = [torch.zeros(64, 8, 16, 256, dtype=torch.bfloat16) for _ in range(4)]
+        >>> kv = PagedKV(caches, dims="BHTC")
+        >>> kv.geometry
+        Geometry(layers=4, heads=8, head_dim=128, dtype='bfloat16', planes=2)
+    """
+
+    def __init__(self, tensors: Union[torch.Tensor, Sequence[torch.Tensor], Mapping[Any, torch.Tensor]], dims: str) -> None:
+        packed, latent = _parse_dims(dims)
+        if isinstance(tensors, torch.Tensor):
+            if "L" not in dims:
+                raise LayoutError(
+                    f"a single tensor needs an L (layer) axis in dims, got {dims!r}; "
+                    f"pass a list or dict for one tensor per layer"
+                )
+            layer_list = [tensors]
+        elif isinstance(tensors, Mapping):
+            layer_list = list(tensors.values())
+        elif isinstance(tensors, (list, tuple)):
+            layer_list = list(tensors)
+        else:
+            raise LayoutError(f"tensors must be a tensor, a list/tuple or a dict of tensors, got {type(tensors).__name__}")
+        if not layer_list:
+            raise LayoutError("tensors is empty: pass one tensor per layer")
+        if "L" in dims and not isinstance(tensors, torch.Tensor):
+            raise LayoutError(f"dims {dims!r} has an L axis, so pass one tensor, not a {type(tensors).__name__}")
+        first = layer_list[0]
+        for i, t in enumerate(layer_list):
+            if not isinstance(t, torch.Tensor):
+                raise LayoutError(f"layer {i} is a {type(t).__name__}, not a torch.Tensor")
+            if t.dim() != len(dims):
+                raise LayoutError(f"layer {i} has {t.dim()} axes {tuple(t.shape)} but dims {dims!r} names {len(dims)}")
+            if t.shape != first.shape or t.dtype != first.dtype or t.device != first.device:
+                raise LayoutError(
+                    f"layer {i} is {tuple(t.shape)} {t.dtype} on {t.device}, layer 0 is "
+                    f"{tuple(first.shape)} {first.dtype} on {first.device}: all layers must match"
+                )
+        dtype, (_, _, int_dtype) = _dtype_entry(first.dtype)
+        size = dict(zip(dims, first.shape))
+        if packed and size["C"] % 2:
+            raise LayoutError(f"axis C packs K then V, so its size must be even, got {size['C']}")
+        if any(n == 0 for n in first.shape):
+            raise LayoutError(f"tensors have an empty axis: {tuple(first.shape)}")
+        views = [_canonical_view(t, dims, packed, latent, int_dtype) for t in layer_list]
+        if "L" in dims:
+            views = list(views[0].unbind(0))  # per-layer views of the one tensor
+        self.dims = dims
+        self.tensors = layer_list if "L" not in dims else tensors
+        self.num_blocks = size["B"]
+        self.block_size = size["T"]
+        self.device = first.device
+        v = views[0]
+        self.geometry = Geometry(layers=len(views), heads=v.shape[3], head_dim=v.shape[4], dtype=dtype, planes=v.shape[1])
+        self._views = views  # each (B, planes, T, H, D) over integers
+
+    def __repr__(self) -> str:
+        g = self.geometry
+        return (f"PagedKV(dims={self.dims!r}, layers={g.layers}, blocks={self.num_blocks}, "
+                f"block_size={self.block_size}, heads={g.heads}, head_dim={g.head_dim}, "
+                f"dtype={g.dtype}, device={self.device})")
+
+    def block_ids(self, block_ids: Any, needed: int) -> torch.Tensor:
+        """Checks engine block ids (at least `needed`, all in range) -> int64 tensor on the KV device."""
+        if hasattr(block_ids, "detach") and hasattr(block_ids, "cpu"):
+            block_ids = block_ids.detach().cpu().numpy()
+        try:
+            arr = np.asarray(block_ids)
+        except (ValueError, TypeError) as e:
+            raise BlockIdsError(f"block_ids must be a 1-D sequence of integers: {e}") from None
+        if arr.ndim != 1:
+            raise BlockIdsError(f"block_ids must be 1-D, got shape {tuple(arr.shape)}")
+        if arr.size and not np.issubdtype(arr.dtype, np.integer):
+            raise BlockIdsError(f"block_ids must be integers, got dtype {arr.dtype}")
+        if arr.size < needed:
+            raise BlockIdsError(
+                f"too few block ids: {arr.size} given, {needed} needed for the tokens "
+                f"(block size {self.block_size})"
+            )
+        if arr.size and (arr.min() < 0 or arr.max() >= self.num_blocks):
+            raise BlockIdsError(
+                f"block ids must lie in [0, {self.num_blocks}), got values from {arr.min()} to {arr.max()}"
+            )
+        return torch.as_tensor(arr.astype(np.int64), device=self.device)
+
+    def gather(self, ids: torch.Tensor, out: torch.Tensor) -> None:
+        """Copies whole blocks `ids` into `out`, a contiguous canonical chunk on the host."""
+        if self.device.type != "cpu":
+            _device_gather(self._views, ids, out)
+        else:
+            _gather_blocks(self._views, ids, out)
+
+    def scatter(self, ids: torch.Tensor, src: torch.Tensor, skip: int = 0) -> None:
+        """Writes chunk tokens [skip, T) from `src` (canonical, host) into blocks `ids`."""
+        if self.device.type != "cpu":
+            _device_scatter(self._views, ids, src, skip)
+        else:
+            _scatter_blocks(self._views, ids, src, skip)
+
+
+def _gather_blocks(views: list[torch.Tensor], ids: torch.Tensor, out: torch.Tensor) -> None:
+    # One pass per (layer, plane): index_select writes straight into the chunk.
+    _, planes, bs, heads, hd = views[0].shape
+    o = out.view(len(views), planes, len(ids), bs, heads, hd)
+    for layer, v in enumerate(views):
+        for p in range(planes):
+            torch.index_select(v[:, p], 0, ids, out=o[layer, p])
+
+
+def _scatter_blocks(views: list[torch.Tensor], ids: torch.Tensor, src: torch.Tensor, skip: int) -> None:
+    _, planes, bs, heads, hd = views[0].shape
+    s = src.view(len(views), planes, len(ids), bs, heads, hd)
+    first_full = -(-skip // bs)
+    partial = skip // bs if skip % bs else None
+    full = ids[first_full:]
+    for layer, v in enumerate(views):
+        for p in range(planes):
+            if len(full):
+                v[:, p].index_copy_(0, full, s[layer, p, first_full:])
+            if partial is not None:
+                v[ids[partial], p, skip % bs :].copy_(s[layer, p, partial, skip % bs :])
+
+
+def _device_gather(views: list[torch.Tensor], ids: torch.Tensor, out: torch.Tensor) -> None:
+    """Gather from device-resident KV into a host chunk.
+
+    The one entry point for non-CPU tensors: the Triton kernels replace the
+    torch indexing here; the result must stay bit-identical to the CPU path.
+    """
+    staging = torch.empty(out.shape, dtype=out.dtype, device=views[0].device)
+    _gather_blocks(views, ids, staging)
+    out.copy_(staging)
+
+
+def _device_scatter(views: list[torch.Tensor], ids: torch.Tensor, src: torch.Tensor, skip: int) -> None:
+    """Scatter a host chunk into device-resident KV (see `_device_gather`)."""
+    _scatter_blocks(views, ids, src.to(views[0].device, non_blocking=False), skip)

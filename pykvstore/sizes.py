@@ -1,0 +1,51 @@
+"""Byte sizes as users write them: 1073741824, "20GiB", "512 MB", "1.5T"."""
+
+from __future__ import annotations
+
+import re
+
+from .errors import SizeError
+
+_UNITS = {
+    "": 1, "b": 1,
+    "k": 1000, "kb": 1000, "kib": 1 << 10,
+    "m": 1000**2, "mb": 1000**2, "mib": 1 << 20,
+    "g": 1000**3, "gb": 1000**3, "gib": 1 << 30,
+    "t": 1000**4, "tb": 1000**4, "tib": 1 << 40,
+}
+_SIZE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*$")
+
+
+def parse_size(value: int | str, what: str = "size") -> int:
+    """Bytes from an int or a string with an optional unit (KiB/MiB/GiB/TiB or kB/MB/GB/TB).
+
+    >>> parse_size("2GiB")
+    2147483648
+    """
+    if isinstance(value, bool):
+        raise SizeError(f"{what} must be a number of bytes or a string like '20GiB', got {value!r}")
+    if isinstance(value, int):
+        n = value
+    elif isinstance(value, str):
+        m = _SIZE.match(value)
+        unit = m.group(2).lower() if m else None
+        if m is None or unit not in _UNITS:
+            raise SizeError(
+                f"{what} {value!r} does not parse: use bytes or a number with a unit "
+                f"such as '512MiB', '20GiB' or '1TB'"
+            )
+        n = int(float(m.group(1)) * _UNITS[unit])
+    else:
+        raise SizeError(f"{what} must be an int or a string like '20GiB', got {type(value).__name__}")
+    if n <= 0:
+        raise SizeError(f"{what} must be positive, got {value!r}")
+    return n
+
+
+def format_size(n: int) -> str:
+    """A short human-readable size: 1536 -> '1.5 KiB'."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")

@@ -1,0 +1,713 @@
+"""KVStore: put, get, lookup and evict the KV state of token prefixes in a bucket.
+
+Runs in whichever process holds the engine tensors (put/get) or only the
+token ids (lookup). Several processes may open one bucket at once: capacity,
+eviction and commits are settled in catalog transactions, files are written
+crash-safely, and a damaged chunk is a miss, never an exception.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import logging
+import os
+import sqlite3
+import threading
+import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import torch
+
+from . import _C, defaults
+from .catalog import READY, WRITING, Catalog, ChunkRow
+from .chunk_file import checksum, decode_header, encode_header, header_length
+from .errors import ChunkError, InputError
+from .keys import FORMAT_VERSION, HASH_ALGORITHMS, as_tokens, chunk_keys, namespace_digest, salt_digest
+from .layout import Geometry, PagedKV
+from .policy import LRU, EvictionPolicy
+from .sizes import parse_size
+from .tiers import DiskTier, HostTier
+from .tiers.disk import HOST
+
+log = logging.getLogger("pykvstore")
+
+DEFAULT_CAPACITY = "10GiB"  # for a new bucket opened without capacity=
+_IO_ERRORS = (OSError, sqlite3.Error)
+
+
+@dataclass
+class StoreStats:
+    """Counters of this store object, and the bucket as every process sees it."""
+
+    puts: int = 0
+    put_chunks_written: int = 0
+    put_chunks_present: int = 0
+    put_bytes_written: int = 0
+    put_truncated: int = 0  # puts that stored less than all their full chunks
+    put_errors: int = 0
+    gets: int = 0
+    get_tokens_loaded: int = 0
+    host_hits: int = 0  # chunks served from host memory
+    disk_hits: int = 0  # chunks read from disk
+    get_bytes_read: int = 0
+    corrupt_chunks: int = 0
+    lookups: int = 0
+    evicted_chunks: int = 0  # for capacity, by this process
+    evicted_bytes: int = 0
+    capacity_bytes: int = 0
+    used_bytes: int = 0
+    chunks: int = 0
+    host_bytes: int = 0
+    host_chunks: int = 0
+    by_model: dict[str, dict[str, int]] = field(default_factory=dict)
+    io: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Handle:
+    """A put or get in flight: `wait()` returns what the call would have returned."""
+
+    def __init__(self, future: Future) -> None:
+        self._future = future
+
+    def done(self) -> bool:
+        return self._future.done()
+
+    def wait(self, timeout: Optional[float] = None) -> int:
+        return self._future.result(timeout)
+
+
+@dataclass(frozen=True)
+class _Namespace:
+    digest: bytes
+    hex: str
+    params: dict[str, Any]
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class KVStore:
+    """A persistent bucket of KV chunks for one model (and optional tenant salt).
+
+    Args:
+        path: the bucket directory (created if missing).
+        model: model id (+ `revision`); KV of another model never hits.
+        capacity: bytes or a string like "50GiB". Given, it becomes the bucket's
+            capacity; omitted, the bucket keeps its own (10GiB for a new one).
+        salt: tenant salt; stores with different salts never share a chunk.
+        chunk_tokens: tokens per chunk (a multiple of the engine block size).
+        hash: "xxh3_128" (default) or "sha256" for untrusted multi-tenant use.
+        tp_rank, tp_size: tensor-parallel shard this store serves.
+        geometry: the KV geometry `lookup` answers for before any PagedKV is seen.
+        host_capacity: bytes of recently used chunks kept in this process.
+
+    Example:
+        >>> with KVStore("./kvstore", model="Qwen/Qwen3-8B", capacity="50GiB") as store:
+        ...     stored = store.put(tokens, PagedKV(kv_caches, dims="BHTC"), block_ids)
+    """
+
+    def __init__(
+        self,
+        path: Union[str, os.PathLike],
+        model: str,
+        capacity: Union[int, str, None] = None,
+        *,
+        salt: Union[str, bytes, None] = None,
+        revision: Optional[str] = None,
+        chunk_tokens: int = 256,
+        hash: str = "xxh3_128",  # noqa: A002 - the documented argument name
+        tp_rank: int = 0,
+        tp_size: int = 1,
+        geometry: Optional[Geometry] = None,
+        host_capacity: Union[int, str, None] = None,
+        policy: Optional[EvictionPolicy] = None,
+    ) -> None:
+        if not isinstance(model, str) or not model.strip():
+            raise InputError(f"model must be a non-empty string, got {model!r}")
+        if not isinstance(chunk_tokens, int) or isinstance(chunk_tokens, bool) or chunk_tokens <= 0:
+            raise InputError(f"chunk_tokens must be a positive integer, got {chunk_tokens!r}")
+        if hash not in HASH_ALGORITHMS:
+            raise InputError(f"hash must be one of {HASH_ALGORITHMS}, got {hash!r}")
+        if not (isinstance(tp_size, int) and isinstance(tp_rank, int) and tp_size >= 1 and 0 <= tp_rank < tp_size):
+            raise InputError(f"tp_rank must lie in [0, tp_size) with tp_size >= 1, got {tp_rank}/{tp_size}")
+        if geometry is not None and not isinstance(geometry, Geometry):
+            raise InputError(f"geometry must be a pykvstore.Geometry, got {type(geometry).__name__}")
+        cap = None if capacity is None else parse_size(capacity, "capacity")
+        host_cap = parse_size(host_capacity, "host capacity") if host_capacity is not None else defaults.get("host_capacity")
+
+        self.root = Path(path)
+        self.model = model
+        self.revision = revision
+        self.chunk_tokens = chunk_tokens
+        self.hash = hash
+        self.tp_rank, self.tp_size = tp_rank, tp_size
+        self._salt = salt_digest(salt)
+        self._geometry = geometry
+        self._policy = policy or LRU()
+        self._namespaces: dict[Geometry, _Namespace] = {}
+        self._registered: set[str] = set()
+        self._stats = StoreStats()
+        self._stats_lock = threading.Lock()
+        self._warned: set[str] = set()
+        self._executor: Optional[ThreadPoolExecutor] = None
+        self._closed = False
+
+        self._engine = _C.FileEngine(defaults.get("io_threads"))
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._disk = DiskTier(self.root, self._engine, defaults.direct_mode("direct_write"),
+                              defaults.direct_mode("direct_read"), defaults.get("fsync"))
+        self._host = HostTier(host_cap)
+        self._catalog = self._open_bucket(cap)
+
+    # --- opening -------------------------------------------------------------
+    def _open_bucket(self, capacity: Optional[int]) -> Catalog:
+        """Config, catalog (rebuilt if missing or damaged), recovery of dead writers.
+
+        Runs under an exclusive lock file so two processes opening at once do
+        not both rebuild; normal operation takes no file lock.
+        """
+        with open(self.root / ".lock", "a+") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            config = self._load_config()
+            if config is None or (capacity is not None and capacity != config["capacity"]):
+                config = dict(config or {"format": FORMAT_VERSION, "created": time.time()},
+                              capacity=capacity or parse_size(DEFAULT_CAPACITY))
+                self._save_config(config)
+            catalog = self._open_catalog()
+            catalog.set_meta("capacity", str(config["capacity"]))
+            self._recover(catalog)
+            self._catalog = catalog
+            self._make_room(0, ())  # a bucket opened smaller than it holds shrinks now
+            return catalog
+
+    def _load_config(self) -> Optional[dict[str, Any]]:
+        try:
+            with open(self.root / "bucket.json") as f:
+                config = json.load(f)
+            int(config["capacity"])
+            return config
+        except FileNotFoundError:
+            return None
+        except (ValueError, KeyError, TypeError):
+            log.warning("bucket.json in %s is damaged; writing a new one", self.root)
+            return None
+
+    def _save_config(self, config: dict[str, Any]) -> None:
+        tmp = self.root / f"bucket.json.{os.getpid()}.tmp"
+        with open(tmp, "w") as f:
+            json.dump(config, f, indent=2, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.root / "bucket.json")
+
+    def _open_catalog(self) -> Catalog:
+        path = self.root / "catalog.sqlite"
+        fresh = not path.exists()
+        if fresh:  # stale WAL/SHM of a deleted catalog must not be replayed into a new one
+            for suffix in ("-wal", "-shm"):
+                Path(str(path) + suffix).unlink(missing_ok=True)
+        try:
+            catalog = Catalog(str(path))
+        except sqlite3.DatabaseError as e:
+            log.warning("catalog %s is damaged (%s); rebuilding it from the chunk files", path, e)
+            stamp = int(time.time() * 1000)
+            for suffix in ("", "-wal", "-shm"):
+                p = Path(str(path) + suffix)
+                if p.exists():
+                    os.replace(p, self.root / "quarantine" / f"{stamp}.catalog.sqlite{suffix}")
+            catalog = Catalog(str(path))
+            fresh = True
+        if fresh:
+            self._rebuild(catalog)
+        return catalog
+
+    def _rebuild(self, catalog: Catalog) -> None:
+        """Indexes every chunk file from its header; damaged files go to quarantine."""
+        rows: list[ChunkRow] = []
+        namespaces: dict[str, tuple[str, dict[str, Any]]] = {}
+        for rel in self._disk.chunk_files():
+            try:
+                head, size = self._disk.read_head(rel)
+                hdr = decode_header(head, size)
+                m = hdr.metadata
+                if Path(rel).stem != m["key"]:
+                    raise ChunkError("file name does not match its key")
+                rows.append(ChunkRow(
+                    key=m["key"], parent=m["parent"], namespace=m["namespace"], model=m["model"],
+                    chunk_index=int(m["index"]), tokens=int(m["tokens"]), nbytes=size, path=rel,
+                    created=float(m["created"]), last_access=float(m["created"]),
+                    tag=m.get("tag") or None, state=READY))
+                namespaces[m["namespace"]] = (m["model"], json.loads(m["params"]))
+            except (ChunkError, KeyError, ValueError, OSError) as e:
+                log.warning("rebuild: %s is not a valid chunk (%s); moved aside", rel, e)
+                self._disk.quarantine(rel)
+        for digest, (model, params) in namespaces.items():
+            catalog.add_namespace(digest, model, params)
+        n = catalog.insert_many(rows)
+        if rows:
+            log.info("rebuilt catalog of %s: %d chunks", self.root, n)
+
+    def _recover(self, catalog: Catalog) -> None:
+        """Reclaims what writers on this host that died mid-write left behind."""
+        for row in catalog.writing_rows():
+            host, _, pid = (row.owner or "").rpartition(":")
+            if host == HOST and pid.isdigit() and not _pid_alive(int(pid)):
+                with catalog.transaction() as c:
+                    c.execute(f"DELETE FROM chunks WHERE key = ? AND state = {WRITING}", (row.key,))
+                self._disk.remove(row.path)
+        self._disk.clean_tmp(_pid_alive)
+
+    # --- namespaces and keys -------------------------------------------------
+    def _namespace(self, geometry: Geometry) -> _Namespace:
+        ns = self._namespaces.get(geometry)
+        if ns is None:
+            params = {
+                "format": FORMAT_VERSION, "model": self.model, "revision": self.revision,
+                "geometry": geometry.as_params(), "chunk_tokens": self.chunk_tokens,
+                "tp_rank": self.tp_rank, "tp_size": self.tp_size, "hash": self.hash, "salt": self._salt,
+            }
+            digest = namespace_digest(params, self.hash)
+            ns = self._namespaces[geometry] = _Namespace(digest, digest.hex(), params)
+        return ns
+
+    def _candidate_namespaces(self) -> list[_Namespace]:
+        """Namespaces `lookup` may answer for: the known geometry, else every stored one."""
+        if self._geometry is not None:
+            return [self._namespace(self._geometry)]
+        out = []
+        for digest, params in self._catalog.namespaces(self.model):
+            try:
+                g = Geometry(**params["geometry"])
+            except (InputError, KeyError, TypeError):
+                continue
+            ns = self._namespace(g)
+            if ns.hex == digest:  # same revision, salt, chunk size, TP shard, hash
+                out.append(ns)
+        return out
+
+    def hashes(self, tokens: Any) -> list[str]:
+        """Chained chunk keys (hex) of the full chunks of `tokens`."""
+        toks = as_tokens(tokens)
+        if self._geometry is None:
+            raise InputError("hashes() needs the KV geometry: pass geometry= to KVStore or put/get a PagedKV first")
+        return [k.hex() for k in chunk_keys(self._namespace(self._geometry).digest, toks, self.chunk_tokens, self.hash)]
+
+    # --- the public calls ----------------------------------------------------
+    def lookup(self, tokens: Any) -> int:
+        """How many leading tokens the bucket holds (a multiple of chunk_tokens)."""
+        self._check_open()
+        toks = as_tokens(tokens)
+        with self._stats_lock:
+            self._stats.lookups += 1
+        if len(toks) < self.chunk_tokens:
+            return 0
+        best = 0
+        try:
+            for ns in self._candidate_namespaces():
+                keys = [k.hex() for k in chunk_keys(ns.digest, toks, self.chunk_tokens, self.hash)]
+                best = max(best, len(self._catalog.ready_prefix(keys)) * self.chunk_tokens)
+        except sqlite3.Error as e:
+            self._warn_once("lookup", f"lookup failed, answering 0: {e}")
+            return 0
+        return best
+
+    def put(self, tokens: Any, cache: PagedKV, block_ids: Any, *, tag: Optional[str] = None) -> int:
+        """Stores the full chunks of `tokens` from the engine blocks `block_ids`.
+
+        Returns the number of leading tokens held after the call. It is less
+        than the full chunks when the bucket cannot make room (pinned or
+        in-flight chunks) or a write fails; failures are logged, not raised.
+        """
+        self._check_open()
+        toks, ids, n = self._check_call(tokens, cache, block_ids)
+        if tag is not None and not isinstance(tag, str):
+            raise InputError(f"tag must be a string, got {type(tag).__name__}")
+        with self._stats_lock:
+            self._stats.puts += 1
+        if n == 0:
+            return 0
+        try:
+            held = self._put_chunks(toks, cache, ids, n, tag)
+        except _IO_ERRORS as e:
+            self._warn_once("put", f"put failed: {e}")
+            with self._stats_lock:
+                self._stats.put_errors += 1
+            held = 0
+        if held < n:
+            with self._stats_lock:
+                self._stats.put_truncated += 1
+        return held * self.chunk_tokens
+
+    def get(self, tokens: Any, cache: PagedKV, block_ids: Any, start: int = 0) -> int:
+        """Loads the held prefix of `tokens` into the engine blocks `block_ids`.
+
+        Tokens before `start` are already in the engine's cache and are not
+        written, even inside a partly covered chunk. Returns `loaded`: the
+        blocks hold tokens [0, loaded) after the call (`start` when the bucket
+        has nothing past it). A damaged chunk ends the load there.
+        """
+        self._check_open()
+        toks, ids, n = self._check_call(tokens, cache, block_ids)
+        if isinstance(start, bool) or not isinstance(start, int) or not 0 <= start <= len(toks):
+            raise InputError(f"start must be an integer in [0, {len(toks)}] (the token count), got {start!r}")
+        with self._stats_lock:
+            self._stats.gets += 1
+        try:
+            end = self._get_chunks(toks, cache, ids, n, start)
+        except _IO_ERRORS as e:
+            self._warn_once("get", f"get failed: {e}")
+            end = 0
+        loaded = max(start, end)
+        with self._stats_lock:
+            self._stats.get_tokens_loaded += loaded - start
+        return loaded
+
+    def evict(self, tokens: Any) -> int:
+        """Removes the chunks of `tokens` and every chunk chained after them; returns bytes freed."""
+        self._check_open()
+        toks = as_tokens(tokens)
+        keys: list[str] = []
+        for ns in self._candidate_namespaces():
+            keys += [k.hex() for k in chunk_keys(ns.digest, toks, self.chunk_tokens, self.hash)]
+        if not keys:
+            return 0
+        with self._catalog.transaction() as c:
+            rows = Catalog.subtree(c, keys)
+            Catalog.delete(c, [r.key for r in rows])
+            for r in rows:
+                self._disk.remove(r.path)
+        for r in rows:
+            self._host.discard(r.key)
+        return sum(r.nbytes for r in rows)
+
+    def put_async(self, tokens: Any, cache: PagedKV, block_ids: Any, *, tag: Optional[str] = None) -> Handle:
+        """`put` on the store's worker thread; input is checked before it is queued."""
+        self._check_open()
+        self._check_call(tokens, cache, block_ids)
+        return Handle(self._worker().submit(self.put, tokens, cache, block_ids, tag=tag))
+
+    def get_async(self, tokens: Any, cache: PagedKV, block_ids: Any, start: int = 0) -> Handle:
+        """`get` on the store's worker thread; input is checked before it is queued."""
+        self._check_open()
+        toks, _, _ = self._check_call(tokens, cache, block_ids)
+        if isinstance(start, bool) or not isinstance(start, int) or not 0 <= start <= len(toks):
+            raise InputError(f"start must be an integer in [0, {len(toks)}] (the token count), got {start!r}")
+        return Handle(self._worker().submit(self.get, tokens, cache, block_ids, start))
+
+    def stats(self) -> StoreStats:
+        with self._stats_lock:
+            s = StoreStats(**self._stats.to_dict())
+        used, chunks = self._catalog.usage()
+        s.used_bytes, s.chunks = used, chunks
+        s.capacity_bytes = int(self._catalog.get_meta("capacity") or 0)
+        s.host_bytes, s.host_chunks = self._host.used, len(self._host)
+        s.by_model = self._catalog.by_model()
+        s.io = dict(self._engine.counters())
+        return s
+
+    @property
+    def capacity(self) -> int:
+        return int(self._catalog.get_meta("capacity") or 0)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+        self._host.clear()
+        self._catalog.close()
+
+    def __enter__(self) -> "KVStore":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"KVStore({str(self.root)!r}, model={self.model!r}, chunk_tokens={self.chunk_tokens})"
+
+    # --- internals -------------------------------------------------------------
+    def _check_open(self) -> None:
+        if self._closed:
+            raise InputError("this KVStore is closed")
+
+    def _check_call(self, tokens: Any, cache: PagedKV, block_ids: Any):
+        if not isinstance(cache, PagedKV):
+            raise InputError(f"cache must be a pykvstore.PagedKV, got {type(cache).__name__}")
+        if self.chunk_tokens % cache.block_size:
+            raise InputError(
+                f"chunk_tokens {self.chunk_tokens} is not a multiple of the engine block size {cache.block_size}")
+        toks = as_tokens(tokens)
+        n = len(toks) // self.chunk_tokens
+        ids = cache.block_ids(block_ids, n * (self.chunk_tokens // cache.block_size))
+        self._geometry = cache.geometry
+        return toks, ids, n
+
+    def _worker(self) -> ThreadPoolExecutor:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pykvstore")
+        return self._executor
+
+    def _warn_once(self, what: str, message: str) -> None:
+        if what not in self._warned:
+            self._warned.add(what)
+            log.warning("%s", message)
+
+    def _register(self, ns: _Namespace) -> None:
+        if ns.hex not in self._registered:
+            self._catalog.add_namespace(ns.hex, self.model, ns.params)
+            self._registered.add(ns.hex)
+
+    def _make_room(self, nbytes: int, protect, c: Optional[sqlite3.Connection] = None) -> bool:
+        """Evicts (policy's choice) until `nbytes` more fit; False if they cannot."""
+        if c is None:
+            with self._catalog.transaction() as c:
+                return self._make_room(nbytes, protect, c)
+        capacity = int(c.execute("SELECT v FROM meta WHERE k = 'capacity'").fetchone()[0])
+        used, _ = Catalog.totals(c)
+        need = used + nbytes - capacity
+        if need <= 0:
+            return True
+        if nbytes > capacity:
+            return False
+        c.execute("SAVEPOINT make_room")
+        victims = self._policy.choose(c, need, protect)
+        if not victims:
+            c.execute("ROLLBACK TO make_room")  # undo what the policy deleted while looking
+            c.execute("RELEASE make_room")
+            return False
+        c.execute("RELEASE make_room")
+        for v in victims:  # inside the transaction: no other writer counts these bytes as free yet
+            self._disk.remove(v.path)
+            self._host.discard(v.key)
+        with self._stats_lock:
+            self._stats.evicted_chunks += len(victims)
+            self._stats.evicted_bytes += sum(v.nbytes for v in victims)
+        return True
+
+    def _reserve(self, row: ChunkRow, protect) -> Optional[bool]:
+        """Space and a row for a chunk about to be written.
+
+        True: reserved. None: the chunk exists or is being written by someone
+        else. False: the bucket cannot make room.
+        """
+        with self._catalog.transaction() as c:
+            if c.execute("SELECT 1 FROM chunks WHERE key = ?", (row.key,)).fetchone():
+                return None
+            if not self._make_room(row.nbytes, protect, c):
+                raise _NoRoom
+            Catalog.insert(c, row)
+            return True
+
+    def _put_chunks(self, toks, cache: PagedKV, ids: torch.Tensor, n: int, tag: Optional[str]) -> int:
+        g = cache.geometry
+        ns = self._namespace(g)
+        self._register(ns)
+        ct, bpc = self.chunk_tokens, self.chunk_tokens // cache.block_size
+        keys = [k.hex() for k in chunk_keys(ns.digest, toks[: n * ct], ct, self.hash)]
+        parents = [ns.hex] + keys[:-1]
+        existing = self._catalog.existing(keys)
+        shape, nbytes = g.chunk_shape(ct), g.chunk_bytes(ct)
+        protect = set(keys)
+        owner = f"{HOST}:{os.getpid()}"
+        inflight: deque = deque()
+        ok = [False] * n
+        failed_at = n
+
+        def finish_one() -> None:
+            nonlocal failed_at
+            i, row, buf, payload, fut = inflight.popleft()
+            try:
+                fut.result()
+            except OSError as e:
+                self._warn_once(f"write:{e.errno}", f"writing chunk {row.key[:16]} failed: {e}")
+                self._catalog.abort(row.key)
+                failed_at = min(failed_at, i)
+                return
+            if not self._catalog.mark_ready(row.key, time.time()):
+                self._disk.remove(row.path)  # removed while in flight (evict/clear)
+                failed_at = min(failed_at, i)
+                return
+            ok[i] = True
+            self._host.put(row.key, payload, buf)
+            with self._stats_lock:
+                self._stats.put_chunks_written += 1
+                self._stats.put_bytes_written += row.nbytes
+
+        for i in range(n):
+            if failed_at < n:
+                break
+            if keys[i] in existing:
+                ok[i] = True
+                with self._stats_lock:
+                    self._stats.put_chunks_present += 1
+                continue
+            now = time.time()
+            meta = {
+                "format": FORMAT_VERSION, "model": self.model, "namespace": ns.hex, "key": keys[i],
+                "parent": parents[i], "tokens": str(ct), "index": str(i), "created": f"{now:.6f}",
+                "tag": tag or "", "params": json.dumps(ns.params, sort_keys=True, separators=(",", ":")),
+            }
+            off = header_length(meta, g.safetensors_dtype, shape, nbytes)
+            rel = self._disk.relpath(self.model, ns.hex, keys[i])
+            row = ChunkRow(key=keys[i], parent=parents[i], namespace=ns.hex, model=self.model, chunk_index=i,
+                           tokens=ct, nbytes=off + nbytes, path=rel, created=now, last_access=now,
+                           tag=tag, state=WRITING, owner=owner)
+            try:
+                reserved = self._reserve(row, protect)
+            except _NoRoom:
+                failed_at = i
+                break
+            if reserved is None:  # another writer got there first
+                ok[i] = True
+                continue
+            try:
+                buf = _C.AlignedBuffer(off + nbytes)
+                whole = torch.frombuffer(buf, dtype=torch.uint8)
+                payload = whole[off:].view(g.view_dtype).view(shape)
+                cache.gather(ids[i * bpc : (i + 1) * bpc], payload)
+                meta["checksum"] = checksum(memoryview(buf)[off:])
+                head = encode_header(meta, g.safetensors_dtype, shape, nbytes)
+                assert len(head) == off, "header length changed with the checksum"
+                whole[:off].copy_(torch.frombuffer(bytearray(head), dtype=torch.uint8))
+                fut = self._disk.write(rel, buf, off + nbytes)
+            except BaseException:
+                self._catalog.abort(row.key)
+                raise
+            inflight.append((i, row, buf, payload, fut))
+            while len(inflight) >= defaults.get("inflight"):
+                finish_one()
+        while inflight:
+            finish_one()
+        held = 0
+        while held < n and ok[held]:
+            held += 1
+        if held < n:
+            self._drop_unreachable(keys[held:], ok[held:])
+        return held
+
+    def _drop_unreachable(self, keys: list[str], written: list[bool]) -> None:
+        """Chunks this put wrote after one that failed: nothing could reach them."""
+        mine = [k for k, w in zip(keys, written) if w]
+        if not mine:
+            return
+        with self._catalog.transaction() as c:
+            rows = [r for r in Catalog.subtree(c, mine) if r.key in set(mine)]
+            Catalog.delete(c, [r.key for r in rows])
+            for r in rows:
+                self._disk.remove(r.path)
+        for k in mine:
+            self._host.discard(k)
+
+    def _get_chunks(self, toks, cache: PagedKV, ids: torch.Tensor, n: int, start: int) -> int:
+        g = cache.geometry
+        ns = self._namespace(g)
+        ct, bpc = self.chunk_tokens, self.chunk_tokens // cache.block_size
+        keys = [k.hex() for k in chunk_keys(ns.digest, toks[: n * ct], ct, self.hash)]
+        rows = self._catalog.ready_prefix(keys)
+        first = start // ct
+        if len(rows) <= first:
+            return 0
+        shape, nbytes = g.chunk_shape(ct), g.chunk_bytes(ct)
+        max_size = 2 * (nbytes + (1 << 20))  # anything larger is not one of our chunks
+        pending: deque = deque()
+        nxt = first
+        end = 0
+
+        def submit_more() -> None:
+            nonlocal nxt
+            while nxt < len(rows) and len(pending) < defaults.get("inflight"):
+                row = rows[nxt]
+                hit = self._host.get(row.key)
+                pending.append((nxt, row, hit if hit is not None else self._disk.read(row.path, max_size)))
+                nxt += 1
+
+        submit_more()
+        loaded_keys: list[str] = []
+        while pending:
+            i, row, src = pending.popleft()
+            if isinstance(src, torch.Tensor):
+                payload, from_disk, nread = src, False, 0
+            else:
+                payload, nread = self._verified(src, row, ns, g, shape)
+                from_disk = True
+                if payload is None:
+                    break
+            cache.scatter(ids[i * bpc : (i + 1) * bpc], payload, max(0, start - i * ct))
+            end = (i + 1) * ct
+            loaded_keys.append(row.key)
+            with self._stats_lock:
+                if from_disk:
+                    self._stats.disk_hits += 1
+                    self._stats.get_bytes_read += nread
+                else:
+                    self._stats.host_hits += 1
+            submit_more()
+        for _, _, src in pending:  # after a damaged chunk: let reads in flight finish, unused
+            if not isinstance(src, torch.Tensor):
+                try:
+                    src.result()
+                except OSError:
+                    pass
+        self._catalog.touch(keys[: first] + loaded_keys, time.time())
+        return end
+
+    def _verified(self, fut, row: ChunkRow, ns: _Namespace, g: Geometry, shape) -> tuple[Optional[torch.Tensor], int]:
+        """The payload of a chunk read from disk, or None (and the chunk dropped) if it is not sound."""
+        try:
+            buf = fut.result()
+            hdr = decode_header(buf, len(buf))
+            m = hdr.metadata
+            if m.get("key") != row.key or m.get("namespace") != ns.hex:
+                raise ChunkError("the file holds another chunk (key or namespace differ)")
+            if hdr.shape != shape or hdr.dtype != g.safetensors_dtype:
+                raise ChunkError(f"shape {hdr.shape} {hdr.dtype} does not match the cache's {shape} {g.safetensors_dtype}")
+            view = memoryview(buf)[hdr.payload_offset :]
+            if checksum(view) != m.get("checksum"):
+                raise ChunkError("payload checksum mismatch")
+        except (ChunkError, OSError) as e:
+            self._drop_damaged(row, e)
+            return None, 0
+        payload = torch.frombuffer(buf, dtype=torch.uint8, offset=hdr.payload_offset, count=hdr.nbytes)
+        payload = payload.view(g.view_dtype).view(shape)
+        self._host.put(row.key, payload, buf)
+        return payload, len(buf)
+
+    def _drop_damaged(self, row: ChunkRow, err: Exception) -> None:
+        """A damaged or missing chunk: a miss from now on, its file kept aside."""
+        if isinstance(err, FileNotFoundError):
+            log.info("chunk %s vanished (evicted elsewhere); treating it as a miss", row.key[:16])
+        else:
+            self._warn_once(f"damaged:{row.path}", f"chunk file {row.path} is damaged ({err}); moved aside, served as a miss")
+            self._disk.quarantine(row.path)
+            with self._stats_lock:
+                self._stats.corrupt_chunks += 1
+        with self._catalog.transaction() as c:
+            rows = Catalog.subtree(c, [row.key])
+            Catalog.delete(c, [r.key for r in rows])
+            for r in rows:
+                if r.key != row.key:
+                    self._disk.remove(r.path)
+        for r in rows:
+            self._host.discard(r.key)
+
+
+class _NoRoom(Exception):
+    """Internal: the bucket cannot make room for the next chunk."""

@@ -1,0 +1,33 @@
+# Two commands: `make demo` and `make test`. Each sets up .venv (CPU torch),
+# builds the extension and runs. Override PYTHON or VENV if needed.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DEPS := $(VENV)/.deps-installed
+BUILT := $(VENV)/.pykvstore-built
+NATIVE := $(shell find csrc -type f) CMakeLists.txt setup.py pyproject.toml
+
+.PHONY: demo test bench build clean
+
+$(DEPS): requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet -r requirements.txt
+	touch $@
+
+$(BUILT): $(DEPS) $(NATIVE)
+	$(PY) -m pip install --quiet --no-build-isolation --no-deps -e .
+	touch $@
+
+build: $(BUILT)
+
+demo: $(BUILT)
+	$(PY) -m pykvstore.demo --bucket ./demo-bucket
+
+test: $(BUILT)
+	$(PY) -m pytest -q
+
+bench: $(BUILT)
+	$(PY) benchmarks/bench_store.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info pykvstore/_C*.so ./demo-bucket

@@ -1,0 +1,141 @@
+"""Faults: damaged files, a lost or damaged catalog, a killed writer, a failed write."""
+
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import pykvstore as kv
+from helpers import block_table, make_cache, reference, tokens
+from workers import check, open_store, sequence
+
+WORKERS = str(Path(__file__).parent / "workers.py")
+
+
+def chunk_paths(store, toks):
+    return [store.root / row.path for row in store._catalog.ready_prefix(store.hashes(toks))]
+
+
+def put_three(bucket, model="m"):
+    with kv.KVStore(bucket, model=model, chunk_tokens=32) as s:
+        toks, cache, ids = sequence(1)
+        assert s.put(toks, kv.PagedKV(cache, "BHTC"), ids) == 96
+        return toks, chunk_paths(s, toks)
+
+
+def damage(path: Path, how: str, bucket: Path) -> None:
+    data = bytearray(path.read_bytes())
+    if how == "flipped_byte":
+        data[-100] ^= 0x01
+    elif how == "truncated":
+        data = data[: len(data) - 1000]
+    elif how == "garbage_header":
+        data[8:200] = os.urandom(192)
+    elif how == "empty":
+        data = bytearray()
+    elif how == "other_namespace":
+        toks, paths = put_three(bucket.parent / "other", model="another-model")
+        data = bytearray(paths[1].read_bytes())
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("how", ["flipped_byte", "truncated", "garbage_header", "empty", "other_namespace"])
+def test_a_damaged_chunk_is_a_miss(bucket, how, caplog):
+    toks, paths = put_three(bucket)
+    damage(paths[1], how, bucket)
+    with kv.KVStore(bucket, model="m", chunk_tokens=32) as s:  # a fresh process view: nothing in host memory
+        dst = make_cache("BHTC", seed=9)
+        ids = block_table(12, 24, 4)
+        assert s.get(toks, kv.PagedKV(dst, "BHTC"), ids) == 32  # chunk 0 only, no exception
+        _, src, src_ids = sequence(1)
+        assert torch.equal(reference(dst, "BHTC", ids, 8, 0, 32), reference(src, "BHTC", src_ids, 8, 0, 32))
+        assert s.lookup(toks) == 32 and s.stats().corrupt_chunks == 1
+        assert not paths[1].exists() and not paths[2].exists()  # moved aside; its unreachable tail dropped
+        assert len(list((bucket / "quarantine").iterdir())) == 1
+        assert s.get(toks, kv.PagedKV(dst, "BHTC"), ids) == 32
+        assert s.put(toks, kv.PagedKV(src, "BHTC"), src_ids) == 96  # and it heals with the next put
+        assert s.get(toks, kv.PagedKV(dst, "BHTC"), ids) == 96
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING and "damaged" in r.getMessage()]
+    assert len(warnings) == 1
+
+
+def test_a_vanished_file_is_a_quiet_miss(bucket, caplog):
+    toks, paths = put_three(bucket)
+    paths[2].unlink()
+    with kv.KVStore(bucket, model="m", chunk_tokens=32) as s:
+        assert s.get(toks, kv.PagedKV(make_cache("BHTC"), "BHTC"), block_table(12, 24)) == 64
+        assert s.lookup(toks) == 64 and s.stats().corrupt_chunks == 0
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+@pytest.mark.parametrize("how", ["deleted", "garbage"])
+def test_the_catalog_is_rebuilt_from_the_files(bucket, how):
+    with kv.KVStore(bucket, model="m", chunk_tokens=32) as s:
+        for seed in (1, 2):
+            toks, cache, ids = sequence(seed)
+            s.put(toks, kv.PagedKV(cache, "BHTC"), ids, tag=f"tag-{seed}")
+        s.put(tokens(64, 7), kv.PagedKV(make_cache("BHTC", dtype=torch.float16), "BHTC"), block_table(8, 24))
+        before = s.stats()
+    cat = bucket / "catalog.sqlite"
+    if how == "deleted":
+        cat.unlink()
+    else:
+        cat.write_bytes(os.urandom(8192))
+    with kv.KVStore(bucket, model="m", chunk_tokens=32) as s:
+        after = s.stats()
+        assert (after.chunks, after.used_bytes, after.by_model) == (before.chunks, before.used_bytes, before.by_model)
+        assert s.lookup(tokens(64, 7)) == 64  # found without knowing the geometry, as before
+        assert check(s, 1) == 96 and check(s, 2) == 96
+    from pykvstore.cli import bucket_info
+
+    assert sorted(t["tag"] for t in bucket_info(str(bucket))["tags"]) == ["", "tag-1", "tag-2"]
+
+
+def test_a_writer_killed_mid_put_leaves_a_clean_bucket(bucket):
+    proc = subprocess.Popen([sys.executable, WORKERS, "write_forever", str(bucket)],
+                            stdout=subprocess.PIPE, text=True)
+    done = []
+    try:
+        while len(done) < 6:
+            line = proc.stdout.readline()
+            assert line, "writer died on its own"
+            done.append(int(line))
+        time.sleep(0.05)  # land somewhere inside the next put
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    with open_store(str(bucket)) as s:
+        assert s._catalog.writing_rows() == []
+        assert list((bucket / "tmp").iterdir()) == []
+        for seed in done:
+            assert check(s, seed) == 96
+        for seed in range(done[-1] + 1, done[-1] + 3):  # the put in progress: whatever lookup reports loads
+            check(s, seed)
+        st = s.stats()
+        on_disk = sum(p.stat().st_size for p in (bucket / "data").rglob("*.safetensors"))
+        assert st.used_bytes == on_disk
+
+
+def test_a_failed_write_stores_the_prefix_and_raises_nothing(bucket, caplog):
+    toks, cache, ids = sequence(3)
+    with kv.KVStore(bucket, model="m", chunk_tokens=32) as s:
+        s.put(toks[:32], kv.PagedKV(cache, "BHTC"), ids)
+        keys = s.hashes(toks)
+        rel = Path(s._disk.relpath("m", s._catalog.namespaces("m")[0][0], keys[1]))
+        blocker = bucket / rel
+        blocker.mkdir(parents=True)
+        (blocker / "occupied").write_text("x")  # rename onto a non-empty directory fails
+        assert s.put(toks, kv.PagedKV(cache, "BHTC"), ids) == 32
+        st = s.stats()
+        assert st.put_truncated == 1 and st.chunks == 1
+        assert list((bucket / "tmp").iterdir()) == []
+        shutil.rmtree(blocker)
+        assert s.put(toks, kv.PagedKV(cache, "BHTC"), ids) == 96
+    assert any("failed" in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)

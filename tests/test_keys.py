@@ -1,0 +1,81 @@
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import pykvstore as kv
+from pykvstore.keys import as_tokens, chunk_keys, namespace_digest, salt_digest
+
+ROOT = namespace_digest({"model": "m"})
+
+
+def test_same_tokens_same_keys_in_any_form():
+    t = list(range(1000, 1600))
+    a = chunk_keys(ROOT, as_tokens(t), 256)
+    assert len(a) == 2  # the partial third chunk gets no key
+    for other in (np.array(t, dtype=np.int64), np.array(t, dtype=np.int32), torch.tensor(t), tuple(t), range(1000, 1600)):
+        assert chunk_keys(ROOT, as_tokens(other), 256) == a
+
+
+def test_keys_are_chained():
+    t = np.arange(1024)
+    u = t.copy()
+    u[600] = 7  # differs in chunk 2
+    a, b = chunk_keys(ROOT, t, 256), chunk_keys(ROOT, u, 256)
+    assert a[:2] == b[:2] and a[2] != b[2] and a[3] != b[3]  # everything after the change differs
+    v = t.copy()
+    v[:256] = t[256:512]  # same chunk content at a different position
+    assert chunk_keys(ROOT, v, 256)[1] != a[1]
+
+
+def test_algorithms():
+    t = as_tokens(np.arange(512))
+    x = chunk_keys(ROOT, t, 256, "xxh3_128")
+    s = chunk_keys(namespace_digest({"model": "m"}, "sha256"), t, 256, "sha256")
+    assert [len(k) for k in x] == [16, 16] and [len(k) for k in s] == [32, 32]
+    with pytest.raises(kv.InputError, match="unknown hash"):
+        chunk_keys(ROOT, t, 256, "md5")
+
+
+def test_namespace_covers_every_parameter():
+    base = {"model": "m", "revision": None, "geometry": {"layers": 2}, "dtype": "bf16", "chunk_tokens": 256,
+            "tp_rank": 0, "tp_size": 1, "hash": "xxh3_128", "format": "1", "salt": None}
+    d = namespace_digest(base)
+    for key, value in [("model", "n"), ("revision", "abc"), ("geometry", {"layers": 3}), ("dtype", "fp16"),
+                       ("chunk_tokens", 512), ("tp_rank", 1), ("tp_size", 2), ("format", "2"), ("salt", salt_digest("t"))]:
+        assert namespace_digest(dict(base, **{key: value})) != d, key
+    assert namespace_digest(dict(reversed(list(base.items())))) == d  # order of parameters is irrelevant
+
+
+def test_keys_do_not_depend_on_the_process():
+    code = ("import numpy as np; from pykvstore.keys import *; "
+            "print(chunk_keys(namespace_digest({'model': 'm'}), as_tokens(np.arange(777)), 256)[-1].hex())")
+    outs = set()
+    for seed in ("0", "1", "random"):
+        env = dict(os.environ, PYTHONHASHSEED=seed)
+        outs.add(subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout)
+    assert outs == {chunk_keys(ROOT, as_tokens(np.arange(777)), 256)[-1].hex() + "\n"}
+
+
+@pytest.mark.parametrize("bad, match", [
+    ([[1, 2], [3, 4]], "1-D"),
+    ([1.5, 2.0], "integers"),
+    (np.array([0.0, 1.0]), "integers"),
+    ([1, -1], r"\[0, 2\*\*32\)"),
+    ([1, 2**32], r"\[0, 2\*\*32\)"),
+    ([1, 2**70], r"\[0, 2\*\*32\)"),
+    ("hello", "1-D sequence"),
+    ([1, "a"], "integers"),
+    (5, "1-D"),
+    ([True, False], "integers"),
+])
+def test_bad_tokens_are_named(bad, match):
+    with pytest.raises(kv.TokensError, match=match):
+        as_tokens(bad)
+
+
+def test_empty_tokens_have_no_keys():
+    assert chunk_keys(ROOT, as_tokens([]), 256) == []

@@ -1,0 +1,75 @@
+"""Processes the multi-process tests start: `python workers.py ROLE BUCKET ...`.
+
+Each sequence `seed` is 96 tokens (3 chunks of 32) whose KV comes from
+make_cache(seed=seed), so any process can regenerate and check it.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import pykvstore as kv  # noqa: E402
+from helpers import block_table, make_cache, reference, tokens  # noqa: E402
+
+CT, N_TOKENS = 32, 96
+
+
+def sequence(seed: int):
+    cache = make_cache("BHTC", seed=seed)
+    return tokens(N_TOKENS, seed), cache, block_table(12, 24, seed)
+
+
+def open_store(bucket: str, capacity=None) -> kv.KVStore:
+    return kv.KVStore(bucket, model="mp/model", chunk_tokens=CT, capacity=capacity)
+
+
+def write(bucket: str, first: int, count: int, capacity=None) -> None:
+    """Puts sequences first..first+count-1, printing each seed once it returned."""
+    with open_store(bucket, capacity) as s:
+        for seed in range(first, first + count):
+            stored = s.put(*_args(seed))
+            print(seed, stored, flush=True)
+
+
+def write_forever(bucket: str) -> None:
+    with open_store(bucket) as s:
+        seed = 0
+        while True:
+            s.put(*_args(seed))
+            print(seed, flush=True)
+            seed += 1
+
+
+def _args(seed: int):
+    toks, cache, ids = sequence(seed)
+    return toks, kv.PagedKV(cache, "BHTC"), ids
+
+
+def check(store: kv.KVStore, seed: int) -> int:
+    """Loads sequence `seed` into a fresh cache; returns tokens loaded (all verified bit-exact)."""
+    toks, src, ids = sequence(seed)
+    dst = make_cache("BHTC", seed=10_000 + seed)
+    dst_ids = block_table(12, 24, seed + 1)
+    held = store.lookup(toks)
+    loaded = store.get(toks, kv.PagedKV(dst, "BHTC"), dst_ids)
+    assert loaded == held, (seed, held, loaded)
+    if loaded:
+        assert (reference(dst, "BHTC", dst_ids, 8, 0, loaded) == reference(src, "BHTC", ids, 8, 0, loaded)).all()
+    return loaded
+
+
+if __name__ == "__main__":
+    role, bucket, *rest = sys.argv[1:]
+    if role == "write":
+        cap = int(rest[2]) if len(rest) > 2 else None
+        write(bucket, int(rest[0]), int(rest[1]), cap)
+    elif role == "write_forever":
+        write_forever(bucket)
+    elif role == "check":
+        with open_store(bucket) as s:
+            print(sum(check(s, int(x)) for x in rest))
+    else:
+        raise SystemExit(f"unknown role {role}")

@@ -5,7 +5,9 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstring>
 
+#include "pykvstore/checksum.hpp"
 #include "pykvstore/error.hpp"
 
 namespace pykvstore {
@@ -158,7 +160,8 @@ std::size_t FileEngine::write_now(const std::string& final_path, const std::stri
   return size;
 }
 
-BufferPtr FileEngine::read_now(const std::string& path, DirectMode mode, std::size_t max_size) {
+ReadResult FileEngine::read_now(const std::string& path, DirectMode mode, std::size_t max_size,
+                               bool hash_payload) {
   Fd fd;
   bool direct = false;
   if (mode != DirectMode::Off) {
@@ -208,7 +211,17 @@ BufferPtr FileEngine::read_now(const std::string& path, DirectMode mode, std::si
   (direct ? counters_.direct_reads : counters_.buffered_reads)
       .fetch_add(1, std::memory_order_relaxed);
   counters_.bytes_read.fetch_add(buf->size(), std::memory_order_relaxed);
-  return buf;
+  ReadResult result{buf, 0, false};
+  if (hash_payload && buf->size() >= 8) {
+    std::uint64_t header_len;
+    std::memcpy(&header_len, buf->data(), 8);  // little-endian, as safetensors writes it
+    if (header_len <= buf->size() - 8) {
+      std::size_t offset = 8 + static_cast<std::size_t>(header_len);
+      result.payload_hash = xxh64(buf->data() + offset, buf->size() - offset);
+      result.has_hash = true;
+    }
+  }
+  return result;
 }
 
 std::shared_future<std::size_t> FileEngine::write(std::string final_path, std::string tmp_path,
@@ -220,10 +233,10 @@ std::shared_future<std::size_t> FileEngine::write(std::string final_path, std::s
   });
 }
 
-std::shared_future<BufferPtr> FileEngine::read(std::string path, DirectMode mode,
-                                               std::size_t max_size) {
-  return pool_.submit([this, path = std::move(path), mode, max_size] {
-    return read_now(path, mode, max_size);
+std::shared_future<ReadResult> FileEngine::read(std::string path, DirectMode mode,
+                                                std::size_t max_size, bool hash_payload) {
+  return pool_.submit([this, path = std::move(path), mode, max_size, hash_payload] {
+    return read_now(path, mode, max_size, hash_payload);
   });
 }
 

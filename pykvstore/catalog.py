@@ -164,6 +164,26 @@ class Catalog:
             out.update(self._query(q, batch))
         return out
 
+    def ready_prefix_len(self, keys: Sequence[str]) -> int:
+        """Length of the longest prefix of `keys` whose chunks are ready (lookup's hot path).
+
+        A batch that is wholly present costs one COUNT; only the batch where
+        the prefix ends fetches its keys.
+        """
+        n = 0
+        for batch in _batches(keys):
+            marks = ",".join("?" * len(batch))
+            (count,) = self._query(f"SELECT count(*) FROM chunks WHERE state = {READY} AND key IN ({marks})", batch)[0]
+            if count == len(batch):
+                n += count
+                continue
+            found = {r[0] for r in self._query(f"SELECT key FROM chunks WHERE state = {READY} AND key IN ({marks})", batch)}
+            for k in batch:
+                if k not in found:
+                    return n
+                n += 1
+        return n
+
     def ready_prefix(self, keys: Sequence[str]) -> list[ChunkRow]:
         """Rows of the longest prefix of `keys` whose chunks are ready."""
         found: dict[str, ChunkRow] = {}

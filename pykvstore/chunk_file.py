@@ -7,7 +7,7 @@ allows trailing spaces in the header), which lets O_DIRECT and mmap read the
 payload in place. The tensor has the canonical chunk shape
 (layers, planes, tokens, heads, head_dim); `__metadata__` carries the format
 version, model, namespace, chunk key and parent key, token count, chunk index,
-payload checksum (xxh3-64), creation time, tag and the namespace parameters.
+payload checksum (XXH64), creation time, tag and the namespace parameters.
 """
 
 from __future__ import annotations
@@ -17,8 +17,7 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
-import xxhash
-
+from . import _C
 from .errors import ChunkError
 from .keys import FORMAT_VERSION
 
@@ -30,8 +29,12 @@ _ST_ITEMSIZE = {"BF16": 2, "F16": 2, "F32": 4, "F64": 8, "F8_E4M3": 1, "F8_E5M2"
 
 
 def checksum(payload: Any) -> str:
-    """xxh3-64 of the payload as 16 hex digits (fixed width: the header length never changes)."""
-    return f"{xxhash.xxh3_64_intdigest(payload):016x}"
+    """XXH64 of the payload as 16 hex digits (fixed width: the header length never changes)."""
+    return format_checksum(_C.xxh64(payload))
+
+
+def format_checksum(value: int) -> str:
+    return f"{value:016x}"
 
 
 def encode_header(metadata: dict[str, str], st_dtype: str, shape: tuple[int, ...], nbytes: int) -> bytes:

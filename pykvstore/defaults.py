@@ -25,6 +25,8 @@ _SPEC: dict[str, tuple[str, str, Any]] = {
     "direct_read": ("PYKVSTORE_DIRECT_READ", "off", str.lower),
     "host_capacity": ("PYKVSTORE_HOST_CAPACITY", "1GiB", lambda v: parse_size(v, "host capacity")),
     "inflight": ("PYKVSTORE_INFLIGHT", "8", int),  # chunk files in flight per put/get
+    # freed staging buffers kept for reuse (a fresh one page-faults on every page)
+    "buffer_cache": ("PYKVSTORE_BUFFER_CACHE", "512MiB", lambda v: parse_size(v, "buffer cache")),
     "fsync": ("PYKVSTORE_FSYNC", "1", lambda v: v.lower() not in ("0", "false", "no", "off")),
 }
 _values: dict[str, Any] = {}
@@ -57,8 +59,8 @@ def set(**knobs: Any) -> None:  # noqa: A001 - mirrors get()
     for name, value in knobs.items():
         if name not in _SPEC:
             raise InputError(f"unknown setting {name!r}; known: {', '.join(sorted(_SPEC))}")
-        if name == "host_capacity":
-            value = parse_size(value, "host capacity")
+        if name in ("host_capacity", "buffer_cache"):
+            value = parse_size(value, name.replace("_", " "))
         _values[name] = _check(name, value)
 
 

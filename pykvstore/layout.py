@@ -28,6 +28,7 @@ from typing import Any, Union
 import numpy as np
 import torch
 
+from . import _C
 from .errors import BlockIdsError, InputError, LayoutError
 
 # torch dtype -> (name, safetensors dtype, integer dtype of the same width)
@@ -221,6 +222,12 @@ class PagedKV:
         v = views[0]
         self.geometry = Geometry(layers=len(views), heads=v.shape[3], head_dim=v.shape[4], dtype=dtype, planes=v.shape[1])
         self._views = views  # each (B, planes, T, H, D) over integers
+        # Host tensors move through the native block copier (memcpy over the
+        # longest contiguous runs); it needs one stride set for all layers.
+        self._native = None
+        if self.device.type == "cpu" and all(w.stride() == v.stride() for w in views):
+            self._native = _C.PagedLayout([w.data_ptr() for w in views], list(v.stride()),
+                                          [v.shape[1], v.shape[2], v.shape[3], v.shape[4]], v.element_size())
 
     def __repr__(self) -> str:
         g = self.geometry
@@ -251,19 +258,35 @@ class PagedKV:
             )
         return torch.as_tensor(arr.astype(np.int64), device=self.device)
 
-    def gather(self, ids: torch.Tensor, out: torch.Tensor) -> None:
-        """Copies whole blocks `ids` into `out`, a contiguous canonical chunk on the host."""
-        if self.device.type != "cpu":
+    def gather(self, ids: torch.Tensor, out: torch.Tensor, max_threads: int = 0) -> None:
+        """Copies whole blocks `ids` into `out`, a contiguous canonical chunk on the host.
+
+        max_threads caps the host copy's threads (0: automatic).
+        """
+        _check_chunk(out, self.geometry, len(ids) * self.block_size)
+        if self._native is not None:
+            _C.gather_blocks(self._native, ids.data_ptr(), len(ids), out.data_ptr(), max_threads)
+        elif self.device.type != "cpu":
             _device_gather(self._views, ids, out)
         else:
             _gather_blocks(self._views, ids, out)
 
-    def scatter(self, ids: torch.Tensor, src: torch.Tensor, skip: int = 0) -> None:
+    def scatter(self, ids: torch.Tensor, src: torch.Tensor, skip: int = 0, max_threads: int = 0) -> None:
         """Writes chunk tokens [skip, T) from `src` (canonical, host) into blocks `ids`."""
-        if self.device.type != "cpu":
+        _check_chunk(src, self.geometry, len(ids) * self.block_size)
+        if self._native is not None:
+            _C.scatter_blocks(self._native, ids.data_ptr(), len(ids), src.data_ptr(), skip, max_threads)
+        elif self.device.type != "cpu":
             _device_scatter(self._views, ids, src, skip)
         else:
             _scatter_blocks(self._views, ids, src, skip)
+
+
+def _check_chunk(t: torch.Tensor, g: Geometry, tokens: int) -> None:
+    # The native copier trusts these: a wrong buffer would be written past its end.
+    if t.device.type != "cpu" or not t.is_contiguous() or t.dtype != g.view_dtype or tuple(t.shape) != g.chunk_shape(tokens):
+        raise InputError(f"chunk buffer must be a contiguous host tensor {g.chunk_shape(tokens)} of {g.view_dtype}, "
+                         f"got {tuple(t.shape)} {t.dtype} on {t.device}")
 
 
 def _gather_blocks(views: list[torch.Tensor], ids: torch.Tensor, out: torch.Tensor) -> None:

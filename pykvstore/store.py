@@ -26,7 +26,7 @@ import torch
 
 from . import _C, defaults
 from .catalog import READY, WRITING, Catalog, ChunkRow
-from .chunk_file import checksum, decode_header, encode_header, header_length
+from .chunk_file import checksum, decode_header, encode_header, format_checksum, header_length
 from .errors import ChunkError, InputError
 from .keys import FORMAT_VERSION, HASH_ALGORITHMS, as_tokens, chunk_keys, namespace_digest, salt_digest
 from .layout import Geometry, PagedKV
@@ -169,6 +169,7 @@ class KVStore:
         self._closed = False
 
         self._engine = _C.FileEngine(defaults.get("io_threads"))
+        _C.set_buffer_cache_limit(defaults.get("buffer_cache"))
         self.root.mkdir(parents=True, exist_ok=True)
         self._disk = DiskTier(self.root, self._engine, defaults.direct_mode("direct_write"),
                               defaults.direct_mode("direct_read"), defaults.get("fsync"))
@@ -321,7 +322,7 @@ class KVStore:
         try:
             for ns in self._candidate_namespaces():
                 keys = [k.hex() for k in chunk_keys(ns.digest, toks, self.chunk_tokens, self.hash)]
-                best = max(best, len(self._catalog.ready_prefix(keys)) * self.chunk_tokens)
+                best = max(best, self._catalog.ready_prefix_len(keys) * self.chunk_tokens)
         except sqlite3.Error as e:
             self._warn_once("lookup", f"lookup failed, answering 0: {e}")
             return 0
@@ -636,7 +637,7 @@ class KVStore:
             while nxt < len(rows) and len(pending) < defaults.get("inflight"):
                 row = rows[nxt]
                 hit = self._host.get(row.key)
-                pending.append((nxt, row, hit if hit is not None else self._disk.read(row.path, max_size)))
+                pending.append((nxt, row, hit if hit is not None else self._disk.read(row.path, max_size, hash_payload=True)))
                 nxt += 1
 
         submit_more()
@@ -650,7 +651,9 @@ class KVStore:
                 from_disk = True
                 if payload is None:
                     break
-            cache.scatter(ids[i * bpc : (i + 1) * bpc], payload, max(0, start - i * ct))
+            # While reads are in flight the I/O threads hold the cores: copy on this one.
+            busy = any(not isinstance(p[2], torch.Tensor) for p in pending)
+            cache.scatter(ids[i * bpc : (i + 1) * bpc], payload, max(0, start - i * ct), 1 if busy else 0)
             end = (i + 1) * ct
             loaded_keys.append(row.key)
             with self._stats_lock:
@@ -672,15 +675,15 @@ class KVStore:
     def _verified(self, fut, row: ChunkRow, ns: _Namespace, g: Geometry, shape) -> tuple[Optional[torch.Tensor], int]:
         """The payload of a chunk read from disk, or None (and the chunk dropped) if it is not sound."""
         try:
-            buf = fut.result()
+            result = fut.result()  # read and hashed on an I/O thread
+            buf = result.buffer
             hdr = decode_header(buf, len(buf))
             m = hdr.metadata
             if m.get("key") != row.key or m.get("namespace") != ns.hex:
                 raise ChunkError("the file holds another chunk (key or namespace differ)")
             if hdr.shape != shape or hdr.dtype != g.safetensors_dtype:
                 raise ChunkError(f"shape {hdr.shape} {hdr.dtype} does not match the cache's {shape} {g.safetensors_dtype}")
-            view = memoryview(buf)[hdr.payload_offset :]
-            if checksum(view) != m.get("checksum"):
+            if result.payload_hash is None or format_checksum(result.payload_hash) != m.get("checksum"):
                 raise ChunkError("payload checksum mismatch")
         except (ChunkError, OSError) as e:
             self._drop_damaged(row, e)

@@ -113,3 +113,33 @@ def test_block_ids_are_checked():
     with pytest.raises(kv.BlockIdsError, match="1-D"):
         p.block_ids([[0, 1]], 1)
     assert p.block_ids(torch.tensor([3, 2, 1]), 3).tolist() == [3, 2, 1]
+
+
+@pytest.mark.parametrize("dims", ["2BTHD", "BHTC", "BTD"])
+def test_layers_with_different_strides_take_the_torch_path(dims):
+    """The path CUDA tensors use until the Triton kernels: same bytes as the native copier."""
+    a = make_cache(dims, seed=3)
+    b = make_cache(dims, seed=3, noncontiguous=True)
+    for x, y in zip(a, b):
+        y.copy_(x)
+    mixed = [a[0], b[1], a[2]]
+    p = kv.PagedKV(mixed, dims)
+    assert p._native is None and kv.PagedKV(a, dims)._native is not None
+    ids = block_table(4, 24)
+    assert torch.equal(gather_chunk(mixed, dims, ids), gather_chunk(a, dims, ids))
+    dst = [t.clone() for t in make_cache(dims, seed=4)]
+    dst[1] = make_cache(dims, seed=4, noncontiguous=True)[1]
+    q = kv.PagedKV(dst, dims)
+    chunk = gather_chunk(a, dims, ids)
+    q.scatter(q.block_ids(ids, 4), chunk, 5)
+    assert torch.equal(reference(dst, dims, ids, 8, 5, 32), chunk[:, :, 5:])
+
+
+def test_chunk_buffers_are_checked_before_native_code_touches_them():
+    p = kv.PagedKV(make_cache("BHTC"), "BHTC")
+    ids = p.block_ids(block_table(4, 24), 4)
+    with pytest.raises(kv.InputError, match="chunk buffer"):
+        p.gather(ids, torch.empty(10, dtype=torch.int16))
+    good = torch.empty(p.geometry.chunk_shape(32), dtype=torch.int16)
+    with pytest.raises(kv.InputError, match="chunk buffer"):
+        p.scatter(ids, good.transpose(0, 1), 0)

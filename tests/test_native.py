@@ -28,7 +28,7 @@ def test_write_then_read_round_trip(tmp_path, size, threads, direct):
     assert [f.result() for f in futs] == [size] * 5
     for i, b in enumerate(bufs):
         assert os.path.getsize(tmp_path / f"f{i}") == size
-        r = eng.read(str(tmp_path / f"f{i}"), direct, 1 << 30).result()
+        r = eng.read(str(tmp_path / f"f{i}"), direct, 1 << 30).result().buffer
         assert len(r) == size and bytes(memoryview(r)) == bytes(memoryview(b))
         assert r.address % _C.DIRECT_ALIGNMENT == 0
     assert not list(tmp_path.glob(".t*"))  # temp names are gone after the rename
@@ -43,7 +43,7 @@ def test_direct_on_is_direct(tmp_path):
     eng = _C.FileEngine(1)
     buf = fill(8192 + 100)
     assert eng.write(str(tmp_path / "a"), str(tmp_path / ".a"), buf, 8192 + 100, 2, True).result() == 8292
-    r = eng.read(str(tmp_path / "a"), 2, 1 << 20).result()
+    r = eng.read(str(tmp_path / "a"), 2, 1 << 20).result().buffer
     assert bytes(memoryview(r)) == bytes(memoryview(buf))
     c = eng.counters()
     assert (c["direct_writes"], c["direct_reads"], c["buffered_writes"], c["buffered_reads"]) == (1, 1, 0, 0)
@@ -99,3 +99,26 @@ def test_cuda_build_matches_the_toolkit():
     assert n >= 0
     if not torch.cuda.is_available():
         assert n == 0
+
+
+@pytest.mark.parametrize("n", [0, 1, 3, 4, 7, 8, 31, 32, 33, 100, 4097, (1 << 20) + 5])
+def test_xxh64_matches_the_reference_implementation(n):
+    xxhash = pytest.importorskip("xxhash")
+    data = os.urandom(n)
+    assert _C.xxh64(data) == xxhash.xxh64_intdigest(data)
+    assert _C.xxh64(b"xx" + data, 2) == xxhash.xxh64_intdigest(data)
+    with pytest.raises(IndexError):
+        _C.xxh64(data, n + 1)
+
+
+def test_reads_hash_the_safetensors_payload(tmp_path):
+    import struct
+
+    payload = os.urandom(5000)
+    (tmp_path / "f").write_bytes(struct.pack("<Q", 10) + b" " * 10 + payload)
+    (tmp_path / "bad").write_bytes(struct.pack("<Q", 1 << 40) + payload)
+    eng = _C.FileEngine(2)
+    r = eng.read(str(tmp_path / "f"), 0, 1 << 20, True).result()
+    assert r.payload_hash == _C.xxh64(payload)
+    assert eng.read(str(tmp_path / "bad"), 0, 1 << 20, True).result().payload_hash is None
+    assert eng.read(str(tmp_path / "f"), 0, 1 << 20).result().payload_hash is None

@@ -3,9 +3,13 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <array>
+
 #include <cstring>
 
 #include "pykvstore/aligned_buffer.hpp"
+#include "pykvstore/block_copy.hpp"
+#include "pykvstore/checksum.hpp"
 #include "pykvstore/cuda_runtime_info.hpp"
 #include "pykvstore/error.hpp"
 #include "pykvstore/file_engine.hpp"
@@ -23,10 +27,21 @@ struct WriteFuture {
 };
 
 struct ReadFuture {
-  std::shared_future<BufferPtr> fut;
+  std::shared_future<ReadResult> fut;
   bool done() const { return fut.wait_for(std::chrono::seconds(0)) == std::future_status::ready; }
-  BufferPtr result() const { return fut.get(); }
+  ReadResult result() const { return fut.get(); }
 };
+
+// Address and length of a contiguous buffer-protocol object, checked.
+std::pair<const unsigned char*, std::size_t> span(const py::buffer& b, std::size_t offset,
+                                                   std::ptrdiff_t length) {
+  py::buffer_info info = b.request();
+  std::size_t size = static_cast<std::size_t>(info.size * info.itemsize);
+  if (offset > size) throw std::out_of_range("offset beyond the buffer");
+  std::size_t n = length < 0 ? size - offset : static_cast<std::size_t>(length);
+  if (n > size - offset) throw std::out_of_range("length beyond the buffer");
+  return {static_cast<const unsigned char*>(info.ptr) + offset, n};
+}
 
 DirectMode to_mode(int m) {
   if (m < 0 || m > 2) throw std::invalid_argument("direct mode must be 0 (off), 1 (auto) or 2 (on)");
@@ -51,6 +66,9 @@ PYBIND11_MODULE(_C, m) {
   });
 
   m.attr("DIRECT_ALIGNMENT") = kDirectAlignment;
+  m.def("set_buffer_cache_limit", &set_buffer_cache_limit, py::arg("bytes"),
+        "Bytes of freed aligned buffers kept for reuse (process-wide).");
+  m.def("buffer_cache_bytes", &buffer_cache_bytes, "Bytes of freed aligned buffers held for reuse now.");
   m.attr("cuda_compiled") = cuda_compiled();
   m.def("cuda_device_count", &cuda_device_count, "Visible CUDA devices (0 without driver or device).");
   m.def("cuda_runtime_version", &cuda_runtime_version, "CUDA runtime version, 0 when not compiled.");
@@ -66,6 +84,61 @@ PYBIND11_MODULE(_C, m) {
         return py::buffer_info(b.data(), 1, py::format_descriptor<std::uint8_t>::format(), 1,
                                {b.size()}, {std::size_t{1}});
       });
+
+  m.def(
+      "xxh64",
+      [](const py::buffer& b, std::size_t offset, std::ptrdiff_t length) {
+        auto [p, n] = span(b, offset, length);
+        py::gil_scoped_release release;
+        return xxh64(p, n);
+      },
+      py::arg("buffer"), py::arg("offset") = 0, py::arg("length") = -1,
+      "XXH64 (seed 0) of buffer[offset:offset+length].");
+
+  py::class_<ReadResult>(m, "ReadResult")
+      .def_readonly("buffer", &ReadResult::buffer)
+      .def_property_readonly("payload_hash", [](const ReadResult& r) -> py::object {
+        if (!r.has_hash) return py::none();
+        return py::int_(r.payload_hash);
+      });
+
+  // Layout of a paged KV cache in canonical axis order (block, plane, token,
+  // head, channel); addresses and strides come from pykvstore.layout.
+  py::class_<PagedLayout>(m, "PagedLayout")
+      .def(py::init([](std::vector<std::uintptr_t> bases, std::array<std::int64_t, 5> strides,
+                       std::array<std::int64_t, 4> sizes, std::size_t itemsize) {
+             PagedLayout l;
+             l.layer_bases = std::move(bases);
+             l.stride_block = strides[0];
+             l.stride_plane = strides[1];
+             l.stride_token = strides[2];
+             l.stride_head = strides[3];
+             l.stride_dim = strides[4];
+             l.planes = sizes[0];
+             l.block_size = sizes[1];
+             l.heads = sizes[2];
+             l.head_dim = sizes[3];
+             l.itemsize = itemsize;
+             return l;
+           }),
+           py::arg("layer_bases"), py::arg("strides"), py::arg("sizes"), py::arg("itemsize"));
+  m.def(
+      "gather_blocks",
+      [](const PagedLayout& l, std::uintptr_t ids, std::size_t n, std::uintptr_t chunk, unsigned threads) {
+        gather_blocks(l, reinterpret_cast<const std::int64_t*>(ids), n, reinterpret_cast<void*>(chunk), threads);
+      },
+      py::arg("layout"), py::arg("block_ids_ptr"), py::arg("num_blocks"), py::arg("chunk_ptr"),
+      py::arg("max_threads") = 0,
+      py::call_guard<py::gil_scoped_release>());
+  m.def(
+      "scatter_blocks",
+      [](const PagedLayout& l, std::uintptr_t ids, std::size_t n, std::uintptr_t chunk, std::int64_t skip,
+         unsigned threads) {
+        scatter_blocks(l, reinterpret_cast<const std::int64_t*>(ids), n,
+                       reinterpret_cast<const void*>(chunk), skip, threads);
+      },
+      py::arg("layout"), py::arg("block_ids_ptr"), py::arg("num_blocks"), py::arg("chunk_ptr"),
+      py::arg("skip"), py::arg("max_threads") = 0, py::call_guard<py::gil_scoped_release>());
 
   py::class_<WriteFuture>(m, "WriteFuture")
       .def("done", &WriteFuture::done)
@@ -88,10 +161,10 @@ PYBIND11_MODULE(_C, m) {
           py::arg("direct"), py::arg("sync") = true)
       .def(
           "read",
-          [](FileEngine& e, std::string path, int mode, std::size_t max_size) {
-            return ReadFuture{e.read(std::move(path), to_mode(mode), max_size)};
+          [](FileEngine& e, std::string path, int mode, std::size_t max_size, bool hash_payload) {
+            return ReadFuture{e.read(std::move(path), to_mode(mode), max_size, hash_payload)};
           },
-          py::arg("path"), py::arg("direct"), py::arg("max_size"))
+          py::arg("path"), py::arg("direct"), py::arg("max_size"), py::arg("hash_payload") = false)
       .def("counters", [](const FileEngine& e) {
         const IoCounters& c = e.counters();
         py::dict d;

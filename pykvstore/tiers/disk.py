@@ -56,8 +56,9 @@ class DiskTier:
         tmp = self.tmp / f"{HOST}.{os.getpid()}.{next(_seq)}.{final.name}"
         return self.engine.write(str(final), str(tmp), buf, size, self.direct_write, self.sync)
 
-    def read(self, rel: str, max_size: int) -> "_C.ReadFuture":
-        return self.engine.read(self.abspath(rel), self.direct_read, max_size)
+    def read(self, rel: str, max_size: int, hash_payload: bool = False) -> "_C.ReadFuture":
+        """Starts reading a whole file; hash_payload also checksums its payload on the I/O thread."""
+        return self.engine.read(self.abspath(rel), self.direct_read, max_size, hash_payload)
 
     def remove(self, rel: str) -> None:
         try:

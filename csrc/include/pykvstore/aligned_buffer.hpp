@@ -11,6 +11,12 @@ constexpr std::size_t kDirectAlignment = 4096;
 
 inline std::size_t round_up(std::size_t n, std::size_t a) { return (n + a - 1) / a * a; }
 
+// Freed buffers are kept for reuse, up to this many bytes in all: a fresh
+// multi-megabyte allocation is mapped anew and every page faults and is
+// zeroed on first touch, which costs as much as the copy it is for.
+void set_buffer_cache_limit(std::size_t bytes);
+std::size_t buffer_cache_bytes();
+
 class AlignedBuffer {
  public:
   // `size` bytes are addressable; the allocation is rounded up to the alignment.

@@ -33,6 +33,15 @@ struct IoCounters {
 
 using BufferPtr = std::shared_ptr<AlignedBuffer>;
 
+// A whole file in aligned memory. When asked, the reading thread also hashes
+// (XXH64) the payload of a safetensors file: the bytes after its 8-byte
+// length prefix and header. has_hash is false when the prefix is impossible.
+struct ReadResult {
+  BufferPtr buffer;
+  std::uint64_t payload_hash = 0;
+  bool has_hash = false;
+};
+
 class FileEngine {
  public:
   explicit FileEngine(std::size_t num_threads);
@@ -43,12 +52,14 @@ class FileEngine {
                                         BufferPtr buf, std::size_t size, DirectMode mode,
                                         bool sync);
   // Reads a whole file (at most max_size bytes, else an EFBIG error).
-  std::shared_future<BufferPtr> read(std::string path, DirectMode mode, std::size_t max_size);
+  std::shared_future<ReadResult> read(std::string path, DirectMode mode, std::size_t max_size,
+                                      bool hash_payload);
 
   // The same operations on the calling thread.
   std::size_t write_now(const std::string& final_path, const std::string& tmp_path,
                         const AlignedBuffer& buf, std::size_t size, DirectMode mode, bool sync);
-  BufferPtr read_now(const std::string& path, DirectMode mode, std::size_t max_size);
+  ReadResult read_now(const std::string& path, DirectMode mode, std::size_t max_size,
+                      bool hash_payload);
 
   const IoCounters& counters() const noexcept { return counters_; }
   std::size_t num_threads() const noexcept { return pool_.size(); }

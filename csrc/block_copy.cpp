@@ -1,0 +1,109 @@
+#include "pykvstore/block_copy.hpp"
+
+#include <algorithm>
+#include <cstring>
+#include <thread>
+#include <vector>
+
+namespace pykvstore {
+namespace {
+
+// Copies tokens [t0, t1) of one (layer, plane, block) between engine memory
+// and the chunk; to_chunk picks the direction.
+void copy_tokens(const PagedLayout& L, unsigned char* engine, unsigned char* chunk, std::int64_t t0,
+                 std::int64_t t1, bool to_chunk) {
+  const std::size_t item = L.itemsize;
+  const std::int64_t row = L.heads * L.head_dim;  // elements of one token in the chunk
+  const bool dim_contig = L.stride_dim == 1;
+  const bool token_contig = dim_contig && L.stride_head == L.head_dim;
+  const bool block_contig = token_contig && L.stride_token == row;
+  auto move = [to_chunk](unsigned char* e, unsigned char* c, std::size_t n) {
+    if (to_chunk)
+      std::memcpy(c, e, n);
+    else
+      std::memcpy(e, c, n);
+  };
+  if (block_contig) {
+    move(engine + t0 * L.stride_token * item, chunk + t0 * row * item, (t1 - t0) * row * item);
+    return;
+  }
+  for (std::int64_t t = t0; t < t1; ++t) {
+    unsigned char* e_tok = engine + t * L.stride_token * item;
+    unsigned char* c_tok = chunk + t * row * item;
+    if (token_contig) {
+      move(e_tok, c_tok, row * item);
+      continue;
+    }
+    for (std::int64_t h = 0; h < L.heads; ++h) {
+      unsigned char* e_row = e_tok + h * L.stride_head * item;
+      unsigned char* c_row = c_tok + h * L.head_dim * item;
+      if (dim_contig) {
+        move(e_row, c_row, L.head_dim * item);
+        continue;
+      }
+      for (std::int64_t d = 0; d < L.head_dim; ++d)
+        move(e_row + d * L.stride_dim * item, c_row + d * item, item);
+    }
+  }
+}
+
+void copy_layers(const PagedLayout& L, std::size_t first_layer, std::size_t last_layer,
+                 const std::int64_t* ids, std::size_t nb, unsigned char* chunk, std::int64_t skip,
+                 bool to_chunk) {
+  const std::size_t item = L.itemsize;
+  const std::int64_t block_elems = L.block_size * L.heads * L.head_dim;
+  for (std::size_t layer = first_layer; layer < last_layer; ++layer) {
+    auto* base = reinterpret_cast<unsigned char*>(L.layer_bases[layer]);
+    for (std::int64_t p = 0; p < L.planes; ++p) {
+      unsigned char* plane_chunk = chunk + ((layer * L.planes + p) * nb) * block_elems * item;
+      for (std::size_t j = 0; j < nb; ++j) {
+        std::int64_t first = static_cast<std::int64_t>(j) * L.block_size;
+        std::int64_t t0 = skip > first ? skip - first : 0;
+        if (t0 >= L.block_size) continue;
+        unsigned char* engine = base + (ids[j] * L.stride_block + p * L.stride_plane) * item;
+        copy_tokens(L, engine, plane_chunk + j * block_elems * item, t0, L.block_size, to_chunk);
+      }
+    }
+  }
+}
+
+// Large copies are split by layer over a few threads: one core's memcpy does
+// not saturate host memory bandwidth.
+constexpr std::size_t kBytesPerThread = 8u << 20;
+constexpr unsigned kMaxThreads = 4;
+
+void copy_all(const PagedLayout& L, const std::int64_t* ids, std::size_t nb, unsigned char* chunk,
+              std::int64_t skip, bool to_chunk, unsigned max_threads) {
+  const std::size_t layers = L.layer_bases.size();
+  const std::size_t bytes = layers * L.planes * nb * L.block_size * L.heads * L.head_dim * L.itemsize;
+  std::size_t threads = std::min<std::size_t>({std::max(1u, std::thread::hardware_concurrency()),
+                                               max_threads ? max_threads : kMaxThreads, layers,
+                                               bytes / kBytesPerThread});
+  if (threads <= 1) {
+    copy_layers(L, 0, layers, ids, nb, chunk, skip, to_chunk);
+    return;
+  }
+  std::vector<std::thread> pool;
+  const std::size_t per = (layers + threads - 1) / threads;
+  for (std::size_t t = 1; t < threads; ++t) {
+    std::size_t lo = t * per, hi = std::min(layers, lo + per);
+    if (lo < hi) pool.emplace_back(copy_layers, std::cref(L), lo, hi, ids, nb, chunk, skip, to_chunk);
+  }
+  copy_layers(L, 0, std::min(layers, per), ids, nb, chunk, skip, to_chunk);
+  for (auto& th : pool) th.join();
+}
+
+}  // namespace
+
+void gather_blocks(const PagedLayout& layout, const std::int64_t* block_ids, std::size_t num_blocks,
+                   void* chunk, unsigned max_threads) {
+  copy_all(layout, block_ids, num_blocks, static_cast<unsigned char*>(chunk), 0, true, max_threads);
+}
+
+void scatter_blocks(const PagedLayout& layout, const std::int64_t* block_ids, std::size_t num_blocks,
+                    const void* chunk, std::int64_t skip, unsigned max_threads) {
+  copy_all(layout, block_ids, num_blocks, const_cast<unsigned char*>(static_cast<const unsigned char*>(chunk)),
+           skip, false, max_threads);
+}
+
+}  // namespace pykvstore

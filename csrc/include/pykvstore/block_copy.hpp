@@ -1,0 +1,29 @@
+// Moves KV between an engine's paged blocks and one contiguous chunk in host
+// memory. Python describes the layout (a base address and element strides per
+// layer, in the canonical axis order block, plane, token, head, channel); this
+// code only moves bytes, with memcpy over the longest contiguous runs.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+namespace pykvstore {
+
+struct PagedLayout {
+  std::vector<std::uintptr_t> layer_bases;  // address of element [0,0,0,0,0] of each layer
+  std::int64_t stride_block, stride_plane, stride_token, stride_head, stride_dim;  // in elements
+  std::int64_t planes, block_size, heads, head_dim;
+  std::size_t itemsize;
+};
+
+// Chunk layout: (layers, planes, blocks * block_size, heads, head_dim), contiguous.
+// Gather copies whole blocks; scatter writes chunk tokens [skip, end) only.
+// max_threads caps the threads a large copy is split over (0: automatic);
+// a caller whose I/O threads are busy passes 1.
+void gather_blocks(const PagedLayout& layout, const std::int64_t* block_ids, std::size_t num_blocks,
+                   void* chunk, unsigned max_threads = 0);
+void scatter_blocks(const PagedLayout& layout, const std::int64_t* block_ids, std::size_t num_blocks,
+                    const void* chunk, std::int64_t skip, unsigned max_threads = 0);
+
+}  // namespace pykvstore

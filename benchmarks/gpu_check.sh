@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# One prepared run on a lent GPU machine (no network; torch, nvcc, pybind11,
+# cmake and ninja are in its image): build the extension with its CUDA
+# sources, run the GPU tests and the benchmarks, leave JSON under $OUT.
+# Wheels the image lacks (xxhash, safetensors, pytest) travel in .gpu-wheels/
+# (benchmarks/fetch_gpu_wheels.sh fills it; pass it in the run's carry).
+set -uo pipefail
+OUT=${OUT:-./gpu-out}
+mkdir -p "$OUT"
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+{
+  date -u
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+  $PY -c "import torch; print('torch', torch.__version__, torch.version.cuda)"
+} > "$OUT/env.txt" 2>&1
+
+if [ -d .gpu-wheels ]; then
+  $PY -m pip install --quiet --no-index --find-links .gpu-wheels xxhash safetensors pytest >> "$OUT/build.log" 2>&1
+fi
+PYKVSTORE_CUDA=ON timeout 240 $PY -m pip install --quiet --no-build-isolation --no-deps -e . >> "$OUT/build.log" 2>&1
+echo "build rc=$?" >> "$OUT/build.log"
+
+timeout 180 $PY -m pytest -q tests/test_gpu.py tests/test_native.py tests/test_layout.py \
+  --junitxml="$OUT/gpu-tests.xml" > "$OUT/gpu-tests.txt" 2>&1
+echo "tests rc=$?" >> "$OUT/gpu-tests.txt"
+
+timeout 150 $PY benchmarks/bench_store.py --chunks 16 --repeat 3 > "$OUT/bench_store.json" 2> "$OUT/bench_store.err"
+echo "done" >> "$OUT/env.txt"
+tail -n 3 "$OUT/gpu-tests.txt"

@@ -165,6 +165,7 @@ class KVStore:
         self._stats = StoreStats()
         self._stats_lock = threading.Lock()
         self._warned: set[str] = set()
+        self._unreleased: set[str] = set()
         self._executor: Optional[ThreadPoolExecutor] = None
         self._closed = False
 
@@ -432,6 +433,7 @@ class KVStore:
         self._closed = True
         if self._executor is not None:
             self._executor.shutdown(wait=True)
+        self._retry_releases()
         self._host.clear()
         self._catalog.close()
 
@@ -537,12 +539,14 @@ class KVStore:
             i, row, buf, payload, fut = inflight.popleft()
             try:
                 fut.result()
-            except OSError as e:
-                self._warn_once(f"write:{e.errno}", f"writing chunk {row.key[:16]} failed: {e}")
-                self._catalog.abort(row.key)
+                committed = self._catalog.mark_ready(row.key, time.time())
+            except (OSError, sqlite3.Error) as e:
+                self._warn_once(f"write:{type(e).__name__}:{getattr(e, 'errno', '')}",
+                                f"storing chunk {row.key[:16]} failed: {e}")
+                self._forget(row)
                 failed_at = min(failed_at, i)
                 return
-            if not self._catalog.mark_ready(row.key, time.time()):
+            if not committed:
                 self._disk.remove(row.path)  # removed while in flight (evict/clear)
                 failed_at = min(failed_at, i)
                 return
@@ -552,70 +556,100 @@ class KVStore:
                 self._stats.put_chunks_written += 1
                 self._stats.put_bytes_written += row.nbytes
 
-        for i in range(n):
-            if failed_at < n:
-                break
-            if keys[i] in existing:
-                ok[i] = True
-                with self._stats_lock:
-                    self._stats.put_chunks_present += 1
-                continue
-            now = time.time()
-            meta = {
-                "format": FORMAT_VERSION, "model": self.model, "namespace": ns.hex, "key": keys[i],
-                "parent": parents[i], "tokens": str(ct), "index": str(i), "created": f"{now:.6f}",
-                "tag": tag or "", "params": json.dumps(ns.params, sort_keys=True, separators=(",", ":")),
-            }
-            off = header_length(meta, g.safetensors_dtype, shape, nbytes)
-            rel = self._disk.relpath(self.model, ns.hex, keys[i])
-            row = ChunkRow(key=keys[i], parent=parents[i], namespace=ns.hex, model=self.model, chunk_index=i,
-                           tokens=ct, nbytes=off + nbytes, path=rel, created=now, last_access=now,
-                           tag=tag, state=WRITING, owner=owner)
-            try:
-                reserved = self._reserve(row, protect)
-            except _NoRoom:
-                failed_at = i
-                break
-            if reserved is None:  # another writer got there first
-                ok[i] = True
-                continue
-            try:
-                buf = _C.AlignedBuffer(off + nbytes)
-                whole = torch.frombuffer(buf, dtype=torch.uint8)
-                payload = whole[off:].view(g.view_dtype).view(shape)
-                cache.gather(ids[i * bpc : (i + 1) * bpc], payload)
-                meta["checksum"] = checksum(memoryview(buf)[off:])
-                head = encode_header(meta, g.safetensors_dtype, shape, nbytes)
-                assert len(head) == off, "header length changed with the checksum"
-                whole[:off].copy_(torch.frombuffer(bytearray(head), dtype=torch.uint8))
-                fut = self._disk.write(rel, buf, off + nbytes)
-            except BaseException:
-                self._catalog.abort(row.key)
-                raise
-            inflight.append((i, row, buf, payload, fut))
-            while len(inflight) >= defaults.get("inflight"):
+        try:
+            for i in range(n):
+                if failed_at < n:
+                    break
+                if keys[i] in existing:
+                    ok[i] = True
+                    with self._stats_lock:
+                        self._stats.put_chunks_present += 1
+                    continue
+                now = time.time()
+                meta = {
+                    "format": FORMAT_VERSION, "model": self.model, "namespace": ns.hex, "key": keys[i],
+                    "parent": parents[i], "tokens": str(ct), "index": str(i), "created": f"{now:.6f}",
+                    "tag": tag or "", "params": json.dumps(ns.params, sort_keys=True, separators=(",", ":")),
+                }
+                off = header_length(meta, g.safetensors_dtype, shape, nbytes)
+                rel = self._disk.relpath(self.model, ns.hex, keys[i])
+                row = ChunkRow(key=keys[i], parent=parents[i], namespace=ns.hex, model=self.model, chunk_index=i,
+                               tokens=ct, nbytes=off + nbytes, path=rel, created=now, last_access=now,
+                               tag=tag, state=WRITING, owner=owner)
+                try:
+                    reserved = self._reserve(row, protect)
+                except _NoRoom:
+                    failed_at = i
+                    break
+                except sqlite3.Error as e:  # e.g. the disk under the catalog is full
+                    self._warn_once("reserve", f"cannot reserve space for a chunk: {e}")
+                    failed_at = i
+                    break
+                if reserved is None:  # another writer got there first
+                    ok[i] = True
+                    continue
+                try:
+                    buf = _C.AlignedBuffer(off + nbytes)
+                    whole = torch.frombuffer(buf, dtype=torch.uint8)
+                    payload = whole[off:].view(g.view_dtype).view(shape)
+                    cache.gather(ids[i * bpc : (i + 1) * bpc], payload)
+                    meta["checksum"] = checksum(memoryview(buf)[off:])
+                    head = encode_header(meta, g.safetensors_dtype, shape, nbytes)
+                    assert len(head) == off, "header length changed with the checksum"
+                    whole[:off].copy_(torch.frombuffer(bytearray(head), dtype=torch.uint8))
+                    fut = self._disk.write(rel, buf, off + nbytes)
+                except BaseException:
+                    self._forget(row)
+                    raise
+                inflight.append((i, row, buf, payload, fut))
+                while len(inflight) >= defaults.get("inflight"):
+                    finish_one()
+        finally:
+            while inflight:  # every write started is settled, whatever happened above
                 finish_one()
-        while inflight:
-            finish_one()
         held = 0
         while held < n and ok[held]:
             held += 1
         if held < n:
             self._drop_unreachable(keys[held:], ok[held:])
+        self._retry_releases()
         return held
 
     def _drop_unreachable(self, keys: list[str], written: list[bool]) -> None:
         """Chunks this put wrote after one that failed: nothing could reach them."""
-        mine = [k for k, w in zip(keys, written) if w]
+        mine = set(k for k, w in zip(keys, written) if w)
         if not mine:
             return
-        with self._catalog.transaction() as c:
-            rows = [r for r in Catalog.subtree(c, mine) if r.key in set(mine)]
-            Catalog.delete(c, [r.key for r in rows])
-            for r in rows:
-                self._disk.remove(r.path)
+        try:
+            with self._catalog.transaction() as c:
+                rows = [r for r in Catalog.subtree(c, list(mine)) if r.key in mine]
+                Catalog.delete(c, [r.key for r in rows])
+                for r in rows:
+                    self._disk.remove(r.path)
+        except sqlite3.Error as e:  # they stay indexed: unreachable, evicted as leaves in time
+            self._warn_once("drop", f"could not drop unreachable chunks: {e}")
         for k in mine:
             self._host.discard(k)
+
+    def _forget(self, row: ChunkRow) -> None:
+        """Undoes a reservation whose write failed. Best effort: if the catalog
+        cannot be written either, the row stays `writing` under this process and
+        is reclaimed by the first open after it exits."""
+        self._disk.remove(row.path)
+        try:
+            self._catalog.abort(row.key)
+        except sqlite3.Error as e:
+            self._warn_once("abort", f"could not release a failed chunk's reservation (will retry): {e}")
+            self._unreleased.add(row.key)
+
+    def _retry_releases(self) -> None:
+        """Retries reservations `_forget` could not release (the catalog's disk was full)."""
+        for key in list(self._unreleased):
+            try:
+                self._catalog.abort(key)
+                self._unreleased.discard(key)
+            except sqlite3.Error:
+                return
 
     def _get_chunks(self, toks, cache: PagedKV, ids: torch.Tensor, n: int, start: int) -> int:
         g = cache.geometry
@@ -669,7 +703,10 @@ class KVStore:
                     src.result()
                 except OSError:
                     pass
-        self._catalog.touch(keys[: first] + loaded_keys, time.time())
+        try:
+            self._catalog.touch(keys[:first] + loaded_keys, time.time())
+        except sqlite3.Error as e:  # LRU order is advisory; the load itself succeeded
+            self._warn_once("touch", f"could not record hits: {e}")
         return end
 
     def _verified(self, fut, row: ChunkRow, ns: _Namespace, g: Geometry, shape) -> tuple[Optional[torch.Tensor], int]:

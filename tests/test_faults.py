@@ -139,3 +139,36 @@ def test_a_failed_write_stores_the_prefix_and_raises_nothing(bucket, caplog):
         shutil.rmtree(blocker)
         assert s.put(toks, kv.PagedKV(cache, "BHTC"), ids) == 96
     assert any("failed" in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+
+
+@pytest.fixture
+def small_fs(tmp_path):
+    """A 2 MiB tmpfs: a disk that really fills up (needs root; skipped elsewhere)."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], capture_output=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {r.stderr.decode().strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_a_full_disk_keeps_what_was_committed(small_fs, caplog):
+    bucket = small_fs / "bucket"
+    cache = make_cache("BHTC", hd=128, blocks=64)  # 3 layers x 32 tokens x 2 heads x 256 x 2 B = 96 KiB a chunk
+    toks, ids = tokens(32 * 16), block_table(64, 64)
+    with kv.KVStore(bucket, model="m", chunk_tokens=32, capacity="1GiB") as s:  # capacity beyond the disk
+        stored = s.put(toks, kv.PagedKV(cache, "BHTC"), ids)
+        assert 0 < stored < len(toks)  # ENOSPC part way: the prefix that made it, no exception
+        st = s.stats()
+        files = list((bucket / "data").rglob("*.safetensors"))
+        assert st.chunks == len(files) == stored // 32
+        assert st.used_bytes == sum(p.stat().st_size for p in files)
+        assert list((bucket / "tmp").iterdir()) == []  # no partial chunk anywhere
+    with kv.KVStore(bucket, model="m", chunk_tokens=32) as s:
+        dst = make_cache("BHTC", hd=128, blocks=64, seed=9)
+        assert s.get(toks, kv.PagedKV(dst, "BHTC"), ids) == stored
+        assert torch.equal(reference(dst, "BHTC", ids, 8, 0, stored), reference(cache, "BHTC", ids, 8, 0, stored))
+    assert any("No space left" in r.getMessage() for r in caplog.records)

@@ -122,3 +122,22 @@ def test_reads_hash_the_safetensors_payload(tmp_path):
     assert r.payload_hash == _C.xxh64(payload)
     assert eng.read(str(tmp_path / "bad"), 0, 1 << 20, True).result().payload_hash is None
     assert eng.read(str(tmp_path / "f"), 0, 1 << 20).result().payload_hash is None
+
+
+def test_a_buffer_lives_as_long_as_a_tensor_over_it():
+    """Host-tier payloads are torch views of engine buffers: memory must not be reused under them."""
+    import gc
+
+    _C.set_buffer_cache_limit(1 << 30)
+    before = _C.buffer_cache_bytes()
+    b = _C.AlignedBuffer(1 << 20)
+    view = torch.frombuffer(b, dtype=torch.uint8)[4096:].view(torch.int16)
+    del b
+    gc.collect()
+    assert _C.buffer_cache_bytes() == before
+    del view
+    gc.collect()
+    assert _C.buffer_cache_bytes() == before + (1 << 20)
+    c = _C.AlignedBuffer(1 << 20)  # and the next one of that size reuses it
+    assert _C.buffer_cache_bytes() == before
+    del c

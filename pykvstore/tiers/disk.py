@@ -61,10 +61,13 @@ class DiskTier:
         return self.engine.read(self.abspath(rel), self.direct_read, max_size, hash_payload)
 
     def remove(self, rel: str) -> None:
+        """Deletes a chunk file; a file already gone is fine, and a failure is logged, not raised."""
         try:
             os.unlink(self.root / rel)
         except FileNotFoundError:
             pass
+        except OSError as e:
+            log.warning("could not remove %s: %s", rel, e)
 
     def quarantine(self, rel: str) -> None:
         """Moves a damaged file aside (kept for inspection, out of the bucket's data)."""

@@ -32,21 +32,27 @@ def _hasher(name: str):
     raise InputError(f"unknown hash algorithm {name!r}; choose one of {HASH_ALGORITHMS}")
 
 
+def as_1d_array(value: Any, what: str, error: type[InputError]) -> np.ndarray:
+    """A 1-D numpy array from a list, tuple, range, array or torch tensor, or `error` naming the problem."""
+    if hasattr(value, "detach") and hasattr(value, "cpu"):  # torch.Tensor, no import needed
+        value = value.detach().cpu().numpy()
+    if isinstance(value, (str, bytes)):
+        raise error(f"{what} must be a 1-D sequence of integers, got {type(value).__name__}")
+    try:
+        arr = np.asarray(value)
+    except (ValueError, TypeError) as e:
+        raise error(f"{what} must be a 1-D sequence of integers: {e}") from None
+    if arr.ndim != 1:
+        raise error(f"{what} must be 1-D, got an array of shape {tuple(arr.shape)}")
+    return arr
+
+
 def as_tokens(tokens: Any) -> np.ndarray:
     """Tokens as a 1-D little-endian uint32 array, or a TokensError naming the problem.
 
     Accepts lists, tuples, ranges, numpy arrays and torch tensors of integers.
     """
-    if hasattr(tokens, "detach") and hasattr(tokens, "cpu"):  # torch.Tensor, no import needed
-        tokens = tokens.detach().cpu().numpy()
-    if isinstance(tokens, (str, bytes)):
-        raise TokensError(f"tokens must be a 1-D sequence of token ids, got {type(tokens).__name__}")
-    try:
-        arr = np.asarray(tokens)
-    except (ValueError, TypeError) as e:
-        raise TokensError(f"tokens must be a 1-D sequence of token ids: {e}") from None
-    if arr.ndim != 1:
-        raise TokensError(f"tokens must be 1-D, got an array of shape {tuple(arr.shape)}")
+    arr = as_1d_array(tokens, "tokens", TokensError)
     if arr.size == 0:
         return np.empty(0, dtype=TOKEN_DTYPE)
     if arr.dtype == object:  # Python ints too large for int64, or mixed objects

@@ -30,6 +30,7 @@ import torch
 
 from . import _C
 from .errors import BlockIdsError, InputError, LayoutError
+from .keys import as_1d_array
 
 # torch dtype -> (name, safetensors dtype, integer dtype of the same width)
 _DTYPES: dict[torch.dtype, tuple[str, str, torch.dtype]] = {
@@ -237,14 +238,7 @@ class PagedKV:
 
     def block_ids(self, block_ids: Any, needed: int) -> torch.Tensor:
         """Checks engine block ids (at least `needed`, all in range) -> int64 tensor on the KV device."""
-        if hasattr(block_ids, "detach") and hasattr(block_ids, "cpu"):
-            block_ids = block_ids.detach().cpu().numpy()
-        try:
-            arr = np.asarray(block_ids)
-        except (ValueError, TypeError) as e:
-            raise BlockIdsError(f"block_ids must be a 1-D sequence of integers: {e}") from None
-        if arr.ndim != 1:
-            raise BlockIdsError(f"block_ids must be 1-D, got shape {tuple(arr.shape)}")
+        arr = as_1d_array(block_ids, "block_ids", BlockIdsError)
         if arr.size and not np.issubdtype(arr.dtype, np.integer):
             raise BlockIdsError(f"block_ids must be integers, got dtype {arr.dtype}")
         if arr.size < needed:

@@ -67,7 +67,7 @@ def test_keys_do_not_depend_on_the_process():
     ([1, -1], r"\[0, 2\*\*32\)"),
     ([1, 2**32], r"\[0, 2\*\*32\)"),
     ([1, 2**70], r"\[0, 2\*\*32\)"),
-    ("hello", "1-D sequence"),
+    ("hello", "1-D sequence of integers"),
     ([1, "a"], "integers"),
     (5, "1-D"),
     ([True, False], "integers"),

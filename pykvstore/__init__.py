@@ -5,10 +5,12 @@ back into any engine process instead of recomputing it.
 """
 
 from . import defaults
+from .bucket import Bucket, BucketNotFound, BucketStats, Removed
 from ._C import cuda_compiled
 from .errors import BlockIdsError, InputError, LayoutError, SizeError, TokensError
 from .layout import Geometry, PagedKV
-from .sizes import parse_size
+from .policy import LRU, CostAware
+from .sizes import parse_duration, parse_size
 from .store import Handle, KVStore, StoreStats
 
 __version__ = "0.1.0"
@@ -22,7 +24,7 @@ def cuda_available() -> bool:
 
 
 __all__ = [
-    "BlockIdsError", "Geometry", "Handle", "InputError", "KVStore", "LayoutError", "PagedKV",
-    "SizeError", "StoreStats", "TokensError", "cuda_available", "cuda_compiled", "defaults",
-    "parse_size", "__version__",
+    "BlockIdsError", "Bucket", "BucketNotFound", "BucketStats", "CostAware", "Geometry", "Handle", "InputError",
+    "KVStore", "LRU", "LayoutError", "PagedKV", "Removed", "SizeError", "StoreStats", "TokensError",
+    "cuda_available", "cuda_compiled", "defaults", "parse_duration", "parse_size", "__version__",
 ]

@@ -1,15 +1,20 @@
-"""catalog.sqlite: the index of every chunk in a bucket.
+"""catalog.sqlite: the index of every chunk in a bucket, and its counters.
 
 An index, not the truth: the chunk files carry everything needed to rebuild
-it. WAL mode lets several processes on one host read while one writes; every
-change that must be atomic across processes (reserving space, evicting,
-committing a write) runs in one BEGIN IMMEDIATE transaction. Triggers keep the
-bucket's byte and chunk totals in step with the rows, so capacity checks never
-scan the table.
+the chunk rows. WAL mode lets several processes on one host read while one
+writes; every change that must be atomic across processes (reserving space,
+evicting, committing a write, counting a hit) runs in one BEGIN IMMEDIATE
+transaction. Triggers keep the byte and chunk totals (bucket-wide and per
+model) in step with the rows, so capacity and quota checks never scan.
 
 A row is `writing` (0) from the moment its space is reserved until its file is
 renamed into place, then `ready` (1). Writing rows count against capacity and
 name their owner (host:pid), so rows of a killed writer can be reclaimed.
+A row whose `expires` has passed is never served, whether or not anything has
+reclaimed it yet.
+
+Counters (hits, misses, bytes, evictions by cause) live in `counters`, per
+model, as lifetime totals (period 0) and 5-minute buckets for recent rates.
 """
 
 from __future__ import annotations
@@ -17,20 +22,26 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Optional
 
 WRITING, READY = 0, 1
+PERIOD = 300  # seconds per counter bucket
 _BATCH = 500  # keys per IN (...) clause
+ALIVE = "(expires IS NULL OR expires > ?)"  # with `now` as its parameter
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS totals (id INTEGER PRIMARY KEY CHECK (id = 0),
                                    bytes INTEGER NOT NULL, chunks INTEGER NOT NULL);
 INSERT OR IGNORE INTO totals VALUES (0, 0, 0);
+CREATE TABLE IF NOT EXISTS model_totals (model TEXT PRIMARY KEY, bytes INTEGER NOT NULL, chunks INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS namespaces (digest TEXT PRIMARY KEY, model TEXT NOT NULL, params TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS counters (model TEXT NOT NULL, name TEXT NOT NULL, period INTEGER NOT NULL,
+                                     value INTEGER NOT NULL, PRIMARY KEY (model, name, period));
 CREATE TABLE IF NOT EXISTS chunks (
     key TEXT PRIMARY KEY,
     parent TEXT NOT NULL,
@@ -45,20 +56,29 @@ CREATE TABLE IF NOT EXISTS chunks (
     tag TEXT,
     hits INTEGER NOT NULL DEFAULT 0,
     state INTEGER NOT NULL,
-    owner TEXT
+    owner TEXT,
+    expires REAL,
+    sliding_ttl REAL,
+    pinned INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS chunks_parent ON chunks (parent);
 CREATE INDEX IF NOT EXISTS chunks_lru ON chunks (last_access);
 CREATE INDEX IF NOT EXISTS chunks_state ON chunks (state);
+CREATE INDEX IF NOT EXISTS chunks_expires ON chunks (expires);
+CREATE INDEX IF NOT EXISTS chunks_model_tag ON chunks (model, tag);
 CREATE TRIGGER IF NOT EXISTS chunks_add AFTER INSERT ON chunks BEGIN
     UPDATE totals SET bytes = bytes + NEW.nbytes, chunks = chunks + 1 WHERE id = 0;
+    INSERT INTO model_totals VALUES (NEW.model, NEW.nbytes, 1)
+        ON CONFLICT (model) DO UPDATE SET bytes = bytes + excluded.bytes, chunks = chunks + 1;
 END;
 CREATE TRIGGER IF NOT EXISTS chunks_del AFTER DELETE ON chunks BEGIN
     UPDATE totals SET bytes = bytes - OLD.nbytes, chunks = chunks - 1 WHERE id = 0;
+    UPDATE model_totals SET bytes = bytes - OLD.nbytes, chunks = chunks - 1 WHERE model = OLD.model;
 END;
 """
 
-_COLUMNS = "key, parent, namespace, model, chunk_index, tokens, nbytes, path, created, last_access, tag, hits, state, owner"
+_COLUMNS = ("key, parent, namespace, model, chunk_index, tokens, nbytes, path, created, last_access, "
+            "tag, hits, state, owner, expires, sliding_ttl, pinned")
 
 
 @dataclass
@@ -77,16 +97,23 @@ class ChunkRow:
     hits: int = 0
     state: int = WRITING
     owner: Optional[str] = None
+    expires: Optional[float] = None
+    sliding_ttl: Optional[float] = None
+    pinned: int = 0
 
     def values(self) -> tuple:
         return (self.key, self.parent, self.namespace, self.model, self.chunk_index, self.tokens,
                 self.nbytes, self.path, self.created, self.last_access, self.tag, self.hits,
-                self.state, self.owner)
+                self.state, self.owner, self.expires, self.sliding_ttl, self.pinned)
 
 
 def _batches(items: Sequence[str]) -> Iterator[Sequence[str]]:
     for i in range(0, len(items), _BATCH):
         yield items[i : i + _BATCH]
+
+
+def _marks(n: int) -> str:
+    return ",".join("?" * n)
 
 
 class Catalog:
@@ -99,7 +126,7 @@ class Catalog:
         try:
             self._conn.execute("PRAGMA journal_mode=WAL")
             # NORMAL: a killed process loses no commit; a power cut may lose the
-            # last few, which leaves files the next rebuild indexes again.
+            # last few, which leaves files the next fsck or rebuild indexes again.
             self._conn.execute("PRAGMA synchronous=NORMAL")
             self._conn.executescript(_SCHEMA)
             self._conn.execute("SELECT count(*) FROM chunks").fetchone()
@@ -123,27 +150,37 @@ class Catalog:
                 raise
             self._conn.execute("COMMIT")
 
-    def _query(self, sql: str, args: Iterable[Any] = ()) -> list[tuple]:
+    def query(self, sql: str, args: Iterable[Any] = ()) -> list[tuple]:
         with self._lock:
             return self._conn.execute(sql, tuple(args)).fetchall()
 
+    def rows(self, where: str = "1", args: Iterable[Any] = (), order: str = "") -> list[ChunkRow]:
+        sql = f"SELECT {_COLUMNS} FROM chunks WHERE {where}" + (f" ORDER BY {order}" if order else "")
+        return [ChunkRow(*r) for r in self.query(sql, args)]
+
     # --- settings and totals -------------------------------------------------
     def get_meta(self, key: str) -> Optional[str]:
-        rows = self._query("SELECT v FROM meta WHERE k = ?", (key,))
+        rows = self.query("SELECT v FROM meta WHERE k = ?", (key,))
         return rows[0][0] if rows else None
 
-    def set_meta(self, key: str, value: str) -> None:
+    def set_meta(self, key: str, value: Optional[str]) -> None:
         with self.transaction() as c:
-            c.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+            if value is None:
+                c.execute("DELETE FROM meta WHERE k = ?", (key,))
+            else:
+                c.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
 
     @staticmethod
-    def totals(c: sqlite3.Connection) -> tuple[int, int]:
-        """(bytes, chunks) held or reserved, read inside a transaction."""
-        return c.execute("SELECT bytes, chunks FROM totals WHERE id = 0").fetchone()
+    def totals(c: sqlite3.Connection, model: Optional[str] = None) -> tuple[int, int]:
+        """(bytes, chunks) held or reserved, bucket-wide or for one model."""
+        if model is None:
+            return c.execute("SELECT bytes, chunks FROM totals WHERE id = 0").fetchone()
+        row = c.execute("SELECT bytes, chunks FROM model_totals WHERE model = ?", (model,)).fetchone()
+        return row or (0, 0)
 
-    def usage(self) -> tuple[int, int]:
+    def usage(self, model: Optional[str] = None) -> tuple[int, int]:
         with self._lock:
-            return self.totals(self._conn)
+            return self.totals(self._conn, model)
 
     # --- namespaces ----------------------------------------------------------
     def add_namespace(self, digest: str, model: str, params: dict[str, Any]) -> None:
@@ -151,46 +188,45 @@ class Catalog:
             c.execute("INSERT OR IGNORE INTO namespaces VALUES (?, ?, ?)",
                       (digest, model, json.dumps(params, sort_keys=True)))
 
-    def namespaces(self, model: str) -> list[tuple[str, dict[str, Any]]]:
-        return [(d, json.loads(p)) for d, p in
-                self._query("SELECT digest, params FROM namespaces WHERE model = ?", (model,))]
+    def namespaces(self, model: Optional[str] = None) -> list[tuple[str, dict[str, Any]]]:
+        where, args = ("WHERE model = ?", (model,)) if model is not None else ("", ())
+        return [(d, json.loads(p)) for d, p in self.query(f"SELECT digest, params FROM namespaces {where}", args)]
 
     # --- chunk rows ----------------------------------------------------------
-    def existing(self, keys: Sequence[str]) -> dict[str, int]:
-        """key -> state for the keys that have a row."""
+    def existing(self, keys: Sequence[str], now: float) -> dict[str, int]:
+        """key -> state for keys with a row that has not expired."""
         out: dict[str, int] = {}
         for batch in _batches(keys):
-            q = f"SELECT key, state FROM chunks WHERE key IN ({','.join('?' * len(batch))})"
-            out.update(self._query(q, batch))
+            q = f"SELECT key, state FROM chunks WHERE {ALIVE} AND key IN ({_marks(len(batch))})"
+            out.update(self.query(q, (now, *batch)))
         return out
 
-    def ready_prefix_len(self, keys: Sequence[str]) -> int:
-        """Length of the longest prefix of `keys` whose chunks are ready (lookup's hot path).
+    def ready_prefix_len(self, keys: Sequence[str], now: float) -> int:
+        """Length of the longest prefix of `keys` whose chunks are ready and alive (lookup's hot path).
 
         A batch that is wholly present costs one COUNT; only the batch where
         the prefix ends fetches its keys.
         """
         n = 0
         for batch in _batches(keys):
-            marks = ",".join("?" * len(batch))
-            (count,) = self._query(f"SELECT count(*) FROM chunks WHERE state = {READY} AND key IN ({marks})", batch)[0]
+            cond = f"state = {READY} AND {ALIVE} AND key IN ({_marks(len(batch))})"
+            (count,) = self.query(f"SELECT count(*) FROM chunks WHERE {cond}", (now, *batch))[0]
             if count == len(batch):
                 n += count
                 continue
-            found = {r[0] for r in self._query(f"SELECT key FROM chunks WHERE state = {READY} AND key IN ({marks})", batch)}
+            found = {r[0] for r in self.query(f"SELECT key FROM chunks WHERE {cond}", (now, *batch))}
             for k in batch:
                 if k not in found:
                     return n
                 n += 1
         return n
 
-    def ready_prefix(self, keys: Sequence[str]) -> list[ChunkRow]:
-        """Rows of the longest prefix of `keys` whose chunks are ready."""
+    def ready_prefix(self, keys: Sequence[str], now: float) -> list[ChunkRow]:
+        """Rows of the longest prefix of `keys` whose chunks are ready and alive."""
         found: dict[str, ChunkRow] = {}
         for batch in _batches(keys):
-            q = f"SELECT {_COLUMNS} FROM chunks WHERE state = {READY} AND key IN ({','.join('?' * len(batch))})"
-            for r in self._query(q, batch):
-                found[r[0]] = ChunkRow(*r)
+            for r in self.rows(f"state = {READY} AND {ALIVE} AND key IN ({_marks(len(batch))})", (now, *batch)):
+                found[r.key] = r
             if any(k not in found for k in batch):
                 break  # the prefix ends in this batch
         prefix = []
@@ -204,7 +240,7 @@ class Catalog:
     @staticmethod
     def insert(c: sqlite3.Connection, row: ChunkRow) -> bool:
         """Inserts a row inside a transaction; False when the key already has one."""
-        cur = c.execute(f"INSERT OR IGNORE INTO chunks ({_COLUMNS}) VALUES ({','.join('?' * 14)})", row.values())
+        cur = c.execute(f"INSERT OR IGNORE INTO chunks ({_COLUMNS}) VALUES ({_marks(17)})", row.values())
         return cur.rowcount == 1
 
     def insert_many(self, rows: Iterable[ChunkRow]) -> int:
@@ -223,47 +259,104 @@ class Catalog:
         with self.transaction() as c:
             c.execute(f"DELETE FROM chunks WHERE key = ? AND state = {WRITING}", (key,))
 
-    def touch(self, keys: Sequence[str], now: float) -> None:
-        """Records a hit on each chunk (LRU position and hit count)."""
-        if not keys:
-            return
-        with self.transaction() as c:
-            for batch in _batches(keys):
-                c.execute(f"UPDATE chunks SET last_access = ?, hits = hits + 1 "
-                          f"WHERE key IN ({','.join('?' * len(batch))})", (now, *batch))
+    @staticmethod
+    def touch(c: sqlite3.Connection, keys: Sequence[str], now: float) -> None:
+        """Records a hit on each chunk: LRU position, hit count, and a sliding TTL's new expiry."""
+        for batch in _batches(keys):
+            c.execute(f"UPDATE chunks SET last_access = ?, hits = hits + 1, "
+                      f"expires = CASE WHEN sliding_ttl IS NULL THEN expires ELSE ? + sliding_ttl END "
+                      f"WHERE key IN ({_marks(len(batch))})", (now, now, *batch))
+
+    @staticmethod
+    def refresh(c: sqlite3.Connection, keys: Sequence[str], expires: Optional[float], now: float) -> None:
+        """A put of chunks already held: they live at least as long as the new put asks."""
+        for batch in _batches(keys):
+            c.execute(f"UPDATE chunks SET last_access = ?, expires = CASE WHEN ? IS NULL OR expires IS NULL "
+                      f"THEN NULL ELSE max(expires, ?) END WHERE key IN ({_marks(len(batch))})",
+                      (now, expires, expires, *batch))
+
+    @staticmethod
+    def set_expiry(c: sqlite3.Connection, keys: Sequence[str], expires: Optional[float], sliding: Optional[float]) -> int:
+        n = 0
+        for batch in _batches(keys):
+            n += c.execute(f"UPDATE chunks SET expires = ?, sliding_ttl = CASE WHEN sliding_ttl IS NULL THEN NULL "
+                           f"ELSE ? END WHERE key IN ({_marks(len(batch))})", (expires, sliding, *batch)).rowcount
+        return n
+
+    @staticmethod
+    def set_pinned(c: sqlite3.Connection, keys: Sequence[str], pinned: bool) -> int:
+        n = 0
+        for batch in _batches(keys):
+            n += c.execute(f"UPDATE chunks SET pinned = ? WHERE key IN ({_marks(len(batch))})",
+                           (int(pinned), *batch)).rowcount
+        return n
 
     @staticmethod
     def subtree(c: sqlite3.Connection, keys: Sequence[str]) -> list[ChunkRow]:
         """The rows of `keys` and of every chunk chained after them."""
-        out: list[ChunkRow] = []
+        out: dict[str, ChunkRow] = {}
         for batch in _batches(keys):
-            q = (f"WITH RECURSIVE sub(key) AS (SELECT key FROM chunks WHERE key IN ({','.join('?' * len(batch))}) "
+            q = (f"WITH RECURSIVE sub(key) AS (SELECT key FROM chunks WHERE key IN ({_marks(len(batch))}) "
                  f"UNION SELECT c.key FROM chunks c JOIN sub ON c.parent = sub.key) "
                  f"SELECT {_COLUMNS} FROM chunks WHERE key IN sub")
-            out.extend(ChunkRow(*r) for r in c.execute(q, tuple(batch)))
-        return out
+            out.update((r[0], ChunkRow(*r)) for r in c.execute(q, tuple(batch)))
+        return list(out.values())
 
     @staticmethod
     def delete(c: sqlite3.Connection, keys: Sequence[str]) -> None:
         for batch in _batches(keys):
-            c.execute(f"DELETE FROM chunks WHERE key IN ({','.join('?' * len(batch))})", tuple(batch))
+            c.execute(f"DELETE FROM chunks WHERE key IN ({_marks(len(batch))})", tuple(batch))
 
     @staticmethod
-    def leaves(c: sqlite3.Connection, limit: int) -> list[ChunkRow]:
-        """Ready chunks with no chunk chained after them, least recently used first.
+    def leaves(c: sqlite3.Connection, order: str, limit: int, model: Optional[str] = None) -> list[ChunkRow]:
+        """Unpinned ready chunks with no chunk chained after them, in `order`.
 
         Only leaves may go: evicting a prefix would strand its tail. A chunk
-        whose successor is still being written is not a leaf.
+        whose successor is still being written, or is pinned, is not a leaf.
         """
-        q = (f"SELECT {_COLUMNS} FROM chunks p WHERE state = {READY} "
-             f"AND NOT EXISTS (SELECT 1 FROM chunks s WHERE s.parent = p.key) "
-             f"ORDER BY last_access, chunk_index DESC LIMIT ?")
-        return [ChunkRow(*r) for r in c.execute(q, (limit,))]
+        cond = f"state = {READY} AND pinned = 0 AND NOT EXISTS (SELECT 1 FROM chunks s WHERE s.parent = p.key)"
+        args: tuple = ()
+        if model is not None:
+            cond += " AND model = ?"
+            args = (model,)
+        q = f"SELECT {_COLUMNS} FROM chunks p WHERE {cond} ORDER BY {order} LIMIT ?"
+        return [ChunkRow(*r) for r in c.execute(q, (*args, limit))]
+
+    @staticmethod
+    def expired(c: sqlite3.Connection, now: float) -> list[ChunkRow]:
+        q = f"SELECT {_COLUMNS} FROM chunks WHERE state = {READY} AND expires IS NOT NULL AND expires <= ?"
+        return [ChunkRow(*r) for r in c.execute(q, (now,))]
 
     def writing_rows(self) -> list[ChunkRow]:
-        return [ChunkRow(*r) for r in self._query(f"SELECT {_COLUMNS} FROM chunks WHERE state = {WRITING}")]
+        return self.rows(f"state = {WRITING}")
 
-    def by_model(self) -> dict[str, dict[str, int]]:
-        rows = self._query(f"SELECT model, count(*), sum(nbytes), sum(tokens) FROM chunks "
-                           f"WHERE state = {READY} GROUP BY model")
-        return {m: {"chunks": n, "bytes": b, "tokens": t} for m, n, b, t in rows}
+    # --- counters ------------------------------------------------------------
+    @staticmethod
+    def count(c: sqlite3.Connection, model: str, values: dict[str, int], now: float) -> None:
+        """Adds to a model's counters, lifetime and in the current 5-minute bucket."""
+        period = int(now // PERIOD) * PERIOD
+        for name, v in values.items():
+            if v:
+                for p in (0, period):
+                    c.execute("INSERT INTO counters VALUES (?, ?, ?, ?) ON CONFLICT (model, name, period) "
+                              "DO UPDATE SET value = value + excluded.value", (model, name, p, int(v)))
+
+    def counters(self, since: Optional[float] = None) -> dict[str, dict[str, int]]:
+        """model -> name -> value, lifetime (since None) or over the buckets since a time."""
+        if since is None:
+            rows = self.query("SELECT model, name, value FROM counters WHERE period = 0")
+        else:
+            rows = self.query("SELECT model, name, sum(value) FROM counters WHERE period > 0 AND period >= ? "
+                              "GROUP BY model, name", (int(since // PERIOD) * PERIOD,))
+        out: dict[str, dict[str, int]] = {}
+        for model, name, value in rows:
+            out.setdefault(model, {})[name] = value
+        return out
+
+    def prune_counters(self, older_than: float) -> None:
+        with self.transaction() as c:
+            c.execute("DELETE FROM counters WHERE period > 0 AND period < ?", (older_than,))
+
+
+def now() -> float:
+    return time.time()

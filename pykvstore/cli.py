@@ -1,65 +1,357 @@
-"""`pykvstore` command line: look inside a bucket without opening it for a model.
+"""`pykvstore`: look after a bucket from the command line.
 
-    pykvstore info PATH [--json]
+    pykvstore stats PATH            what the bucket holds, earns, and what is stale
+    pykvstore ls PATH               entries per model and tag (or --chunks)
+    pykvstore clear PATH ...        remove by model, tag, namespace, key, age (--all for everything)
+    pykvstore gc PATH               reclaim expired chunks
+    pykvstore resize PATH SIZE      new capacity for every process at once
+    pykvstore quota PATH MODEL SIZE cap one model inside the bucket ("none" lifts it)
+    pykvstore pin|unpin PATH ...    keep chunks through capacity pressure
+    pykvstore extend PATH TTL ...   new expiry for matching chunks
+    pykvstore config PATH ...       default TTL, TTL mode, price
+    pykvstore fsck PATH [--repair]  check every file against the catalog and checksums
+    pykvstore cost ...              what recomputing a prefix costs, and what storing it costs
+
+Exit codes: 0 done; 1 fsck found problems it did not repair, or an I/O error;
+2 bad input (unknown bucket, model, size or duration) with one line on stderr.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sqlite3
 import sys
-from pathlib import Path
+import time
 from typing import Any, Optional
 
-from .catalog import Catalog
-from .sizes import format_size
+from .bucket import Bucket, BucketNotFound
+from .errors import InputError
+from .layout import Geometry
+from .sizes import format_duration, format_size, parse_duration
+
+DAYS_PER_MONTH = 30
 
 
-def bucket_info(path: str) -> dict[str, Any]:
-    """What a bucket holds: capacity, use, and a breakdown per model and tag."""
-    root = Path(path)
-    if not (root / "catalog.sqlite").exists():
-        raise SystemExit(f"{path} is not a pykvstore bucket (no catalog.sqlite)")
-    config = json.loads((root / "bucket.json").read_text())
-    cat = Catalog(str(root / "catalog.sqlite"))
-    try:
-        used, chunks = cat.usage()
-        tags = cat._query("SELECT model, coalesce(tag, ''), count(*), sum(nbytes), sum(tokens), sum(hits) "
-                          "FROM chunks WHERE state = 1 GROUP BY model, tag ORDER BY model, tag")
-        return {
-            "path": str(root.resolve()),
-            "capacity_bytes": int(config["capacity"]),
-            "used_bytes": used,
-            "chunks": chunks,
-            "models": cat.by_model(),
-            "tags": [{"model": m, "tag": t, "chunks": n, "bytes": b, "tokens": k, "hits": h}
-                     for m, t, n, b, k, h in tags],
-            "namespaces": len(cat._query("SELECT digest FROM namespaces")),
-        }
-    finally:
-        cat.close()
+# --- output helpers ----------------------------------------------------------
+def _table(rows: list[dict[str, Any]], columns: list[tuple[str, str]]) -> str:
+    """A plain-text table; columns are (key, heading)."""
+    cells = [[h for _, h in columns]] + [[_cell(r.get(k)) for k, _ in columns] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
+    return "\n".join(lines[:1] + ["  ".join("-" * w for w in widths)] + lines[1:])
+
+
+def _cell(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.3f}"
+    return str(v)
+
+
+class _Progress:
+    """A progress bar on stderr, only when a person is watching."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.on = sys.stderr.isatty()
+        self.last = 0.0
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if not self.on or (now - self.last < 0.1 and done < total):
+            return
+        self.last = now
+        width = 30
+        filled = width * done // max(total, 1)
+        sys.stderr.write(f"\r{self.label} [{'#' * filled}{' ' * (width - filled)}] {done}/{total}")
+        if done >= total:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+
+
+def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
+    print(json.dumps(data, indent=2, default=str) if getattr(args, "json", False) else text)
+
+
+def _bucket(args: argparse.Namespace) -> Bucket:
+    return Bucket(args.path, create=False)
+
+
+def _selectors(args: argparse.Namespace) -> dict[str, Any]:
+    sel: dict[str, Any] = {}
+    for name in ("model", "tag", "namespace", "idle_longer_than", "created_before"):
+        v = getattr(args, name, None)
+        if v is not None:
+            sel[name] = v
+    if getattr(args, "key", None):
+        sel["keys"] = args.key
+    return sel
+
+
+def _removed_text(verb: str, r: Any) -> str:
+    return f"{verb} {r.chunks} chunks, {r.tokens} tokens, {format_size(r.bytes)}"
+
+
+# --- commands ----------------------------------------------------------------
+def cmd_stats(args: argparse.Namespace) -> int:
+    with _bucket(args) as b:
+        s = b.stats(args.price, args.stale_after)
+    d = s.to_dict()
+    lines = [
+        f"bucket {s.path}",
+        f"  capacity {format_size(s.capacity_bytes)}, used {format_size(s.used_bytes)} "
+        f"({100 * s.used_bytes / max(s.capacity_bytes, 1):.1f}%), free {format_size(s.free_bytes)}",
+        f"  {s.chunks} chunks, {s.tokens} tokens; pinned {s.pinned_chunks} chunks ({format_size(s.pinned_bytes)})",
+        f"  policy {s.policy}; default ttl {format_duration(s.default_ttl) if s.default_ttl else 'none'} ({s.ttl_mode})",
+        f"  this bucket avoided {s.tokens_avoided} prefill tokens, worth ${s.cost_avoided:,.2f} "
+        f"at ${s.price_per_mtok}/M tokens",
+        f"  written {format_size(s.bytes_written)}, read {format_size(s.bytes_read)}; evictions: "
+        + ", ".join(f"{c} {e['chunks']}" for c, e in s.evictions.items()),
+        "",
+        _table([dict(model=m, **v, size=format_size(v["bytes"])) for m, v in sorted(s.by_model.items())],
+               [("model", "model"), ("chunks", "chunks"), ("tokens", "tokens"), ("size", "size"),
+                ("hit_rate", "hit rate"), ("hit_rate_hour", "last hour"), ("hit_rate_day", "last day"),
+                ("tokens_avoided", "tokens avoided"), ("cost_avoided", "$ avoided")]),
+        "",
+        _table([dict(t, size=format_size(t["bytes"]), idle=format_duration(t["idle_s"])) for t in s.by_tag],
+               [("model", "model"), ("tag", "tag"), ("chunks", "chunks"), ("size", "size"), ("hits", "hits"),
+                ("idle", "idle"), ("pinned_chunks", "pinned")]),
+    ]
+    if s.stale:
+        lines += ["", f"stale (not hit for {format_duration(s.stale_after)}): clear with "
+                      f"`pykvstore clear PATH --model M --tag T`"]
+        lines += [f"  {t['model']}  tag={t['tag'] or '-'}  {format_size(t['bytes'])}  idle {format_duration(t['idle_s'])}"
+                  for t in s.stale]
+    _emit(args, d, "\n".join(lines))
+    return 0
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    with _bucket(args) as b:
+        if args.model is not None and args.model not in b.models():
+            raise InputError(f"unknown model {args.model!r}; the bucket holds: {', '.join(b.models()) or 'nothing'}")
+        rows = b.ls(model=args.model, tag=args.tag, idle_longer_than=args.idle_longer_than, sort=args.sort,
+                    chunks=args.chunks, limit=args.limit)
+    for r in rows:
+        r["size"] = format_size(r["bytes"])
+        r["idle"] = format_duration(r["idle_s"])
+    cols = ([("key", "key"), ("model", "model"), ("tag", "tag"), ("index", "#"), ("size", "size"), ("hits", "hits"),
+             ("idle", "idle"), ("pinned", "pinned")] if args.chunks else
+            [("model", "model"), ("tag", "tag"), ("chunks", "chunks"), ("tokens", "tokens"), ("size", "size"),
+             ("hits", "hits"), ("idle", "idle"), ("pinned", "pinned")])
+    _emit(args, rows, _table(rows, cols) if rows else "(nothing)")
+    return 0
+
+
+def cmd_clear(args: argparse.Namespace) -> int:
+    sel = _selectors(args)
+    if not sel and not args.all:
+        raise InputError("clear needs a selector (--model, --tag, --namespace, --key, --idle-longer-than, "
+                         "--created-before) or --all")
+    with _bucket(args) as b:
+        r = b.clear(include_pinned=args.include_pinned, **sel)
+    _emit(args, r.to_dict(), _removed_text("cleared", r))
+    return 0
+
+
+def cmd_gc(args: argparse.Namespace) -> int:
+    with _bucket(args) as b:
+        r = b.gc()
+    _emit(args, r.to_dict(), _removed_text("reclaimed", r))
+    return 0
+
+
+def cmd_resize(args: argparse.Namespace) -> int:
+    with _bucket(args) as b:
+        r = b.resize(args.size)
+        cap = b.capacity
+    _emit(args, dict(r.to_dict(), capacity_bytes=cap),
+          f"capacity {format_size(cap)}; " + _removed_text("evicted", r))
+    return 0
+
+
+def cmd_quota(args: argparse.Namespace) -> int:
+    with _bucket(args) as b:
+        r = b.set_quota(args.model, None if args.size.lower() == "none" else args.size)
+    _emit(args, r.to_dict(), f"quota for {args.model}: {args.size}; " + _removed_text("evicted", r))
+    return 0
+
+
+def cmd_pin(args: argparse.Namespace) -> int:
+    sel = _selectors(args)
+    if not sel:
+        raise InputError(f"{args.command} needs a selector (--model, --tag, --namespace or --key)")
+    ttl: Any = "keep"
+    if getattr(args, "ttl", None) is not None:
+        ttl = None if args.ttl.lower() == "none" else args.ttl
+    with _bucket(args) as b:
+        where, params = b.select(**sel)
+        keys = [k for (k,) in b.catalog.query(f"SELECT key FROM chunks WHERE {where}", params)]
+        n = b.pin(keys, args.command == "pin", ttl) if args.command == "pin" else b.pin(keys, False)
+    _emit(args, {"chunks": n}, f"{args.command}ned {n} chunks")
+    return 0
+
+
+def cmd_extend(args: argparse.Namespace) -> int:
+    sel = _selectors(args)
+    if not sel:
+        raise InputError("extend needs a selector (--model, --tag, --namespace or --key)")
+    ttl = None if args.ttl.lower() == "none" else parse_duration(args.ttl, "ttl")
+    with _bucket(args) as b:
+        where, params = b.select(**sel)
+        keys = [k for (k,) in b.catalog.query(f"SELECT key FROM chunks WHERE {where}", params)]
+        from .catalog import Catalog
+
+        with b.catalog.transaction() as c:
+            n = Catalog.set_expiry(c, keys, None if ttl is None else time.time() + ttl, ttl)
+    _emit(args, {"chunks": n}, f"{n} chunks now expire {'never' if ttl is None else 'in ' + format_duration(ttl)}")
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    with _bucket(args) as b:
+        kwargs: dict[str, Any] = {}
+        if args.ttl is not None:
+            kwargs["ttl"] = None if args.ttl.lower() == "none" else args.ttl
+        config = b.set_defaults(ttl_mode=args.ttl_mode, price_per_mtok=args.price, **kwargs)
+    _emit(args, config, "\n".join(f"{k}: {v}" for k, v in sorted(config.items())))
+    return 0
+
+
+def cmd_fsck(args: argparse.Namespace) -> int:
+    with _bucket(args) as b:
+        r = b.fsck(repair=args.repair, progress=_Progress("fsck"))
+    text = (f"checked {r['checked']} chunks: {r['ok']} ok, {len(r['missing'])} missing, "
+            f"{len(r['damaged'])} damaged, {len(r['unindexed'])} files not in the catalog"
+            + ("; repaired" if r["repaired"] else ("; run with --repair to fix" if r["problems"] else "")))
+    _emit(args, r, text)
+    return 1 if r["problems"] and not r["repaired"] else 0
+
+
+def recompute_cost(tokens: int, reuses_per_day: float, price_per_mtok: float) -> float:
+    """Dollars a month spent re-encoding a prefix of `tokens`, `reuses_per_day` times a day."""
+    return tokens * reuses_per_day * DAYS_PER_MONTH * price_per_mtok / 1e6
+
+
+def cmd_cost(args: argparse.Namespace) -> int:
+    if args.tokens <= 0 or args.reuses_per_day <= 0 or args.price < 0:
+        raise InputError("--tokens and --reuses-per-day must be positive and --price non-negative")
+    if args.bytes_per_token is not None:
+        bpt = args.bytes_per_token
+    elif args.layers:
+        g = (Geometry.mla(args.layers, args.latent_dim, args.dtype) if args.latent_dim else
+             Geometry(args.layers, args.kv_heads, args.head_dim, args.dtype))
+        bpt = g.chunk_bytes(1)
+    else:
+        raise InputError("give --bytes-per-token, or a geometry: --layers with --kv-heads/--head-dim or --latent-dim")
+    monthly = recompute_cost(args.tokens, args.reuses_per_day, args.price)
+    kv_bytes = args.tokens * bpt
+    storage = kv_bytes / 1e9 * args.storage_price
+    per_reuse = args.tokens * args.price / 1e6
+    data = {"prefix_tokens": args.tokens, "reuses_per_day": args.reuses_per_day, "price_per_mtok": args.price,
+            "recompute_cost_per_month": monthly, "kv_bytes": kv_bytes, "bytes_per_token": bpt,
+            "storage_cost_per_month": storage, "storage_price_per_gb_month": args.storage_price,
+            "break_even_reuses_per_month": storage / per_reuse if per_reuse else None,
+            "saving_per_month": monthly - storage}
+    text = (f"recomputing {args.tokens:,} tokens {args.reuses_per_day:,g} times a day at ${args.price}/M tokens: "
+            f"${monthly:,.2f} a month\n"
+            f"its KV: {format_size(kv_bytes)} ({bpt:,} bytes a token), ${storage:,.4f} a month to store "
+            f"at ${args.storage_price}/GB-month\n"
+            f"storing pays for itself after {data['break_even_reuses_per_month']:,.4f} reuses a month; "
+            f"saves ${data['saving_per_month']:,.2f} a month")
+    _emit(args, data, text)
+    return 0
+
+
+# --- parser ------------------------------------------------------------------
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="pykvstore", description="Look after a pykvstore bucket.",
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def cmd(name: str, fn, help: str, path: bool = True, json_out: bool = True) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help)
+        sp.set_defaults(fn=fn)
+        if path:
+            sp.add_argument("path", help="the bucket directory")
+        if json_out:
+            sp.add_argument("--json", action="store_true", help="machine-readable output")
+        return sp
+
+    def selectors(sp: argparse.ArgumentParser, ages: bool = True) -> None:
+        sp.add_argument("--model")
+        sp.add_argument("--tag", help='origin tag ("" for untagged)')
+        sp.add_argument("--namespace")
+        sp.add_argument("--key", nargs="+", help="chunk keys (hex); their chains go too")
+        if ages:
+            sp.add_argument("--idle-longer-than", dest="idle_longer_than", metavar="DURATION")
+            sp.add_argument("--created-before", dest="created_before", metavar="ISO_TIME")
+
+    for name in ("stats", "info"):
+        sp = cmd(name, cmd_stats, "what the bucket holds, earns, and what is stale")
+        sp.add_argument("--price", type=float, help="dollars per million input tokens (default: the bucket's)")
+        sp.add_argument("--stale-after", dest="stale_after", default="7d", metavar="DURATION")
+    sp = cmd("ls", cmd_ls, "entries per model and tag")
+    sp.add_argument("--model")
+    sp.add_argument("--tag")
+    sp.add_argument("--idle-longer-than", dest="idle_longer_than", metavar="DURATION")
+    sp.add_argument("--sort", default="bytes", choices=["bytes", "hits", "idle", "created"])
+    sp.add_argument("--chunks", action="store_true", help="one line per chunk")
+    sp.add_argument("--limit", type=int)
+    sp = cmd("clear", cmd_clear, "remove chunks by selector")
+    selectors(sp)
+    sp.add_argument("--all", action="store_true", help="everything (pinned chunks only with --include-pinned)")
+    sp.add_argument("--include-pinned", action="store_true")
+    cmd("gc", cmd_gc, "reclaim expired chunks")
+    sp = cmd("resize", cmd_resize, "set the capacity")
+    sp.add_argument("size")
+    sp = cmd("quota", cmd_quota, "cap one model's bytes")
+    sp.add_argument("model")
+    sp.add_argument("size", help='a size, or "none"')
+    for name in ("pin", "unpin"):
+        sp = cmd(name, cmd_pin, f"{name} chunks by selector")
+        selectors(sp, ages=False)
+        if name == "pin":
+            sp.add_argument("--ttl", help='"none" (never expire) or a new TTL; default: keep the expiry')
+    sp = cmd("extend", cmd_extend, "new expiry for chunks by selector")
+    sp.add_argument("ttl", help='a duration from now, or "none"')
+    selectors(sp, ages=False)
+    sp = cmd("config", cmd_config, "bucket defaults")
+    sp.add_argument("--ttl", help='default TTL of new chunks, or "none"')
+    sp.add_argument("--ttl-mode", dest="ttl_mode", choices=["absolute", "sliding"])
+    sp.add_argument("--price", type=float, help="dollars per million input tokens")
+    sp = cmd("fsck", cmd_fsck, "check files against the catalog and checksums")
+    sp.add_argument("--repair", action="store_true")
+    sp = cmd("cost", cmd_cost, "what recomputing a prefix costs vs storing its KV", path=False)
+    sp.add_argument("--tokens", type=int, required=True, help="prefix tokens")
+    sp.add_argument("--reuses-per-day", dest="reuses_per_day", type=float, required=True)
+    sp.add_argument("--price", type=float, default=0.15, help="dollars per million input tokens (0.15)")
+    sp.add_argument("--bytes-per-token", dest="bytes_per_token", type=int)
+    sp.add_argument("--layers", type=int)
+    sp.add_argument("--kv-heads", dest="kv_heads", type=int, default=8)
+    sp.add_argument("--head-dim", dest="head_dim", type=int, default=128)
+    sp.add_argument("--latent-dim", dest="latent_dim", type=int, help="MLA latent width (DeepSeek: 576)")
+    sp.add_argument("--dtype", default="bfloat16")
+    sp.add_argument("--storage-price", dest="storage_price", type=float, default=0.10,
+                    help="dollars per GB-month of storage (0.10)")
+    return p
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="pykvstore", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    info = sub.add_parser("info", help="what a bucket holds")
-    info.add_argument("path")
-    info.add_argument("--json", action="store_true", help="machine-readable output")
-    args = parser.parse_args(argv)
-
-    data = bucket_info(args.path)
-    if args.json:
-        print(json.dumps(data, indent=2))
-        return 0
-    pct = 100 * data["used_bytes"] / data["capacity_bytes"]
-    print(f"bucket {data['path']}")
-    print(f"  used {format_size(data['used_bytes'])} of {format_size(data['capacity_bytes'])} "
-          f"({pct:.1f}%), {data['chunks']} chunks, {data['namespaces']} namespaces")
-    for t in data["tags"]:
-        print(f"  {t['model']:<28} tag={t['tag'] or '-':<24} {t['chunks']:>5} chunks "
-              f"{t['tokens']:>8} tokens {format_size(t['bytes']):>10}  hits {t['hits']}")
-    return 0
+    args = _parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except BucketNotFound as e:
+        print(f"pykvstore: error: {e}", file=sys.stderr)
+        return 2
+    except InputError as e:
+        print(f"pykvstore: error: {e}", file=sys.stderr)
+        return 2
+    except (OSError, sqlite3.Error) as e:
+        print(f"pykvstore: error: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ class BlockIdsError(InputError):
 
 
 class SizeError(InputError):
-    """A size (capacity) that does not parse."""
+    """A size (capacity) or duration (TTL) that does not parse."""
 
 
 class ChunkError(Exception):

@@ -1,36 +1,44 @@
-"""Eviction policy: which chunks leave when a write needs room.
+"""Eviction policies: which chunks leave when a write needs room.
 
-Policy only chooses; the store removes rows and files. Every policy keeps the
-tail-before-prefix rule by choosing among leaves only (a prefix without its
-tail still serves; a tail without its prefix never does).
+A policy only chooses; the bucket removes rows and files. Every policy keeps
+the tail-before-prefix rule by choosing among leaves only (a prefix without
+its tail still serves; a tail without its prefix never does), and never
+chooses a pinned chunk.
 """
 
 from __future__ import annotations
 
 import sqlite3
 from collections.abc import Collection
-from typing import Protocol
+from typing import Optional, Protocol
 
 from .catalog import Catalog, ChunkRow
 
 
 class EvictionPolicy(Protocol):
-    def choose(self, c: sqlite3.Connection, need: int, protect: Collection[str]) -> list[ChunkRow]:
-        """Rows whose removal frees at least `need` bytes, or [] if that is impossible.
+    name: str
 
-        Runs inside the caller's transaction and may delete rows it chose to
-        look past them; the caller rolls back when the answer is [].
+    def choose(self, c: sqlite3.Connection, need: int, protect: Collection[str],
+               model: Optional[str] = None) -> list[ChunkRow]:
+        """Rows whose removal frees at least `need` bytes (of `model`'s, if given), or [] if impossible.
+
+        Runs inside the caller's transaction and deletes the rows it chose (so
+        their parents become leaves); the caller rolls back when the answer is [].
         """
         ...
 
 
-class LRU:
-    """Least recently used leaf first (ties: the later chunk of a chain first)."""
+class _LeafPolicy:
+    """Repeatedly takes the first leaves in `order` until enough bytes are free."""
 
-    def choose(self, c: sqlite3.Connection, need: int, protect: Collection[str]) -> list[ChunkRow]:
+    name = "leaf"
+    order = "last_access"
+
+    def choose(self, c: sqlite3.Connection, need: int, protect: Collection[str],
+               model: Optional[str] = None) -> list[ChunkRow]:
         chosen: list[ChunkRow] = []
         while need > 0:
-            batch = [r for r in Catalog.leaves(c, len(protect) + 64) if r.key not in protect]
+            batch = [r for r in Catalog.leaves(c, self.order, len(protect) + 64, model) if r.key not in protect]
             if not batch:
                 return []
             taken = []
@@ -39,7 +47,48 @@ class LRU:
                 need -= row.nbytes
                 if need <= 0:
                     break
-            # Delete them now so the next round sees their parents as leaves.
             Catalog.delete(c, [r.key for r in taken])
             chosen += taken
         return chosen
+
+
+class LRU(_LeafPolicy):
+    """Least recently used leaf first (ties: the later chunk of a chain first)."""
+
+    name = "lru"
+    order = "last_access, chunk_index DESC"
+
+
+class CostAware(_LeafPolicy):
+    """Keeps the chunks that save the most recompute per byte.
+
+    A chunk's worth is (hits + 1) x its prefill cost, and prefill cost grows
+    with position: every token of chunk i attends to all tokens before it, so
+    recomputing it costs tokens x (1 + position / attention_tokens), where
+    attention_tokens is the context length at which attention work equals the
+    rest of the layer (about 4 x hidden size for a dense model; 8192 by default).
+    The least worth per byte goes first, least recently used among equals.
+    """
+
+    name = "cost"
+
+    def __init__(self, attention_tokens: int = 8192) -> None:
+        if attention_tokens <= 0:
+            raise ValueError("attention_tokens must be positive")
+        self.order = (f"(hits + 1.0) * tokens * (1.0 + (chunk_index + 0.5) * tokens / {float(attention_tokens)}) "
+                      f"/ nbytes, last_access, chunk_index DESC")
+
+
+POLICIES = {"lru": LRU, "cost": CostAware}
+
+
+def make_policy(policy: "str | EvictionPolicy | None") -> EvictionPolicy:
+    from .errors import InputError
+
+    if policy is None:
+        return LRU()
+    if isinstance(policy, str):
+        if policy not in POLICIES:
+            raise InputError(f"unknown eviction policy {policy!r}; choose one of {', '.join(POLICIES)}")
+        return POLICIES[policy]()
+    return policy

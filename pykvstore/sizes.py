@@ -1,4 +1,4 @@
-"""Byte sizes as users write them: 1073741824, "20GiB", "512 MB", "1.5T"."""
+"""Sizes and durations as users write them: "20GiB", "512 MB", "30m", "7d"."""
 
 from __future__ import annotations
 
@@ -49,3 +49,38 @@ def format_size(n: int) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     raise AssertionError("unreachable")
+
+
+_DURATION = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(s|sec|m|min|h|d|w)?\s*$", re.IGNORECASE)
+_SECONDS = {None: 1, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_duration(value: int | float | str, what: str = "duration") -> float:
+    """Seconds from a number or a string such as "90s", "30m", "24h", "7d".
+
+    >>> parse_duration("30m")
+    1800.0
+    """
+    if isinstance(value, bool):
+        raise SizeError(f"{what} must be seconds or a string like '30m', got {value!r}")
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    elif isinstance(value, str):
+        m = _DURATION.match(value)
+        if m is None:
+            raise SizeError(f"{what} {value!r} does not parse: use seconds or a number with s, m, h, d or w "
+                            f"such as '90s', '30m', '24h', '7d'")
+        unit = m.group(2).lower() if m.group(2) else None
+        seconds = float(m.group(1)) * _SECONDS[unit]
+    else:
+        raise SizeError(f"{what} must be seconds or a string like '24h', got {type(value).__name__}")
+    if seconds <= 0:
+        raise SizeError(f"{what} must be positive, got {value!r}")
+    return seconds
+
+
+def format_duration(seconds: float) -> str:
+    for unit, n in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= n:
+            return f"{seconds / n:.1f}{unit}"
+    return f"{seconds:.0f}s"

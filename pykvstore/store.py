@@ -8,8 +8,6 @@ crash-safely, and a damaged chunk is a miss, never an exception.
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import json
 import logging
 import os
@@ -19,25 +17,24 @@ import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Optional, Union
 
 import torch
 
 from . import _C, defaults
-from .catalog import READY, WRITING, Catalog, ChunkRow
+from .bucket import _UNSET, TTL_MODES, Bucket, BucketStats, Removed
+from .catalog import WRITING, Catalog, ChunkRow
 from .chunk_file import checksum, decode_header, encode_header, format_checksum, header_length
 from .errors import ChunkError, InputError
 from .keys import FORMAT_VERSION, HASH_ALGORITHMS, as_tokens, chunk_keys, namespace_digest, salt_digest
 from .layout import Geometry, PagedKV
-from .policy import LRU, EvictionPolicy
-from .sizes import parse_size
-from .tiers import DiskTier, HostTier
+from .policy import EvictionPolicy
+from .sizes import parse_duration, parse_size
+from .tiers import HostTier
 from .tiers.disk import HOST
 
 log = logging.getLogger("pykvstore")
 
-DEFAULT_CAPACITY = "10GiB"  # for a new bucket opened without capacity=
 _IO_ERRORS = (OSError, sqlite3.Error)
 
 
@@ -58,15 +55,14 @@ class StoreStats:
     get_bytes_read: int = 0
     corrupt_chunks: int = 0
     lookups: int = 0
-    evicted_chunks: int = 0  # for capacity, by this process
-    evicted_bytes: int = 0
     capacity_bytes: int = 0
     used_bytes: int = 0
     chunks: int = 0
     host_bytes: int = 0
     host_chunks: int = 0
-    by_model: dict[str, dict[str, int]] = field(default_factory=dict)
+    by_model: dict[str, dict[str, Any]] = field(default_factory=dict)
     io: dict[str, int] = field(default_factory=dict)
+    bucket: Optional[BucketStats] = None  # the bucket as every process sees it
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -92,16 +88,6 @@ class _Namespace:
     params: dict[str, Any]
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class KVStore:
     """A persistent bucket of KV chunks for one model (and optional tenant salt).
 
@@ -116,6 +102,9 @@ class KVStore:
         tp_rank, tp_size: tensor-parallel shard this store serves.
         geometry: the KV geometry `lookup` answers for before any PagedKV is seen.
         host_capacity: bytes of recently used chunks kept in this process.
+        ttl, ttl_mode: the bucket's default time to live for new chunks
+            ("24h"; None: forever) and "absolute" or "sliding" (hits extend it).
+        policy: eviction policy, "lru" (default) or "cost" (most recompute saved per byte).
 
     Example:
         >>> with KVStore("./kvstore", model="Qwen/Qwen3-8B", capacity="50GiB") as store:
@@ -136,7 +125,9 @@ class KVStore:
         tp_size: int = 1,
         geometry: Optional[Geometry] = None,
         host_capacity: Union[int, str, None] = None,
-        policy: Optional[EvictionPolicy] = None,
+        ttl: Any = _UNSET,
+        ttl_mode: Optional[str] = None,
+        policy: Union[str, EvictionPolicy, None] = None,
     ) -> None:
         if not isinstance(model, str) or not model.strip():
             raise InputError(f"model must be a non-empty string, got {model!r}")
@@ -148,10 +139,8 @@ class KVStore:
             raise InputError(f"tp_rank must lie in [0, tp_size) with tp_size >= 1, got {tp_rank}/{tp_size}")
         if geometry is not None and not isinstance(geometry, Geometry):
             raise InputError(f"geometry must be a pykvstore.Geometry, got {type(geometry).__name__}")
-        cap = None if capacity is None else parse_size(capacity, "capacity")
         host_cap = parse_size(host_capacity, "host capacity") if host_capacity is not None else defaults.get("host_capacity")
 
-        self.root = Path(path)
         self.model = model
         self.revision = revision
         self.chunk_tokens = chunk_tokens
@@ -159,7 +148,6 @@ class KVStore:
         self.tp_rank, self.tp_size = tp_rank, tp_size
         self._salt = salt_digest(salt)
         self._geometry = geometry
-        self._policy = policy or LRU()
         self._namespaces: dict[Geometry, _Namespace] = {}
         self._registered: set[str] = set()
         self._stats = StoreStats()
@@ -169,111 +157,14 @@ class KVStore:
         self._executor: Optional[ThreadPoolExecutor] = None
         self._closed = False
 
-        self._engine = _C.FileEngine(defaults.get("io_threads"))
+        self.bucket = Bucket(path, capacity=capacity, ttl=ttl, ttl_mode=ttl_mode, policy=policy)
+        self.root = self.bucket.root
+        self._catalog = self.bucket.catalog
+        self._disk = self.bucket.disk
+        self._engine = self.bucket.engine
         _C.set_buffer_cache_limit(defaults.get("buffer_cache"))
-        self.root.mkdir(parents=True, exist_ok=True)
-        self._disk = DiskTier(self.root, self._engine, defaults.direct_mode("direct_write"),
-                              defaults.direct_mode("direct_read"), defaults.get("fsync"))
         self._host = HostTier(host_cap)
-        self._catalog = self._open_bucket(cap)
-
-    # --- opening -------------------------------------------------------------
-    def _open_bucket(self, capacity: Optional[int]) -> Catalog:
-        """Config, catalog (rebuilt if missing or damaged), recovery of dead writers.
-
-        Runs under an exclusive lock file so two processes opening at once do
-        not both rebuild; normal operation takes no file lock.
-        """
-        with open(self.root / ".lock", "a+") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            config = self._load_config()
-            if config is None or (capacity is not None and capacity != config["capacity"]):
-                config = dict(config or {"format": FORMAT_VERSION, "created": time.time()},
-                              capacity=capacity or parse_size(DEFAULT_CAPACITY))
-                self._save_config(config)
-            catalog = self._open_catalog()
-            catalog.set_meta("capacity", str(config["capacity"]))
-            self._recover(catalog)
-            self._catalog = catalog
-            self._make_room(0, ())  # a bucket opened smaller than it holds shrinks now
-            return catalog
-
-    def _load_config(self) -> Optional[dict[str, Any]]:
-        try:
-            with open(self.root / "bucket.json") as f:
-                config = json.load(f)
-            int(config["capacity"])
-            return config
-        except FileNotFoundError:
-            return None
-        except (ValueError, KeyError, TypeError):
-            log.warning("bucket.json in %s is damaged; writing a new one", self.root)
-            return None
-
-    def _save_config(self, config: dict[str, Any]) -> None:
-        tmp = self.root / f"bucket.json.{os.getpid()}.tmp"
-        with open(tmp, "w") as f:
-            json.dump(config, f, indent=2, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.root / "bucket.json")
-
-    def _open_catalog(self) -> Catalog:
-        path = self.root / "catalog.sqlite"
-        fresh = not path.exists()
-        if fresh:  # stale WAL/SHM of a deleted catalog must not be replayed into a new one
-            for suffix in ("-wal", "-shm"):
-                Path(str(path) + suffix).unlink(missing_ok=True)
-        try:
-            catalog = Catalog(str(path))
-        except sqlite3.DatabaseError as e:
-            log.warning("catalog %s is damaged (%s); rebuilding it from the chunk files", path, e)
-            stamp = int(time.time() * 1000)
-            for suffix in ("", "-wal", "-shm"):
-                p = Path(str(path) + suffix)
-                if p.exists():
-                    os.replace(p, self.root / "quarantine" / f"{stamp}.catalog.sqlite{suffix}")
-            catalog = Catalog(str(path))
-            fresh = True
-        if fresh:
-            self._rebuild(catalog)
-        return catalog
-
-    def _rebuild(self, catalog: Catalog) -> None:
-        """Indexes every chunk file from its header; damaged files go to quarantine."""
-        rows: list[ChunkRow] = []
-        namespaces: dict[str, tuple[str, dict[str, Any]]] = {}
-        for rel in self._disk.chunk_files():
-            try:
-                head, size = self._disk.read_head(rel)
-                hdr = decode_header(head, size)
-                m = hdr.metadata
-                if Path(rel).stem != m["key"]:
-                    raise ChunkError("file name does not match its key")
-                rows.append(ChunkRow(
-                    key=m["key"], parent=m["parent"], namespace=m["namespace"], model=m["model"],
-                    chunk_index=int(m["index"]), tokens=int(m["tokens"]), nbytes=size, path=rel,
-                    created=float(m["created"]), last_access=float(m["created"]),
-                    tag=m.get("tag") or None, state=READY))
-                namespaces[m["namespace"]] = (m["model"], json.loads(m["params"]))
-            except (ChunkError, KeyError, ValueError, OSError) as e:
-                log.warning("rebuild: %s is not a valid chunk (%s); moved aside", rel, e)
-                self._disk.quarantine(rel)
-        for digest, (model, params) in namespaces.items():
-            catalog.add_namespace(digest, model, params)
-        n = catalog.insert_many(rows)
-        if rows:
-            log.info("rebuilt catalog of %s: %d chunks", self.root, n)
-
-    def _recover(self, catalog: Catalog) -> None:
-        """Reclaims what writers on this host that died mid-write left behind."""
-        for row in catalog.writing_rows():
-            host, _, pid = (row.owner or "").rpartition(":")
-            if host == HOST and pid.isdigit() and not _pid_alive(int(pid)):
-                with catalog.transaction() as c:
-                    c.execute(f"DELETE FROM chunks WHERE key = ? AND state = {WRITING}", (row.key,))
-                self._disk.remove(row.path)
-        self._disk.clean_tmp(_pid_alive)
+        self.bucket.listeners.append(self._host.discard)
 
     # --- namespaces and keys -------------------------------------------------
     def _namespace(self, geometry: Geometry) -> _Namespace:
@@ -323,21 +214,26 @@ class KVStore:
         try:
             for ns in self._candidate_namespaces():
                 keys = [k.hex() for k in chunk_keys(ns.digest, toks, self.chunk_tokens, self.hash)]
-                best = max(best, self._catalog.ready_prefix_len(keys) * self.chunk_tokens)
+                best = max(best, self._catalog.ready_prefix_len(keys, time.time()) * self.chunk_tokens)
         except sqlite3.Error as e:
             self._warn_once("lookup", f"lookup failed, answering 0: {e}")
             return 0
         return best
 
-    def put(self, tokens: Any, cache: PagedKV, block_ids: Any, *, tag: Optional[str] = None) -> int:
+    def put(self, tokens: Any, cache: PagedKV, block_ids: Any, *, tag: Optional[str] = None,
+            ttl: Any = _UNSET, ttl_mode: Optional[str] = None) -> int:
         """Stores the full chunks of `tokens` from the engine blocks `block_ids`.
 
-        Returns the number of leading tokens held after the call. It is less
+        tag records where the chunks came from ("support-bot/system-v3");
+        ttl ("24h", seconds, or None for forever) and ttl_mode override the
+        bucket's defaults. Chunks already held live at least as long as this
+        put asks. Returns the number of leading tokens held after the call: less
         than the full chunks when the bucket cannot make room (pinned or
         in-flight chunks) or a write fails; failures are logged, not raised.
         """
         self._check_open()
         toks, ids, n = self._check_call(tokens, cache, block_ids)
+        expiry = self._ttl(ttl, ttl_mode)
         if tag is not None and not isinstance(tag, str):
             raise InputError(f"tag must be a string, got {type(tag).__name__}")
         with self._stats_lock:
@@ -345,7 +241,7 @@ class KVStore:
         if n == 0:
             return 0
         try:
-            held = self._put_chunks(toks, cache, ids, n, tag)
+            held = self._put_chunks(toks, cache, ids, n, tag, expiry)
         except _IO_ERRORS as e:
             self._warn_once("put", f"put failed: {e}")
             with self._stats_lock:
@@ -381,28 +277,57 @@ class KVStore:
         return loaded
 
     def evict(self, tokens: Any) -> int:
-        """Removes the chunks of `tokens` and every chunk chained after them; returns bytes freed."""
+        """Removes the chunks of `tokens` and every chunk chained after them (pinned ones too); returns bytes freed."""
         self._check_open()
-        toks = as_tokens(tokens)
-        keys: list[str] = []
-        for ns in self._candidate_namespaces():
-            keys += [k.hex() for k in chunk_keys(ns.digest, toks, self.chunk_tokens, self.hash)]
+        keys = self._keys_everywhere(tokens)
         if not keys:
             return 0
         with self._catalog.transaction() as c:
             rows = Catalog.subtree(c, keys)
-            Catalog.delete(c, [r.key for r in rows])
-            for r in rows:
-                self._disk.remove(r.path)
-        for r in rows:
-            self._host.discard(r.key)
-        return sum(r.nbytes for r in rows)
+            return self.bucket.remove_rows(c, rows, "manual", time.time()).bytes
 
-    def put_async(self, tokens: Any, cache: PagedKV, block_ids: Any, *, tag: Optional[str] = None) -> Handle:
+    # --- lifecycle by tokens (the bucket-wide controls are on self.bucket) ------
+    def pin(self, tokens: Any, ttl: Any = "keep") -> int:
+        """Pins the held chunks of `tokens`: capacity never evicts them.
+
+        ttl: "keep" leaves their expiry as it is, None makes them live forever,
+        a duration sets a new one. Returns how many chunks were pinned.
+        """
+        self._check_open()
+        return self.bucket.pin(self._keys_everywhere(tokens), True, ttl)
+
+    def unpin(self, tokens: Any) -> int:
+        self._check_open()
+        return self.bucket.pin(self._keys_everywhere(tokens), False)
+
+    def extend(self, tokens: Any, ttl: Any) -> int:
+        """Sets the held chunks of `tokens` to expire `ttl` from now (None: never); returns how many changed."""
+        self._check_open()
+        secs = None if ttl is None else parse_duration(ttl, "ttl")
+        keys = self._keys_everywhere(tokens)
+        with self._catalog.transaction() as c:
+            return Catalog.set_expiry(c, keys, None if secs is None else time.time() + secs, secs)
+
+    def clear(self, *, prefix: Any = None, include_pinned: bool = False, **selectors: Any) -> Removed:
+        """Bucket.clear, plus prefix=tokens: that prefix's chunks and every chunk chained after them."""
+        self._check_open()
+        if prefix is not None:
+            selectors["keys"] = self._keys_everywhere(prefix)
+        return self.bucket.clear(include_pinned=include_pinned, **selectors)
+
+    def gc(self) -> Removed:
+        return self.bucket.gc()
+
+    def resize(self, capacity: Union[int, str]) -> Removed:
+        return self.bucket.resize(capacity)
+
+    def put_async(self, tokens: Any, cache: PagedKV, block_ids: Any, *, tag: Optional[str] = None,
+                  ttl: Any = _UNSET, ttl_mode: Optional[str] = None) -> Handle:
         """`put` on the store's worker thread; input is checked before it is queued."""
         self._check_open()
         self._check_call(tokens, cache, block_ids)
-        return Handle(self._worker().submit(self.put, tokens, cache, block_ids, tag=tag))
+        self._ttl(ttl, ttl_mode)
+        return Handle(self._worker().submit(self.put, tokens, cache, block_ids, tag=tag, ttl=ttl, ttl_mode=ttl_mode))
 
     def get_async(self, tokens: Any, cache: PagedKV, block_ids: Any, start: int = 0) -> Handle:
         """`get` on the store's worker thread; input is checked before it is queued."""
@@ -412,20 +337,20 @@ class KVStore:
             raise InputError(f"start must be an integer in [0, {len(toks)}] (the token count), got {start!r}")
         return Handle(self._worker().submit(self.get, tokens, cache, block_ids, start))
 
-    def stats(self) -> StoreStats:
+    def stats(self, price_per_mtok: Optional[float] = None, stale_after: Any = "7d") -> StoreStats:
+        """This process's counters, and the bucket's view (`.bucket`) shared by every process."""
         with self._stats_lock:
-            s = StoreStats(**self._stats.to_dict())
-        used, chunks = self._catalog.usage()
-        s.used_bytes, s.chunks = used, chunks
-        s.capacity_bytes = int(self._catalog.get_meta("capacity") or 0)
+            s = StoreStats(**{k: v for k, v in self._stats.to_dict().items() if k != "bucket"})
+        b = self.bucket.stats(price_per_mtok, stale_after)
+        s.bucket = b
+        s.used_bytes, s.chunks, s.capacity_bytes, s.by_model = b.used_bytes, b.chunks, b.capacity_bytes, b.by_model
         s.host_bytes, s.host_chunks = self._host.used, len(self._host)
-        s.by_model = self._catalog.by_model()
         s.io = dict(self._engine.counters())
         return s
 
     @property
     def capacity(self) -> int:
-        return int(self._catalog.get_meta("capacity") or 0)
+        return self.bucket.capacity
 
     def close(self) -> None:
         if self._closed:
@@ -435,7 +360,7 @@ class KVStore:
             self._executor.shutdown(wait=True)
         self._retry_releases()
         self._host.clear()
-        self._catalog.close()
+        self.bucket.close()
 
     def __enter__(self) -> "KVStore":
         return self
@@ -478,60 +403,76 @@ class KVStore:
             self._catalog.add_namespace(ns.hex, self.model, ns.params)
             self._registered.add(ns.hex)
 
-    def _make_room(self, nbytes: int, protect, c: Optional[sqlite3.Connection] = None) -> bool:
-        """Evicts (policy's choice) until `nbytes` more fit; False if they cannot."""
-        if c is None:
+    def _ttl(self, ttl: Any, ttl_mode: Optional[str]) -> tuple[Optional[float], Optional[str]]:
+        """(seconds or None, mode) for a put, from its arguments or the bucket's defaults."""
+        if ttl_mode is not None and ttl_mode not in TTL_MODES:
+            raise InputError(f"ttl_mode must be one of {TTL_MODES}, got {ttl_mode!r}")
+        if ttl is _UNSET:
+            config = self.bucket.config
+            secs = config.get("default_ttl")
+            mode = ttl_mode or config.get("ttl_mode", "absolute")
+        else:
+            secs = None if ttl is None else parse_duration(ttl, "ttl")
+            mode = ttl_mode or self.bucket.config.get("ttl_mode", "absolute")
+        return secs, mode
+
+    def _keys_everywhere(self, tokens: Any) -> list[str]:
+        """Keys of `tokens` in every namespace `lookup` would consult."""
+        toks = as_tokens(tokens)
+        keys: list[str] = []
+        for ns in self._candidate_namespaces():
+            keys += [k.hex() for k in chunk_keys(ns.digest, toks, self.chunk_tokens, self.hash)]
+        return keys
+
+    def _count(self, values: dict[str, int], touch: Optional[list[str]] = None) -> None:
+        """Adds to this model's counters in the catalog (and records hits), best effort."""
+        now = time.time()
+        try:
             with self._catalog.transaction() as c:
-                return self._make_room(nbytes, protect, c)
-        capacity = int(c.execute("SELECT v FROM meta WHERE k = 'capacity'").fetchone()[0])
-        used, _ = Catalog.totals(c)
-        need = used + nbytes - capacity
-        if need <= 0:
-            return True
-        if nbytes > capacity:
-            return False
-        c.execute("SAVEPOINT make_room")
-        victims = self._policy.choose(c, need, protect)
-        if not victims:
-            c.execute("ROLLBACK TO make_room")  # undo what the policy deleted while looking
-            c.execute("RELEASE make_room")
-            return False
-        c.execute("RELEASE make_room")
-        for v in victims:  # inside the transaction: no other writer counts these bytes as free yet
-            self._disk.remove(v.path)
-            self._host.discard(v.key)
-        with self._stats_lock:
-            self._stats.evicted_chunks += len(victims)
-            self._stats.evicted_bytes += sum(v.nbytes for v in victims)
-        return True
+                if touch:
+                    Catalog.touch(c, touch, now)
+                Catalog.count(c, self.model, values, now)
+        except sqlite3.Error as e:  # counters and LRU order are advisory; the call itself succeeded
+            self._warn_once("count", f"could not record counters: {e}")
 
     def _reserve(self, row: ChunkRow, protect) -> Optional[bool]:
         """Space and a row for a chunk about to be written.
 
         True: reserved. None: the chunk exists or is being written by someone
-        else. False: the bucket cannot make room.
+        else. Raises _NoRoom when the bucket cannot make room.
         """
         with self._catalog.transaction() as c:
-            if c.execute("SELECT 1 FROM chunks WHERE key = ?", (row.key,)).fetchone():
-                return None
-            if not self._make_room(row.nbytes, protect, c):
+            old = c.execute("SELECT expires, state FROM chunks WHERE key = ?", (row.key,)).fetchone()
+            if old is not None:
+                if old[0] is None or old[0] > row.created or old[1] == WRITING:
+                    return None
+                # expired: replace it (and the tail it would strand)
+                self.bucket.remove_rows(c, Catalog.subtree(c, [row.key]), "ttl", row.created)
+            if self.bucket.make_room(c, row.nbytes, protect, self.model) is None:
                 raise _NoRoom
             Catalog.insert(c, row)
             return True
 
-    def _put_chunks(self, toks, cache: PagedKV, ids: torch.Tensor, n: int, tag: Optional[str]) -> int:
+    def _put_chunks(self, toks, cache: PagedKV, ids: torch.Tensor, n: int, tag: Optional[str],
+                    expiry: tuple[Optional[float], Optional[str]]) -> int:
         g = cache.geometry
         ns = self._namespace(g)
         self._register(ns)
         ct, bpc = self.chunk_tokens, self.chunk_tokens // cache.block_size
         keys = [k.hex() for k in chunk_keys(ns.digest, toks[: n * ct], ct, self.hash)]
         parents = [ns.hex] + keys[:-1]
-        existing = self._catalog.existing(keys)
+        ttl, mode = expiry
+        start_time = time.time()
+        existing = self._catalog.existing(keys, start_time)
+        if existing:
+            with self._catalog.transaction() as c:
+                Catalog.refresh(c, list(existing), None if ttl is None else start_time + ttl, start_time)
         shape, nbytes = g.chunk_shape(ct), g.chunk_bytes(ct)
         protect = set(keys)
         owner = f"{HOST}:{os.getpid()}"
         inflight: deque = deque()
         ok = [False] * n
+        written = [0, 0]  # chunks, bytes
         failed_at = n
 
         def finish_one() -> None:
@@ -551,6 +492,8 @@ class KVStore:
                 failed_at = min(failed_at, i)
                 return
             ok[i] = True
+            written[0] += 1
+            written[1] += row.nbytes
             self._host.put(row.key, payload, buf)
             with self._stats_lock:
                 self._stats.put_chunks_written += 1
@@ -570,12 +513,14 @@ class KVStore:
                     "format": FORMAT_VERSION, "model": self.model, "namespace": ns.hex, "key": keys[i],
                     "parent": parents[i], "tokens": str(ct), "index": str(i), "created": f"{now:.6f}",
                     "tag": tag or "", "params": json.dumps(ns.params, sort_keys=True, separators=(",", ":")),
+                    "ttl": "" if ttl is None else repr(ttl), "ttl_mode": mode or "",
                 }
                 off = header_length(meta, g.safetensors_dtype, shape, nbytes)
                 rel = self._disk.relpath(self.model, ns.hex, keys[i])
                 row = ChunkRow(key=keys[i], parent=parents[i], namespace=ns.hex, model=self.model, chunk_index=i,
                                tokens=ct, nbytes=off + nbytes, path=rel, created=now, last_access=now,
-                               tag=tag, state=WRITING, owner=owner)
+                               tag=tag, state=WRITING, owner=owner, expires=None if ttl is None else now + ttl,
+                               sliding_ttl=ttl if ttl is not None and mode == "sliding" else None)
                 try:
                     reserved = self._reserve(row, protect)
                 except _NoRoom:
@@ -613,6 +558,7 @@ class KVStore:
         if held < n:
             self._drop_unreachable(keys[held:], ok[held:])
         self._retry_releases()
+        self._count({"puts": 1, "put_tokens": held * ct, "chunks_written": written[0], "bytes_written": written[1]})
         return held
 
     def _drop_unreachable(self, keys: list[str], written: list[bool]) -> None:
@@ -656,9 +602,11 @@ class KVStore:
         ns = self._namespace(g)
         ct, bpc = self.chunk_tokens, self.chunk_tokens // cache.block_size
         keys = [k.hex() for k in chunk_keys(ns.digest, toks[: n * ct], ct, self.hash)]
-        rows = self._catalog.ready_prefix(keys)
+        now = time.time()
+        rows = self._catalog.ready_prefix(keys, now)
         first = start // ct
         if len(rows) <= first:
+            self._count({"gets": 1, "miss_tokens": len(toks) - start})
             return 0
         shape, nbytes = g.chunk_shape(ct), g.chunk_bytes(ct)
         max_size = 2 * (nbytes + (1 << 20))  # anything larger is not one of our chunks
@@ -676,6 +624,7 @@ class KVStore:
 
         submit_more()
         loaded_keys: list[str] = []
+        bytes_read = 0
         while pending:
             i, row, src = pending.popleft()
             if isinstance(src, torch.Tensor):
@@ -690,6 +639,7 @@ class KVStore:
             cache.scatter(ids[i * bpc : (i + 1) * bpc], payload, max(0, start - i * ct), 1 if busy else 0)
             end = (i + 1) * ct
             loaded_keys.append(row.key)
+            bytes_read += nread
             with self._stats_lock:
                 if from_disk:
                     self._stats.disk_hits += 1
@@ -703,10 +653,9 @@ class KVStore:
                     src.result()
                 except OSError:
                     pass
-        try:
-            self._catalog.touch(keys[:first] + loaded_keys, time.time())
-        except sqlite3.Error as e:  # LRU order is advisory; the load itself succeeded
-            self._warn_once("touch", f"could not record hits: {e}")
+        hit = max(0, end - start)
+        self._count({"gets": 1, "hit_tokens": hit, "miss_tokens": len(toks) - start - hit, "bytes_read": bytes_read},
+                    touch=keys[:first] + loaded_keys)
         return end
 
     def _verified(self, fut, row: ChunkRow, ns: _Namespace, g: Geometry, shape) -> tuple[Optional[torch.Tensor], int]:
@@ -731,22 +680,27 @@ class KVStore:
         return payload, len(buf)
 
     def _drop_damaged(self, row: ChunkRow, err: Exception) -> None:
-        """A damaged or missing chunk: a miss from now on, its file kept aside."""
-        if isinstance(err, FileNotFoundError):
+        """A damaged or missing chunk: a miss from now on, its file kept aside, its stranded tail dropped."""
+        vanished = isinstance(err, FileNotFoundError)
+        if vanished:
             log.info("chunk %s vanished (evicted elsewhere); treating it as a miss", row.key[:16])
         else:
             self._warn_once(f"damaged:{row.path}", f"chunk file {row.path} is damaged ({err}); moved aside, served as a miss")
             self._disk.quarantine(row.path)
             with self._stats_lock:
                 self._stats.corrupt_chunks += 1
-        with self._catalog.transaction() as c:
-            rows = Catalog.subtree(c, [row.key])
-            Catalog.delete(c, [r.key for r in rows])
-            for r in rows:
-                if r.key != row.key:
-                    self._disk.remove(r.path)
-        for r in rows:
-            self._host.discard(r.key)
+        try:
+            with self._catalog.transaction() as c:
+                rows = Catalog.subtree(c, [row.key])
+                if vanished:
+                    Catalog.delete(c, [r.key for r in rows])
+                    for r in rows:
+                        self._disk.remove(r.path)
+                        self._host.discard(r.key)
+                else:
+                    self.bucket.remove_rows(c, rows, "corrupt", time.time())
+        except sqlite3.Error as e:
+            self._warn_once("drop", f"could not drop a damaged chunk from the catalog: {e}")
 
 
 class _NoRoom(Exception):

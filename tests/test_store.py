@@ -176,7 +176,7 @@ def test_capacity_evicts_least_recent_tail_first(bucket):
         assert s.lookup(b) == 128
         assert s.lookup(a) == 64  # a lost its tail, never its prefix
         st = s.stats()
-        assert st.used_bytes <= st.capacity_bytes and st.evicted_chunks == 3
+        assert st.used_bytes <= st.capacity_bytes and st.bucket.evictions["capacity"]["chunks"] == 3
 
 
 def test_a_put_larger_than_the_bucket_stores_its_prefix(bucket):

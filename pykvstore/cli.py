@@ -27,7 +27,6 @@ from typing import Any, Optional
 
 from .bucket import Bucket, BucketNotFound
 from .errors import InputError
-from .layout import Geometry
 from .sizes import format_duration, format_size, parse_duration
 
 DAYS_PER_MONTH = 30
@@ -241,6 +240,8 @@ def cmd_cost(args: argparse.Namespace) -> int:
     if args.bytes_per_token is not None:
         bpt = args.bytes_per_token
     elif args.layers:
+        from .layout import Geometry  # torch: only this command needs it
+
         g = (Geometry.mla(args.layers, args.latent_dim, args.dtype) if args.latent_dim else
              Geometry(args.layers, args.kv_heads, args.head_dim, args.dtype))
         bpt = g.chunk_bytes(1)

@@ -29,7 +29,12 @@ class EvictionPolicy(Protocol):
 
 
 class _LeafPolicy:
-    """Repeatedly takes the first leaves in `order` until enough bytes are free."""
+    """Takes the first leaf in `order`, one at a time, until enough bytes are free.
+
+    One at a time because removing a leaf can expose its parent as a leaf that
+    comes before the next candidate (an old chain goes whole before a newer
+    chain loses its tail).
+    """
 
     name = "leaf"
     order = "last_access"
@@ -38,17 +43,12 @@ class _LeafPolicy:
                model: Optional[str] = None) -> list[ChunkRow]:
         chosen: list[ChunkRow] = []
         while need > 0:
-            batch = [r for r in Catalog.leaves(c, self.order, len(protect) + 64, model) if r.key not in protect]
-            if not batch:
+            row = next((r for r in Catalog.leaves(c, self.order, len(protect) + 1, model) if r.key not in protect), None)
+            if row is None:
                 return []
-            taken = []
-            for row in batch:
-                taken.append(row)
-                need -= row.nbytes
-                if need <= 0:
-                    break
-            Catalog.delete(c, [r.key for r in taken])
-            chosen += taken
+            Catalog.delete(c, [row.key])
+            chosen.append(row)
+            need -= row.nbytes
         return chosen
 
 

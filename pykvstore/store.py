@@ -30,7 +30,7 @@ from .keys import FORMAT_VERSION, HASH_ALGORITHMS, as_tokens, chunk_keys, namesp
 from .layout import Geometry, PagedKV
 from .policy import EvictionPolicy
 from .sizes import parse_duration, parse_size
-from .tiers import HostTier
+from .tiers.host import HostTier
 from .tiers.disk import HOST
 
 log = logging.getLogger("pykvstore")
@@ -156,6 +156,8 @@ class KVStore:
         self._unreleased: set[str] = set()
         self._executor: Optional[ThreadPoolExecutor] = None
         self._closed = False
+        # called as fn(op, model, tag, seconds, tokens) after each put and get (metrics.py)
+        self.observers: list = []
 
         self.bucket = Bucket(path, capacity=capacity, ttl=ttl, ttl_mode=ttl_mode, policy=policy)
         self.root = self.bucket.root
@@ -240,6 +242,7 @@ class KVStore:
             self._stats.puts += 1
         if n == 0:
             return 0
+        t0 = time.perf_counter()
         try:
             held = self._put_chunks(toks, cache, ids, n, tag, expiry)
         except _IO_ERRORS as e:
@@ -250,6 +253,7 @@ class KVStore:
         if held < n:
             with self._stats_lock:
                 self._stats.put_truncated += 1
+        self._observe("put", tag, t0, held * self.chunk_tokens)
         return held * self.chunk_tokens
 
     def get(self, tokens: Any, cache: PagedKV, block_ids: Any, start: int = 0) -> int:
@@ -266,6 +270,7 @@ class KVStore:
             raise InputError(f"start must be an integer in [0, {len(toks)}] (the token count), got {start!r}")
         with self._stats_lock:
             self._stats.gets += 1
+        t0 = time.perf_counter()
         try:
             end = self._get_chunks(toks, cache, ids, n, start)
         except _IO_ERRORS as e:
@@ -274,6 +279,7 @@ class KVStore:
         loaded = max(start, end)
         with self._stats_lock:
             self._stats.get_tokens_loaded += loaded - start
+        self._observe("get", None, t0, loaded - start)
         return loaded
 
     def evict(self, tokens: Any) -> int:
@@ -423,6 +429,14 @@ class KVStore:
         for ns in self._candidate_namespaces():
             keys += [k.hex() for k in chunk_keys(ns.digest, toks, self.chunk_tokens, self.hash)]
         return keys
+
+    def _observe(self, op: str, tag: Optional[str], t0: float, tokens: int) -> None:
+        seconds = time.perf_counter() - t0
+        for fn in self.observers:
+            try:
+                fn(op, self.model, tag, seconds, tokens)
+            except Exception as e:  # an observer never breaks the serving path
+                self._warn_once(f"observer:{op}", f"a put/get observer failed: {e!r}")
 
     def _count(self, values: dict[str, int], touch: Optional[list[str]] = None) -> None:
         """Adds to this model's counters in the catalog (and records hits), best effort."""

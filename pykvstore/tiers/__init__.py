@@ -1,9 +1,4 @@
-"""Where chunk bytes live: host memory in front of the disk bucket.
+"""Where chunk bytes live: host memory (tiers/host.py) in front of the disk bucket (tiers/disk.py).
 
 Tiers store and fetch bytes; they never decide what to evict (policy.py does).
 """
-
-from .disk import DiskTier
-from .host import HostTier
-
-__all__ = ["DiskTier", "HostTier"]

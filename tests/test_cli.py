@@ -1,0 +1,110 @@
+"""The `pykvstore` command line, run as a user runs it."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+import pykvstore as kv
+from workers import open_store, sequence
+
+import test_bucket
+
+
+def cli(*args, check_rc=0):
+    r = subprocess.run([sys.executable, "-m", "pykvstore", *map(str, args)], capture_output=True, text=True)
+    assert r.returncode == check_rc, (r.returncode, r.stdout, r.stderr)
+    return r
+
+
+@pytest.fixture
+def filled(bucket):
+    s, o = test_bucket.fill_for_clear(bucket)
+    s.close()
+    o.close()
+    return bucket
+
+
+def test_stats_table_and_json_agree_with_the_api(filled):
+    out = cli("stats", filled).stdout
+    assert "support/v1" in out and "mp/model" in out and "prefill tokens" in out
+    data = json.loads(cli("stats", filled, "--json", "--price", "1.5").stdout)
+    with kv.Bucket(filled) as b:
+        s = b.stats()
+    assert data["used_bytes"] == s.used_bytes and data["chunks"] == 12 and data["price_per_mtok"] == 1.5
+    assert {(t["model"], t["tag"]) for t in data["by_tag"]} == {(t["model"], t["tag"]) for t in s.by_tag}
+
+
+def test_ls_filters_and_sorts(filled):
+    rows = json.loads(cli("ls", filled, "--json", "--model", "mp/model").stdout)
+    assert sorted(r["tag"] for r in rows) == ["", "support/v1", "support/v2"]
+    chunks = json.loads(cli("ls", filled, "--json", "--chunks", "--tag", "support/v1", "--sort", "idle").stdout)
+    assert len(chunks) == 6 and all(c["tag"] == "support/v1" for c in chunks)
+    assert "support/v2" in cli("ls", filled).stdout
+
+
+def test_clear_gc_resize_quota(filled):
+    r = cli("clear", filled, "--tag", "support/v1", "--json")
+    assert json.loads(r.stdout)["chunks"] == 6
+    assert "cleared 3 chunks" in cli("clear", filled, "--model", "mp/model", "--tag", "").stdout
+    assert "reclaimed 0 chunks" in cli("gc", filled).stdout
+    size = kv.Bucket(filled).stats().used_bytes
+    assert "evicted 1 chunks" in cli("resize", filled, f"{size * 2 // 3}").stdout
+    assert "quota for other" in cli("quota", filled, "other", "none").stdout
+    assert "cleared 2 chunks" in cli("clear", filled, "--all").stdout
+
+
+def test_pin_extend_config(filled):
+    assert "pinned 6 chunks" in cli("pin", filled, "--tag", "support/v1", "--ttl", "none").stdout
+    assert "cleared 3 chunks" in cli("clear", filled, "--model", "mp/model", "--tag", "").stdout
+    assert "cleared 3 chunks" in cli("clear", filled, "--all").stdout  # pinned ones stay
+    assert "unpinned 6 chunks" in cli("unpin", filled, "--tag", "support/v1").stdout
+    assert "expire in 2.0h" in cli("extend", filled, "2h", "--tag", "support/v1").stdout
+    config = json.loads(cli("config", filled, "--ttl", "7d", "--ttl-mode", "sliding", "--price", "3", "--json").stdout)
+    assert (config["default_ttl"], config["ttl_mode"], config["price_per_mtok"]) == (7 * 86400, "sliding", 3.0)
+
+
+@pytest.mark.parametrize("args, message", [
+    (("stats", "{missing}"), "is not a pykvstore bucket"),
+    (("resize", "{bucket}", "ten gigs"), "does not parse"),
+    (("clear", "{bucket}", "--model", "nope"), "unknown model 'nope'"),
+    (("clear", "{bucket}"), "needs a selector"),
+    (("ls", "{bucket}", "--model", "nope"), "unknown model"),
+    (("extend", "{bucket}", "soon", "--tag", "x"), "does not parse"),
+    (("clear", "{bucket}", "--idle-longer-than=-3h"), "does not parse"),
+    (("cost", "--tokens", "100", "--reuses-per-day", "5"), "--bytes-per-token"),
+])
+def test_errors_are_one_line_with_exit_code_2(filled, tmp_path, args, message):
+    args = [a.format(bucket=filled, missing=tmp_path / "nothing-here") for a in args]
+    r = cli(*args, check_rc=2)
+    assert message in r.stderr and len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+
+
+def test_fsck_exit_codes(filled):
+    assert "0 missing, 0 damaged" in cli("fsck", filled).stdout
+    victim = next((filled / "data").rglob("*.safetensors"))
+    victim.write_bytes(victim.read_bytes()[:-10])
+    r = cli("fsck", filled, "--json", check_rc=1)
+    assert len(json.loads(r.stdout)["damaged"]) == 1
+    assert "repaired" in cli("fsck", filled, "--repair").stdout
+    cli("fsck", filled)
+
+
+def test_cost_reproduces_the_motivating_figures():
+    a = json.loads(cli("cost", "--tokens", 32000, "--reuses-per-day", 2000, "--price", 0.15,
+                       "--layers", 32, "--kv-heads", 8, "--head-dim", 128, "--json").stdout)
+    assert a["recompute_cost_per_month"] == pytest.approx(288.0)
+    assert a["kv_bytes"] == 32000 * 32 * 2 * 8 * 128 * 2  # 4 GB of Llama-3-8B KV
+    b = json.loads(cli("cost", "--tokens", 24000, "--reuses-per-day", 150000, "--bytes-per-token", 131072, "--json").stdout)
+    assert b["recompute_cost_per_month"] > 15000
+    text = cli("cost", "--tokens", 32000, "--reuses-per-day", 2000, "--layers", 61, "--latent-dim", 576).stdout
+    assert "$288.00 a month" in text
+
+
+def test_live_cost_from_stats(bucket):
+    with open_store(str(bucket)) as s:
+        test_bucket.put_seq(s, 1)
+        test_bucket.load(s, 1)
+    out = cli("stats", bucket, "--price", "0.15").stdout
+    assert "avoided 96 prefill tokens" in out

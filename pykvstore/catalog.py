@@ -59,14 +59,17 @@ CREATE TABLE IF NOT EXISTS chunks (
     owner TEXT,
     expires REAL,
     sliding_ttl REAL,
-    pinned INTEGER NOT NULL DEFAULT 0
+    pinned INTEGER NOT NULL DEFAULT 0,
+    credit REAL NOT NULL DEFAULT 0  -- the eviction clock when last used (cost-aware policy)
 );
 CREATE INDEX IF NOT EXISTS chunks_parent ON chunks (parent);
 CREATE INDEX IF NOT EXISTS chunks_lru ON chunks (last_access);
 CREATE INDEX IF NOT EXISTS chunks_state ON chunks (state);
 CREATE INDEX IF NOT EXISTS chunks_expires ON chunks (expires);
 CREATE INDEX IF NOT EXISTS chunks_model_tag ON chunks (model, tag);
+INSERT OR IGNORE INTO meta VALUES ('clock', '0');
 CREATE TRIGGER IF NOT EXISTS chunks_add AFTER INSERT ON chunks BEGIN
+    UPDATE chunks SET credit = (SELECT CAST(v AS REAL) FROM meta WHERE k = 'clock') WHERE key = NEW.key;
     UPDATE totals SET bytes = bytes + NEW.nbytes, chunks = chunks + 1 WHERE id = 0;
     INSERT INTO model_totals VALUES (NEW.model, NEW.nbytes, 1)
         ON CONFLICT (model) DO UPDATE SET bytes = bytes + excluded.bytes, chunks = chunks + 1;
@@ -78,7 +81,7 @@ END;
 """
 
 _COLUMNS = ("key, parent, namespace, model, chunk_index, tokens, nbytes, path, created, last_access, "
-            "tag, hits, state, owner, expires, sliding_ttl, pinned")
+            "tag, hits, state, owner, expires, sliding_ttl, pinned, credit")
 
 
 @dataclass
@@ -100,11 +103,12 @@ class ChunkRow:
     expires: Optional[float] = None
     sliding_ttl: Optional[float] = None
     pinned: int = 0
+    credit: float = 0.0
 
     def values(self) -> tuple:
         return (self.key, self.parent, self.namespace, self.model, self.chunk_index, self.tokens,
                 self.nbytes, self.path, self.created, self.last_access, self.tag, self.hits,
-                self.state, self.owner, self.expires, self.sliding_ttl, self.pinned)
+                self.state, self.owner, self.expires, self.sliding_ttl, self.pinned, self.credit)
 
 
 def _batches(items: Sequence[str]) -> Iterator[Sequence[str]]:
@@ -240,7 +244,7 @@ class Catalog:
     @staticmethod
     def insert(c: sqlite3.Connection, row: ChunkRow) -> bool:
         """Inserts a row inside a transaction; False when the key already has one."""
-        cur = c.execute(f"INSERT OR IGNORE INTO chunks ({_COLUMNS}) VALUES ({_marks(17)})", row.values())
+        cur = c.execute(f"INSERT OR IGNORE INTO chunks ({_COLUMNS}) VALUES ({_marks(18)})", row.values())
         return cur.rowcount == 1
 
     def insert_many(self, rows: Iterable[ChunkRow]) -> int:
@@ -264,7 +268,8 @@ class Catalog:
         """Records a hit on each chunk: LRU position, hit count, and a sliding TTL's new expiry."""
         for batch in _batches(keys):
             c.execute(f"UPDATE chunks SET last_access = ?, hits = hits + 1, "
-                      f"expires = CASE WHEN sliding_ttl IS NULL THEN expires ELSE ? + sliding_ttl END "
+                      f"expires = CASE WHEN sliding_ttl IS NULL THEN expires ELSE ? + sliding_ttl END, "
+                      f"credit = (SELECT CAST(v AS REAL) FROM meta WHERE k = 'clock') "
                       f"WHERE key IN ({_marks(len(batch))})", (now, now, *batch))
 
     @staticmethod

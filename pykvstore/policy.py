@@ -60,14 +60,16 @@ class LRU(_LeafPolicy):
 
 
 class CostAware(_LeafPolicy):
-    """Keeps the chunks that save the most recompute per byte.
+    """Keeps the chunks that save the most recompute per byte, aging out the ones no longer used.
 
-    A chunk's worth is (hits + 1) x its prefill cost, and prefill cost grows
-    with position: every token of chunk i attends to all tokens before it, so
-    recomputing it costs tokens x (1 + position / attention_tokens), where
-    attention_tokens is the context length at which attention work equals the
+    A chunk's worth is (hits + 1) x its prefill cost / its bytes, and prefill
+    cost grows with position: every token of chunk i attends to all tokens
+    before it, so recomputing it costs tokens x (1 + position / attention_tokens),
+    where attention_tokens is the context at which attention work equals the
     rest of the layer (about 4 x hidden size for a dense model; 8192 by default).
-    The least worth per byte goes first, least recently used among equals.
+    Worth alone would keep a once-popular chunk forever, so priority is
+    clock + worth, GreedyDual-style: the clock rises to the priority of each
+    chunk evicted, and a chunk's credit is the clock when it was last used.
     """
 
     name = "cost"
@@ -75,8 +77,20 @@ class CostAware(_LeafPolicy):
     def __init__(self, attention_tokens: int = 8192) -> None:
         if attention_tokens <= 0:
             raise ValueError("attention_tokens must be positive")
-        self.order = (f"(hits + 1.0) * tokens * (1.0 + (chunk_index + 0.5) * tokens / {float(attention_tokens)}) "
+        self.attention_tokens = float(attention_tokens)
+        self.order = (f"credit + (hits + 1.0) * tokens * (1.0 + (chunk_index + 0.5) * tokens / {self.attention_tokens}) "
                       f"/ nbytes, last_access, chunk_index DESC")
+
+    def priority(self, r: ChunkRow) -> float:
+        return r.credit + (r.hits + 1.0) * r.tokens * (1.0 + (r.chunk_index + 0.5) * r.tokens / self.attention_tokens) / r.nbytes
+
+    def choose(self, c: sqlite3.Connection, need: int, protect: Collection[str],
+               model: Optional[str] = None) -> list[ChunkRow]:
+        chosen = super().choose(c, need, protect, model)
+        if chosen:
+            c.execute("UPDATE meta SET v = CAST(max(CAST(v AS REAL), ?) AS TEXT) WHERE k = 'clock'",
+                      (max(self.priority(r) for r in chosen),))
+        return chosen
 
 
 POLICIES = {"lru": LRU, "cost": CostAware}

@@ -123,6 +123,21 @@ class BucketStats:
         return asdict(self)
 
 
+def row_from_metadata(m: dict[str, str], rel: str, size: int) -> tuple[ChunkRow, dict[str, Any]]:
+    """A ready catalog row (and namespace params) from a chunk's header metadata; ChunkError if incomplete."""
+    try:
+        created = float(m["created"])
+        ttl = float(m["ttl"]) if m.get("ttl") else None
+        return ChunkRow(
+            key=m["key"], parent=m["parent"], namespace=m["namespace"], model=m["model"],
+            chunk_index=int(m["index"]), tokens=int(m["tokens"]), nbytes=size, path=rel,
+            created=created, last_access=created, tag=m.get("tag") or None, state=READY,
+            expires=created + ttl if ttl else None,
+            sliding_ttl=ttl if ttl and m.get("ttl_mode") == "sliding" else None), json.loads(m["params"])
+    except (KeyError, ValueError, TypeError) as e:
+        raise ChunkError(f"header metadata is incomplete: {e!r}") from None
+
+
 def _rate(hit: int, miss: int) -> Optional[float]:
     return hit / (hit + miss) if hit + miss else None
 
@@ -251,18 +266,11 @@ class Bucket:
         try:
             head, size = self.disk.read_head(rel)
             m = decode_header(head, size).metadata
-            if Path(rel).stem != m["key"]:
-                raise ChunkError("file name does not match its key")
-            created = float(m["created"])
-            ttl = float(m["ttl"]) if m.get("ttl") else None
-            return ChunkRow(
-                key=m["key"], parent=m["parent"], namespace=m["namespace"], model=m["model"],
-                chunk_index=int(m["index"]), tokens=int(m["tokens"]), nbytes=size, path=rel,
-                created=created, last_access=created, tag=m.get("tag") or None, state=READY,
-                expires=created + ttl if ttl else None,
-                sliding_ttl=ttl if ttl and m.get("ttl_mode") == "sliding" else None), json.loads(m["params"])
-        except (KeyError, ValueError, OSError) as e:
+        except OSError as e:
             raise ChunkError(str(e)) from None
+        if Path(rel).stem != m.get("key"):
+            raise ChunkError("file name does not match its key")
+        return row_from_metadata(m, rel, size)
 
     def _rebuild(self, catalog: Catalog) -> None:
         """Indexes every chunk file from its header; damaged files go to quarantine."""

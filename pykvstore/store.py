@@ -19,12 +19,13 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional, Union
 
+import numpy as np
 import torch
 
 from . import _C, defaults
-from .bucket import _UNSET, TTL_MODES, Bucket, BucketStats, Removed
+from .bucket import _UNSET, TTL_MODES, Bucket, BucketStats, Removed, row_from_metadata
 from .catalog import WRITING, Catalog, ChunkRow
-from .chunk_file import checksum, decode_header, encode_header, format_checksum, header_length
+from .chunk_file import ChunkHeader, checksum, decode_header, encode_header, format_checksum, header_length
 from .errors import ChunkError, InputError
 from .keys import FORMAT_VERSION, HASH_ALGORITHMS, as_tokens, chunk_keys, namespace_digest, salt_digest
 from .layout import Geometry, PagedKV
@@ -62,6 +63,7 @@ class StoreStats:
     host_chunks: int = 0
     by_model: dict[str, dict[str, Any]] = field(default_factory=dict)
     io: dict[str, int] = field(default_factory=dict)
+    remote: dict[str, int] = field(default_factory=dict)  # the Redis tier's counters, if configured
     bucket: Optional[BucketStats] = None  # the bucket as every process sees it
 
     def to_dict(self) -> dict[str, Any]:
@@ -105,6 +107,9 @@ class KVStore:
         ttl, ttl_mode: the bucket's default time to live for new chunks
             ("24h"; None: forever) and "absolute" or "sliding" (hits extend it).
         policy: eviction policy, "lru" (default) or "cost" (most recompute saved per byte).
+        remote: a shared Redis/Valkey tier behind the local ones: "redis://host:port/0",
+            "redis+cluster://host:port,...", or a list of cluster nodes.
+        remote_options: RedisTier options (prefix, username, password, ssl, timeout, ...).
 
     Example:
         >>> with KVStore("./kvstore", model="Qwen/Qwen3-8B", capacity="50GiB") as store:
@@ -128,6 +133,8 @@ class KVStore:
         ttl: Any = _UNSET,
         ttl_mode: Optional[str] = None,
         policy: Union[str, EvictionPolicy, None] = None,
+        remote: Union[str, list, None] = None,
+        remote_options: Optional[dict[str, Any]] = None,
     ) -> None:
         if not isinstance(model, str) or not model.strip():
             raise InputError(f"model must be a non-empty string, got {model!r}")
@@ -167,6 +174,15 @@ class KVStore:
         _C.set_buffer_cache_limit(defaults.get("buffer_cache"))
         self._host = HostTier(host_cap)
         self.bucket.listeners.append(self._host.discard)
+        self._remote = None
+        if remote is not None:
+            from .tiers.redis import RedisTier  # redis-py only when a remote is used
+
+            try:
+                self._remote = RedisTier(remote, **(remote_options or {}))
+            except BaseException:
+                self.bucket.close()
+                raise
 
     # --- namespaces and keys -------------------------------------------------
     def _namespace(self, geometry: Geometry) -> _Namespace:
@@ -186,7 +202,11 @@ class KVStore:
         if self._geometry is not None:
             return [self._namespace(self._geometry)]
         out = []
-        for digest, params in self._catalog.namespaces(self.model):
+        stored = self._catalog.namespaces(self.model)
+        if self._remote is not None:
+            known = {d for d, _ in stored}
+            stored += [(d, json.loads(p)) for d, p in self._remote.namespaces(self.model).items() if d not in known]
+        for digest, params in stored:
             try:
                 g = Geometry(**params["geometry"])
             except (InputError, KeyError, TypeError):
@@ -216,7 +236,10 @@ class KVStore:
         try:
             for ns in self._candidate_namespaces():
                 keys = [k.hex() for k in chunk_keys(ns.digest, toks, self.chunk_tokens, self.hash)]
-                best = max(best, self._catalog.ready_prefix_len(keys, time.time()) * self.chunk_tokens)
+                held = self._catalog.ready_prefix_len(keys, time.time())
+                if self._remote is not None and held < len(keys):
+                    held += self._remote.held_prefix(keys[held:])
+                best = max(best, held * self.chunk_tokens)
         except sqlite3.Error as e:
             self._warn_once("lookup", f"lookup failed, answering 0: {e}")
             return 0
@@ -273,6 +296,8 @@ class KVStore:
         t0 = time.perf_counter()
         try:
             end = self._get_chunks(toks, cache, ids, n, start)
+            if self._remote is not None:
+                end = self._get_remote(toks, cache, ids, n, start, end)
         except _IO_ERRORS as e:
             self._warn_once("get", f"get failed: {e}")
             end = 0
@@ -352,6 +377,8 @@ class KVStore:
         s.used_bytes, s.chunks, s.capacity_bytes, s.by_model = b.used_bytes, b.chunks, b.capacity_bytes, b.by_model
         s.host_bytes, s.host_chunks = self._host.used, len(self._host)
         s.io = dict(self._engine.counters())
+        if self._remote is not None:
+            s.remote = self._remote.stats.to_dict()
         return s
 
     @property
@@ -364,6 +391,8 @@ class KVStore:
         self._closed = True
         if self._executor is not None:
             self._executor.shutdown(wait=True)
+        if self._remote is not None:
+            self._remote.close()
         self._retry_releases()
         self._host.clear()
         self.bucket.close()
@@ -407,6 +436,8 @@ class KVStore:
     def _register(self, ns: _Namespace) -> None:
         if ns.hex not in self._registered:
             self._catalog.add_namespace(ns.hex, self.model, ns.params)
+            if self._remote is not None:
+                self._remote.add_namespace(self.model, ns.hex, json.dumps(ns.params, sort_keys=True))
             self._registered.add(ns.hex)
 
     def _ttl(self, ttl: Any, ttl_mode: Optional[str]) -> tuple[Optional[float], Optional[str]]:
@@ -455,13 +486,14 @@ class KVStore:
         True: reserved. None: the chunk exists or is being written by someone
         else. Raises _NoRoom when the bucket cannot make room.
         """
+        now = time.time()
         with self._catalog.transaction() as c:
             old = c.execute("SELECT expires, state FROM chunks WHERE key = ?", (row.key,)).fetchone()
             if old is not None:
-                if old[0] is None or old[0] > row.created or old[1] == WRITING:
+                if old[0] is None or old[0] > now or old[1] == WRITING:
                     return None
                 # expired: replace it (and the tail it would strand)
-                self.bucket.remove_rows(c, Catalog.subtree(c, [row.key]), "ttl", row.created)
+                self.bucket.remove_rows(c, Catalog.subtree(c, [row.key]), "ttl", now)
             if self.bucket.make_room(c, row.nbytes, protect, self.model) is None:
                 raise _NoRoom
             Catalog.insert(c, row)
@@ -509,6 +541,9 @@ class KVStore:
             written[0] += 1
             written[1] += row.nbytes
             self._host.put(row.key, payload, buf)
+            if self._remote is not None:  # write-through, handed off to the tier's thread
+                self._remote.put(row.key, memoryview(buf)[: row.nbytes], ttl,
+                                 {"model": self.model, "tag": tag or "", "tokens": str(ct), "index": str(i)}, buf)
             with self._stats_lock:
                 self._stats.put_chunks_written += 1
                 self._stats.put_bytes_written += row.nbytes
@@ -672,26 +707,101 @@ class KVStore:
                     touch=keys[:first] + loaded_keys)
         return end
 
+    def _sound(self, buf: Any, payload_hash: Optional[int], key: str, ns: _Namespace, g: Geometry,
+               shape) -> ChunkHeader:
+        """The header of a chunk image that is exactly the chunk asked for; ChunkError otherwise."""
+        hdr = decode_header(buf, len(buf))
+        m = hdr.metadata
+        if m.get("key") != key or m.get("namespace") != ns.hex:
+            raise ChunkError("it holds another chunk (key or namespace differ)")
+        if hdr.shape != shape or hdr.dtype != g.safetensors_dtype:
+            raise ChunkError(f"shape {hdr.shape} {hdr.dtype} does not match the cache's {shape} {g.safetensors_dtype}")
+        if payload_hash is None:
+            payload_hash = _C.xxh64(buf, hdr.payload_offset)
+        if format_checksum(payload_hash) != m.get("checksum"):
+            raise ChunkError("payload checksum mismatch")
+        return hdr
+
+    @staticmethod
+    def _payload(buf: Any, hdr: ChunkHeader, g: Geometry, shape) -> torch.Tensor:
+        payload = torch.frombuffer(buf, dtype=torch.uint8, offset=hdr.payload_offset, count=hdr.nbytes)
+        return payload.view(g.view_dtype).view(shape)
+
     def _verified(self, fut, row: ChunkRow, ns: _Namespace, g: Geometry, shape) -> tuple[Optional[torch.Tensor], int]:
         """The payload of a chunk read from disk, or None (and the chunk dropped) if it is not sound."""
         try:
             result = fut.result()  # read and hashed on an I/O thread
-            buf = result.buffer
-            hdr = decode_header(buf, len(buf))
-            m = hdr.metadata
-            if m.get("key") != row.key or m.get("namespace") != ns.hex:
-                raise ChunkError("the file holds another chunk (key or namespace differ)")
-            if hdr.shape != shape or hdr.dtype != g.safetensors_dtype:
-                raise ChunkError(f"shape {hdr.shape} {hdr.dtype} does not match the cache's {shape} {g.safetensors_dtype}")
-            if result.payload_hash is None or format_checksum(result.payload_hash) != m.get("checksum"):
-                raise ChunkError("payload checksum mismatch")
+            if result.payload_hash is None:
+                raise ChunkError("no payload after the header")
+            hdr = self._sound(result.buffer, result.payload_hash, row.key, ns, g, shape)
         except (ChunkError, OSError) as e:
             self._drop_damaged(row, e)
             return None, 0
-        payload = torch.frombuffer(buf, dtype=torch.uint8, offset=hdr.payload_offset, count=hdr.nbytes)
-        payload = payload.view(g.view_dtype).view(shape)
-        self._host.put(row.key, payload, buf)
-        return payload, len(buf)
+        payload = self._payload(result.buffer, hdr, g, shape)
+        self._host.put(row.key, payload, result.buffer)
+        return payload, len(result.buffer)
+
+    def _get_remote(self, toks, cache: PagedKV, ids: torch.Tensor, n: int, start: int, end: int) -> int:
+        """Continues a load from the Redis tier past what the local tiers held (one round trip).
+
+        Fetched chunks are verified like local files, then land in the local
+        tiers on the store's worker thread (the engine blocks are not read again).
+        """
+        ct, bpc = self.chunk_tokens, self.chunk_tokens // cache.block_size
+        nxt = max(end, start) // ct
+        if nxt >= n:
+            return end
+        g = cache.geometry
+        ns = self._namespace(g)
+        self._register(ns)
+        shape = g.chunk_shape(ct)
+        keys = [k.hex() for k in chunk_keys(ns.digest, toks[: n * ct], ct, self.hash)]
+        values = self._remote.get_many(keys[nxt:n])
+        landed = []
+        for j, value in enumerate(values):
+            c = nxt + j
+            if value is None:
+                self._remote.stats.misses += n - c
+                break
+            buf = _C.AlignedBuffer(len(value))  # aligned: it lands on disk through O_DIRECT
+            np.frombuffer(buf, dtype=np.uint8)[:] = np.frombuffer(value, dtype=np.uint8)
+            try:
+                hdr = self._sound(buf, None, keys[c], ns, g, shape)
+            except ChunkError as e:
+                self._warn_once(f"remote:{keys[c]}", f"remote chunk {keys[c][:16]} is not sound ({e}); a miss")
+                self._remote.stats.misses += n - c
+                break
+            payload = self._payload(buf, hdr, g, shape)
+            cache.scatter(ids[c * bpc : (c + 1) * bpc], payload, max(0, start - c * ct))
+            self._remote.stats.hits += 1
+            end = (c + 1) * ct
+            landed.append((hdr, buf, payload))
+        if landed:
+            self._worker().submit(self._land, landed)
+        return end
+
+    def _land(self, landed: list) -> None:
+        """Writes chunks fetched remotely into the local tiers (the store's worker thread)."""
+        protect = {hdr.metadata["key"] for hdr, _, _ in landed}
+        for hdr, buf, payload in landed:
+            m = hdr.metadata
+            rel = self._disk.relpath(self.model, m["namespace"], m["key"])
+            try:
+                row, _ = row_from_metadata(m, rel, len(buf))
+                row.state, row.owner, row.last_access = WRITING, f"{HOST}:{os.getpid()}", time.time()
+                if not self._reserve(row, protect):
+                    continue
+                try:
+                    self._disk.write(rel, buf, len(buf)).result()
+                    committed = self._catalog.mark_ready(row.key, time.time())
+                except (OSError, sqlite3.Error) as e:
+                    self._warn_once("land", f"could not keep a remote chunk locally: {e}")
+                    self._forget(row)
+                    return
+                if committed:
+                    self._host.put(row.key, payload, buf)
+            except (_NoRoom, ChunkError, sqlite3.Error):
+                return
 
     def _drop_damaged(self, row: ChunkRow, err: Exception) -> None:
         """A damaged or missing chunk: a miss from now on, its file kept aside, its stranded tail dropped."""

@@ -22,15 +22,16 @@ def sequence(seed: int):
     return tokens(N_TOKENS, seed), cache, block_table(12, 24, seed)
 
 
-def open_store(bucket: str, capacity=None) -> kv.KVStore:
-    return kv.KVStore(bucket, model="mp/model", chunk_tokens=CT, capacity=capacity)
+def open_store(bucket: str, capacity=None, **kwargs) -> kv.KVStore:
+    return kv.KVStore(bucket, model="mp/model", chunk_tokens=CT, capacity=capacity, **kwargs)
 
 
-def write(bucket: str, first: int, count: int, capacity=None) -> None:
+def write(bucket: str, first: int, count: int, capacity=None, remote=None, ttl=None) -> None:
     """Puts sequences first..first+count-1, printing each seed once it returned."""
-    with open_store(bucket, capacity) as s:
+    kwargs = {"remote": remote.split(" ") if remote and " " in remote else remote} if remote else {}
+    with open_store(bucket, capacity, **kwargs) as s:
         for seed in range(first, first + count):
-            stored = s.put(*_args(seed))
+            stored = s.put(*_args(seed), **({"ttl": ttl} if ttl else {}))
             print(seed, stored, flush=True)
 
 
@@ -46,6 +47,17 @@ def write_forever(bucket: str) -> None:
 def _args(seed: int):
     toks, cache, ids = sequence(seed)
     return toks, kv.PagedKV(cache, "BHTC"), ids
+
+
+def load_verified(store: kv.KVStore, seed: int) -> int:
+    """Loads sequence `seed` into a fresh cache; returns tokens loaded, every one checked bit-exact."""
+    toks, src, ids = sequence(seed)
+    dst = make_cache("BHTC", seed=10_000 + seed)
+    dst_ids = block_table(12, 24, seed + 1)
+    loaded = store.get(toks, kv.PagedKV(dst, "BHTC"), dst_ids)
+    if loaded:
+        assert (reference(dst, "BHTC", dst_ids, 8, 0, loaded) == reference(src, "BHTC", ids, 8, 0, loaded)).all()
+    return loaded
 
 
 def check(store: kv.KVStore, seed: int) -> int:
@@ -64,8 +76,8 @@ def check(store: kv.KVStore, seed: int) -> int:
 if __name__ == "__main__":
     role, bucket, *rest = sys.argv[1:]
     if role == "write":
-        cap = int(rest[2]) if len(rest) > 2 else None
-        write(bucket, int(rest[0]), int(rest[1]), cap)
+        cap = int(rest[2]) if len(rest) > 2 and rest[2] != "-" else None
+        write(bucket, int(rest[0]), int(rest[1]), cap, *(rest[3:4] or [None]), *(map(float, rest[4:5])))
     elif role == "write_forever":
         write_forever(bucket)
     elif role == "check":

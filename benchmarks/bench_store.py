@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 import pykvstore as kv
+from common import best
 from pykvstore.keys import as_tokens, chunk_keys, namespace_digest
 
 LAYERS, HEADS, HEAD_DIM, BLOCK, CHUNK = 32, 8, 128, 16, 256
@@ -32,16 +33,6 @@ def make_cache(dims: str, blocks: int) -> list[torch.Tensor]:
              "BTHC": (blocks, BLOCK, HEADS, 2 * HEAD_DIM)}[dims]
     g = torch.Generator().manual_seed(0)
     return [torch.randn(shape, generator=g, dtype=torch.float32).to(torch.bfloat16) for _ in range(LAYERS)]
-
-
-def best(fn, repeat: int) -> float:
-    """Fastest of `repeat` runs (seconds): the least disturbed by a noisy machine."""
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
 
 
 def drop_file_cache(paths) -> None:

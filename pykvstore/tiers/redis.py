@@ -87,6 +87,8 @@ class RedisTier:
         self._down_until = 0.0
         self._warned: set[str] = set()
         self._ns_cache: dict[str, tuple[float, dict[str, str]]] = {}
+        self._batch_bytes = 64 << 20  # per read round trip
+        self._value_size = 0  # the largest chunk value seen: sizes the read batches
         common = dict(socket_timeout=timeout, socket_connect_timeout=timeout, username=username, password=password)
         if isinstance(url, (list, tuple)) or (isinstance(url, str) and url.startswith("redis+cluster://")):
             nodes = url if isinstance(url, (list, tuple)) else url[len("redis+cluster://"):].split(",")
@@ -175,33 +177,49 @@ class RedisTier:
         return found
 
     # --- reads -----------------------------------------------------------------
-    def get_many(self, keys: Sequence[str]) -> list[Optional[bytes]]:
-        """The values of `keys` in one pipelined round trip; None for each miss or on any failure."""
+    def _round_trip(self, what: str, command: str, keys: Sequence[str]) -> Optional[list]:
+        """One pipelined `command` per key; None when the tier is resting or the round trip fails."""
         if not keys or not self._available():
-            return [None] * len(keys)
+            return None
         try:
             pipe = self.client.pipeline(transaction=False)
             for k in keys:
-                pipe.get(self.key(k))
-            values = pipe.execute()
+                getattr(pipe, command)(self.key(k))
+            return pipe.execute()
         except self._errors_t as e:
-            self._failed("get", e)
-            return [None] * len(keys)
-        self.stats.bytes_read += sum(len(v) for v in values if v is not None)
-        return values
+            self._failed(what, e)
+            return None
+
+    def get_many(self, keys: Sequence[str]) -> list[Optional[bytes]]:
+        """The values of the leading `keys` the server holds, None from the first miss on.
+
+        One pipelined round trip per batch of about `batch_bytes` (sized from
+        the values seen so far), so a long prefix of large chunks never sits in
+        one reply; it stops at the first miss, since a prefix ends there.
+        """
+        out: list[Optional[bytes]] = []
+        while len(out) < len(keys):
+            per = max(1, int(self._batch_bytes // self._value_size)) if self._value_size else 1
+            batch = keys[len(out) : len(out) + per]
+            values = self._round_trip("get", "get", batch)
+            if values is None:
+                break
+            got = [v for v in values if v is not None]
+            if got:
+                self._value_size = max(len(v) for v in got)
+                self.stats.bytes_read += sum(len(v) for v in got)
+            out += values
+            if len(got) < len(values):
+                break
+        out = out[: len(keys)]
+        for i, v in enumerate(out):
+            if v is None:
+                return out[:i] + [None] * (len(keys) - i)
+        return out + [None] * (len(keys) - len(out))
 
     def held_prefix(self, keys: Sequence[str]) -> int:
         """How many leading keys the server holds (one pipelined EXISTS round trip)."""
-        if not keys or not self._available():
-            return 0
-        try:
-            pipe = self.client.pipeline(transaction=False)
-            for k in keys:
-                pipe.exists(self.key(k))
-            found = pipe.execute()
-        except self._errors_t as e:
-            self._failed("exists", e)
-            return 0
+        found = self._round_trip("exists", "exists", keys) or []
         n = 0
         while n < len(found) and found[n]:
             n += 1
@@ -219,6 +237,7 @@ class RedisTier:
                 self.stats.dropped += 1
                 return False
             self._queue.append((chunk_key, value, ttl, meta, owner))
+            self._value_size = max(self._value_size, n)
             self._queued_bytes += n
             self._wake.notify()
         return True

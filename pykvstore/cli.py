@@ -11,6 +11,7 @@
     pykvstore config PATH ...       default TTL, TTL mode, price
     pykvstore fsck PATH [--repair]  check every file against the catalog and checksums
     pykvstore cost ...              what recomputing a prefix costs, and what storing it costs
+    pykvstore dashboard PATH        a live storage page in the browser (the dashboard extra)
 
 Exit codes: 0 done; 1 fsck found problems it did not repair, or an I/O error;
 2 bad input (unknown bucket, model, size or duration) with one line on stderr.
@@ -266,6 +267,14 @@ def cmd_cost(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from .dashboard import serve
+
+    serve(args.path, host=args.host, port=args.port, read_only=args.read_only, token=args.token,
+          announce=lambda line: print(line, flush=True))
+    return 0
+
+
 # --- parser ------------------------------------------------------------------
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pykvstore", description="Look after a pykvstore bucket.",
@@ -337,6 +346,11 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--dtype", default="bfloat16")
     sp.add_argument("--storage-price", dest="storage_price", type=float, default=0.10,
                     help="dollars per GB-month of storage (0.10)")
+    sp = cmd("dashboard", cmd_dashboard, "a live storage page for the bucket", json_out=False)
+    sp.add_argument("--host", default="127.0.0.1", help="address to bind (loopback by default)")
+    sp.add_argument("--port", type=int, default=8470, help="0 picks a free port")
+    sp.add_argument("--read-only", dest="read_only", action="store_true", help="no clear, resize or pin")
+    sp.add_argument("--token", help="the token actions need (default: a random one, printed)")
     return p
 
 

@@ -58,10 +58,11 @@ def test_a_put_is_written_through_and_a_partial_local_prefix_is_completed(tmp_pa
 
 
 def test_remote_ttl_expires_in_redis(tmp_path, server):
-    replica_a_writes(tmp_path / "a", server.url, [4], ttl=1.0)
-    ttl_ms = int(server.cli("pttl", next(k for k in server.cli("keys", "*").split() if not k.endswith(":meta"))))
-    assert 0 < ttl_ms <= 1000
-    time.sleep(1.2)
+    replica_a_writes(tmp_path / "a", server.url, [4], ttl=3.0)
+    chunk_keys = [k for k in server.cli("keys", "pykvstore:{*").split()]
+    assert len(chunk_keys) == 6  # value and metadata of 3 chunks, all with the TTL
+    assert all(0 < int(server.cli("pttl", k)) <= 3000 for k in chunk_keys)
+    time.sleep(3.2)
     with open_store(str(tmp_path / "b"), remote=server.url) as b:
         assert b.lookup(sequence(4)[0]) == 0 and load_verified(b, 4) == 0
 

@@ -27,6 +27,7 @@ import time
 from typing import Any, Optional
 
 from .bucket import Bucket, BucketNotFound
+from .catalog import Catalog
 from .errors import InputError
 from .sizes import format_duration, format_size, parse_duration
 
@@ -189,7 +190,7 @@ def cmd_pin(args: argparse.Namespace) -> int:
     with _bucket(args) as b:
         where, params = b.select(**sel)
         keys = [k for (k,) in b.catalog.query(f"SELECT key FROM chunks WHERE {where}", params)]
-        n = b.pin(keys, args.command == "pin", ttl) if args.command == "pin" else b.pin(keys, False)
+        n = b.pin(keys, True, ttl) if args.command == "pin" else b.pin(keys, False)
     _emit(args, {"chunks": n}, f"{args.command}ned {n} chunks")
     return 0
 
@@ -202,8 +203,6 @@ def cmd_extend(args: argparse.Namespace) -> int:
     with _bucket(args) as b:
         where, params = b.select(**sel)
         keys = [k for (k,) in b.catalog.query(f"SELECT key FROM chunks WHERE {where}", params)]
-        from .catalog import Catalog
-
         with b.catalog.transaction() as c:
             n = Catalog.set_expiry(c, keys, None if ttl is None else time.time() + ttl, ttl)
     _emit(args, {"chunks": n}, f"{n} chunks now expire {'never' if ttl is None else 'in ' + format_duration(ttl)}")

@@ -761,7 +761,7 @@ class KVStore:
         for j, value in enumerate(values):
             c = nxt + j
             if value is None:
-                self._remote.stats.misses += n - c
+                self._remote.count(misses=n - c)
                 break
             buf = _C.AlignedBuffer(len(value))  # aligned: it lands on disk through O_DIRECT
             np.frombuffer(buf, dtype=np.uint8)[:] = np.frombuffer(value, dtype=np.uint8)
@@ -769,11 +769,11 @@ class KVStore:
                 hdr = self._sound(buf, None, keys[c], ns, g, shape)
             except ChunkError as e:
                 self._warn_once(f"remote:{keys[c]}", f"remote chunk {keys[c][:16]} is not sound ({e}); a miss")
-                self._remote.stats.misses += n - c
+                self._remote.count(misses=n - c)
                 break
             payload = self._payload(buf, hdr, g, shape)
             cache.scatter(ids[c * bpc : (c + 1) * bpc], payload, max(0, start - c * ct))
-            self._remote.stats.hits += 1
+            self._remote.count(hits=1)
             end = (c + 1) * ct
             landed.append((hdr, buf, payload))
         if landed:

@@ -76,6 +76,7 @@ class RedisTier:
         self.prefix = prefix
         self.retry_after = retry_after
         self.stats = RemoteStats()
+        self._stats_lock = threading.Lock()
         self._lock = threading.Lock()
         self._queue: deque = deque()
         self._queued_bytes = 0
@@ -139,8 +140,14 @@ class RedisTier:
             return False
         return self._connect()
 
+    def count(self, **deltas: int) -> None:
+        """Adds to the counters; the caller's thread and the writer thread both count."""
+        with self._stats_lock:
+            for name, n in deltas.items():
+                setattr(self.stats, name, getattr(self.stats, name) + n)
+
     def _failed(self, what: str, err: Exception) -> None:
-        self.stats.errors += 1
+        self.count(errors=1)
         self._down_until = time.monotonic() + self.retry_after
         if what not in self._warned:
             self._warned.add(what)
@@ -207,7 +214,7 @@ class RedisTier:
             got = [v for v in values if v is not None]
             if got:
                 self._value_size = max(len(v) for v in got)
-                self.stats.bytes_read += sum(len(v) for v in got)
+                self.count(bytes_read=sum(len(v) for v in got))
             out += values
             if len(got) < len(values):
                 break
@@ -234,7 +241,7 @@ class RedisTier:
         n = len(value)
         with self._lock:
             if self._closed or self._queued_bytes + n > self._queue_limit:
-                self.stats.dropped += 1
+                self.count(dropped=1)
                 return False
             self._queue.append((chunk_key, value, ttl, meta, owner))
             self._value_size = max(self._value_size, n)
@@ -274,7 +281,7 @@ class RedisTier:
 
     def _send(self, batch: list, size: int) -> None:
         if not self._available():
-            self.stats.dropped += len(batch)
+            self.count(dropped=len(batch))
             return
         try:
             pipe = self.client.pipeline(transaction=False)
@@ -288,10 +295,9 @@ class RedisTier:
             pipe.execute()
         except self._errors_t as e:
             self._failed("put", e)
-            self.stats.dropped += len(batch)
+            self.count(dropped=len(batch))
             return
-        self.stats.puts += len(batch)
-        self.stats.bytes_written += size
+        self.count(puts=len(batch), bytes_written=size)
 
     def close(self, timeout: float = 10.0) -> None:
         self.flush(timeout)

@@ -307,16 +307,36 @@ def _scatter_blocks(views: list[torch.Tensor], ids: torch.Tensor, src: torch.Ten
 
 
 def _device_gather(views: list[torch.Tensor], ids: torch.Tensor, out: torch.Tensor) -> None:
-    """Gather from device-resident KV into a host chunk.
-
-    The one entry point for non-CPU tensors: the Triton kernels replace the
-    torch indexing here; the result must stay bit-identical to the CPU path.
-    """
+    """Gather from device-resident KV into a host chunk: one Triton launch into device
+    staging, then one copy to the host. Torch indexing where Triton cannot run
+    (no triton, or layers with different strides); the bytes are the same."""
     staging = torch.empty(out.shape, dtype=out.dtype, device=views[0].device)
-    _gather_blocks(views, ids, staging)
+    kernels = _kernels()
+    try:
+        if kernels is None:
+            raise ValueError("no triton")
+        kernels.gather(views, ids, staging, len(ids))
+    except ValueError:
+        _gather_blocks(views, ids, staging)
     out.copy_(staging)
 
 
 def _device_scatter(views: list[torch.Tensor], ids: torch.Tensor, src: torch.Tensor, skip: int) -> None:
     """Scatter a host chunk into device-resident KV (see `_device_gather`)."""
-    _scatter_blocks(views, ids, src.to(views[0].device, non_blocking=False), skip)
+    staged = src.to(views[0].device, non_blocking=False)
+    kernels = _kernels()
+    try:
+        if kernels is None:
+            raise ValueError("no triton")
+        kernels.scatter(views, ids, staged, len(ids), skip)
+    except ValueError:
+        _scatter_blocks(views, ids, staged, skip)
+
+
+def _kernels():
+    """pykvstore.kernels, or None where triton is not installed."""
+    try:
+        from . import kernels
+    except ImportError:
+        return None
+    return kernels

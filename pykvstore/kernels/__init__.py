@@ -1,0 +1,9 @@
+"""Triton kernels that move KV between an engine's paged blocks and contiguous chunks.
+
+Loaded only for device tensors (and by tests under TRITON_INTERPRET=1); set
+TRITON_INTERPRET before this package is first imported.
+"""
+
+from .paged_copy import gather, scatter
+
+__all__ = ["gather", "scatter"]

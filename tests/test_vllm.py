@@ -89,3 +89,21 @@ def test_the_bucket_shows_the_hits(served):
     assert m["hit_tokens"] >= PREFIX
     assert s.chunks == 2 * PREFIX // 256 and len(s.by_namespace) == 2  # the prefix, and tenant-2's own copy
     assert {t["tag"] for t in s.by_tag} == {"vllm-test"}
+
+
+def test_vllm_cpu_chunks_never_load_into_another_engine(served):
+    """vLLM's CPU backend keeps K transposed inside a block, so its chunks are not in the canonical
+    order: the namespace says so, and transformers (same weights, geometry and dtype) gets no hit
+    rather than wrong KV."""
+    transformers = pytest.importorskip("transformers")
+    import torch
+
+    from pykvstore.integrations.transformers import load_prefix
+
+    model_dir = served["bucket"].parent / "model"
+    m = transformers.LlamaForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32).eval()
+    rnd = random.Random(0)
+    prefix = [rnd.randrange(512) for _ in range(PREFIX)]
+    with kv.KVStore(served["bucket"], model=str(model_dir), chunk_tokens=256) as s:  # vLLM names it by its path
+        restored, n = load_prefix(s, prefix + [7, 8, 9], m.config, torch.float32)
+    assert n == 0 and restored.get_seq_length() == 0

@@ -18,6 +18,14 @@ Two halves, in two processes:
 A request's `cache_salt` enters the namespace: tenants never share chunks.
 A load that comes up short reports its blocks as failed, so vLLM recomputes
 them instead of using bad KV.
+
+vLLM's CPU backend registers [blocks, heads, block_size, 2*head_dim] but keeps
+K transposed inside each block (its kernels view the block as [2*block_size,
+head_dim] and store keys head_dim-major), so the bytes are not in the
+canonical order other engines use. Until the connector converts them, chunks
+it stores carry the vLLM platform and block size in the namespace
+("revision"): vLLM replicas with the same setup share them exactly, and no
+other engine or block size can ever load them by mistake.
 """
 
 from __future__ import annotations
@@ -97,6 +105,10 @@ class PyKVStoreConnector(KVConnectorBase_V1):
         self._geometry = Geometry(layers=mc.get_num_layers(pc), heads=mc.get_num_kv_heads(pc),
                                   head_dim=self._head_dim, dtype=dtype)
         self._tp = (getattr(pc, "rank", 0) % max(pc.tensor_parallel_size, 1), pc.tensor_parallel_size)
+        from vllm.platforms import current_platform
+
+        rev = extra.pop("revision", None)
+        self._revision = f"{rev + '|' if rev else ''}vllm-{current_platform.device_type}-block{self._block_size}"
         self._stores: dict[Optional[str], KVStore] = {}
         # scheduler side
         self._local: dict[str, int] = {}  # req -> tokens vLLM's own cache had
@@ -110,7 +122,7 @@ class PyKVStoreConnector(KVConnectorBase_V1):
     def _store(self, salt: Optional[str]) -> KVStore:
         s = self._stores.get(salt)
         if s is None:
-            s = KVStore(self._bucket, model=self._model, salt=salt, geometry=self._geometry,
+            s = KVStore(self._bucket, model=self._model, salt=salt, geometry=self._geometry, revision=self._revision,
                         tp_rank=self._tp[0], tp_size=self._tp[1], **self._options)
             self._stores[salt] = s
         return s

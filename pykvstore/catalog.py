@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -362,6 +361,3 @@ class Catalog:
         with self.transaction() as c:
             c.execute("DELETE FROM counters WHERE period > 0 AND period < ?", (older_than,))
 
-
-def now() -> float:
-    return time.time()

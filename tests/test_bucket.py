@@ -1,16 +1,14 @@
 """Lifecycle controls: TTL, pins, tags, resize, quotas, clear, gc, policies, stats, fsck."""
 
-import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
-import torch
 
 import pykvstore as kv
-from helpers import block_table, make_cache, reference, tokens
+from helpers import block_table, make_cache
 from workers import check, open_store, sequence
 
 WORKERS = str(Path(__file__).parent / "workers.py")
@@ -147,7 +145,7 @@ def test_resize_while_another_process_writes(bucket):
         with kv.Bucket(bucket) as b:
             b.resize(9 * size)
     finally:
-        out = proc.communicate()[0]
+        proc.communicate()
     assert proc.returncode == 0
     with open_store(str(bucket)) as s:
         st = s.stats()

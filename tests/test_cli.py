@@ -7,7 +7,7 @@ import sys
 import pytest
 
 import pykvstore as kv
-from workers import open_store, sequence
+from workers import open_store
 
 import test_bucket
 

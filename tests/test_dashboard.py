@@ -14,7 +14,6 @@ import pytest
 
 import pykvstore as kv
 import test_bucket
-from workers import open_store, sequence
 
 pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")

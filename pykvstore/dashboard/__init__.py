@@ -25,7 +25,6 @@ from typing import Any, Optional
 from ..bucket import Bucket
 from ..catalog import PERIOD
 from ..errors import InputError
-from ..sizes import parse_duration
 
 STATIC = Path(__file__).parent / "static"
 

@@ -1,5 +1,7 @@
 #include "pykvstore/aligned_buffer.hpp"
 
+#include "pykvstore/host_pool.hpp"
+
 #include <cstdlib>
 #include <map>
 #include <mutex>
@@ -63,14 +65,25 @@ std::size_t buffer_cache_bytes() {
   return cache().bytes;
 }
 
-AlignedBuffer::AlignedBuffer(std::size_t size)
+AlignedBuffer::AlignedBuffer(std::size_t size) : AlignedBuffer(size, nullptr) {}
+
+AlignedBuffer::AlignedBuffer(std::size_t size, std::shared_ptr<HostPool> pool)
     : size_(size), capacity_(round_up(size == 0 ? 1 : size, kDirectAlignment)) {
+  if (pool) data_ = pool->allocate(capacity_);
+  if (data_ != nullptr) {
+    pool_ = std::move(pool);
+    return;
+  }
   void* p = cache().take(capacity_);
   if (p == nullptr && posix_memalign(&p, kDirectAlignment, capacity_) != 0) throw std::bad_alloc();
   data_ = static_cast<std::uint8_t*>(p);
 }
 
 AlignedBuffer::~AlignedBuffer() {
+  if (pool_) {
+    pool_->release(data_, capacity_);
+    return;
+  }
   if (!cache().keep(data_, capacity_)) std::free(data_);
 }
 

@@ -8,48 +8,44 @@
 namespace pykvstore {
 namespace {
 
-// Copies tokens [t0, t1) of one (layer, plane, block) between engine memory
-// and the chunk; to_chunk picks the direction.
-void copy_tokens(const PagedLayout& L, unsigned char* engine, unsigned char* chunk, std::int64_t t0,
-                 std::int64_t t1, bool to_chunk) {
+// Visits the contiguous runs that hold tokens [t0, t1) of one (layer, plane,
+// block): fn(engine address, chunk address, bytes), as long as the layout allows.
+template <typename Fn>
+void for_each_run(const PagedLayout& L, unsigned char* engine, unsigned char* chunk, std::int64_t t0,
+                  std::int64_t t1, Fn&& fn) {
   const std::size_t item = L.itemsize;
   const std::int64_t row = L.heads * L.head_dim;  // elements of one token in the chunk
   const bool dim_contig = L.stride_dim == 1;
   const bool token_contig = dim_contig && L.stride_head == L.head_dim;
   const bool block_contig = token_contig && L.stride_token == row;
-  auto move = [to_chunk](unsigned char* e, unsigned char* c, std::size_t n) {
-    if (to_chunk)
-      std::memcpy(c, e, n);
-    else
-      std::memcpy(e, c, n);
-  };
   if (block_contig) {
-    move(engine + t0 * L.stride_token * item, chunk + t0 * row * item, (t1 - t0) * row * item);
+    fn(engine + t0 * L.stride_token * item, chunk + t0 * row * item, (t1 - t0) * row * item);
     return;
   }
   for (std::int64_t t = t0; t < t1; ++t) {
     unsigned char* e_tok = engine + t * L.stride_token * item;
     unsigned char* c_tok = chunk + t * row * item;
     if (token_contig) {
-      move(e_tok, c_tok, row * item);
+      fn(e_tok, c_tok, row * item);
       continue;
     }
     for (std::int64_t h = 0; h < L.heads; ++h) {
       unsigned char* e_row = e_tok + h * L.stride_head * item;
       unsigned char* c_row = c_tok + h * L.head_dim * item;
       if (dim_contig) {
-        move(e_row, c_row, L.head_dim * item);
+        fn(e_row, c_row, L.head_dim * item);
         continue;
       }
-      for (std::int64_t d = 0; d < L.head_dim; ++d)
-        move(e_row + d * L.stride_dim * item, c_row + d * item, item);
+      for (std::int64_t d = 0; d < L.head_dim; ++d) fn(e_row + d * L.stride_dim * item, c_row + d * item, item);
     }
   }
 }
 
-void copy_layers(const PagedLayout& L, std::size_t first_layer, std::size_t last_layer,
-                 const std::int64_t* ids, std::size_t nb, unsigned char* chunk, std::int64_t skip,
-                 bool to_chunk) {
+// Every run of layers [first_layer, last_layer) for chunk tokens [skip, end).
+template <typename Fn>
+void for_each_layer_run(const PagedLayout& L, std::size_t first_layer, std::size_t last_layer,
+                        const std::int64_t* ids, std::size_t nb, unsigned char* chunk, std::int64_t skip,
+                        Fn&& fn) {
   const std::size_t item = L.itemsize;
   const std::int64_t block_elems = L.block_size * L.heads * L.head_dim;
   for (std::size_t layer = first_layer; layer < last_layer; ++layer) {
@@ -61,10 +57,22 @@ void copy_layers(const PagedLayout& L, std::size_t first_layer, std::size_t last
         std::int64_t t0 = skip > first ? skip - first : 0;
         if (t0 >= L.block_size) continue;
         unsigned char* engine = base + (ids[j] * L.stride_block + p * L.stride_plane) * item;
-        copy_tokens(L, engine, plane_chunk + j * block_elems * item, t0, L.block_size, to_chunk);
+        for_each_run(L, engine, plane_chunk + j * block_elems * item, t0, L.block_size, fn);
       }
     }
   }
+}
+
+void copy_layers(const PagedLayout& L, std::size_t first_layer, std::size_t last_layer,
+                 const std::int64_t* ids, std::size_t nb, unsigned char* chunk, std::int64_t skip,
+                 bool to_chunk) {
+  for_each_layer_run(L, first_layer, last_layer, ids, nb, chunk, skip,
+                     [to_chunk](unsigned char* e, unsigned char* c, std::size_t n) {
+                       if (to_chunk)
+                         std::memcpy(c, e, n);
+                       else
+                         std::memcpy(e, c, n);
+                     });
 }
 
 // Large copies are split by layer over a few threads: one core's memcpy does
@@ -104,6 +112,25 @@ void scatter_blocks(const PagedLayout& layout, const std::int64_t* block_ids, st
                     const void* chunk, std::int64_t skip, unsigned max_threads) {
   copy_all(layout, block_ids, num_blocks, const_cast<unsigned char*>(static_cast<const unsigned char*>(chunk)),
            skip, false, max_threads);
+}
+
+std::vector<CopyRun> block_runs(const PagedLayout& layout, const std::int64_t* block_ids, std::size_t num_blocks,
+                                std::uintptr_t chunk, std::int64_t skip) {
+  std::vector<CopyRun> runs;
+  for_each_layer_run(layout, 0, layout.layer_bases.size(), block_ids, num_blocks,
+                     reinterpret_cast<unsigned char*>(chunk), skip,
+                     [&runs](unsigned char* e, unsigned char* c, std::size_t n) {
+                       if (!runs.empty()) {  // merge with the previous run where both sides continue it
+                         CopyRun& r = runs.back();
+                         if (r.engine + r.bytes == reinterpret_cast<std::uintptr_t>(e) &&
+                             r.chunk + r.bytes == reinterpret_cast<std::uintptr_t>(c)) {
+                           r.bytes += n;
+                           return;
+                         }
+                       }
+                       runs.push_back({reinterpret_cast<std::uintptr_t>(e), reinterpret_cast<std::uintptr_t>(c), n});
+                     });
+  return runs;
 }
 
 }  // namespace pykvstore

@@ -78,7 +78,37 @@ ssize_t pread_all(int fd, std::uint8_t* data, std::size_t len) {
   return static_cast<ssize_t>(done);
 }
 
+// XXH64 of a safetensors payload: the bytes after the 8-byte header length and
+// the header. False when the length prefix is impossible for this size.
+bool hash_payload_of(const std::uint8_t* data, std::size_t size, std::uint64_t* out) {
+  if (size < 8) return false;
+  std::uint64_t header_len;
+  std::memcpy(&header_len, data, 8);  // little-endian, as safetensors writes it
+  if (header_len > size - 8) return false;
+  std::size_t offset = 8 + static_cast<std::size_t>(header_len);
+  *out = xxh64(data + offset, size - offset);
+  return true;
+}
+
 }  // namespace
+
+int FileEngine::Fault::next() {
+  std::uint64_t n = every.load(std::memory_order_relaxed);
+  if (n == 0) return 0;
+  return (seen.fetch_add(1, std::memory_order_relaxed) + 1) % n == 0 ? err.load(std::memory_order_relaxed) : 0;
+}
+
+void FileEngine::inject_faults(bool writes, std::uint64_t every, int err) {
+  Fault& f = writes ? write_fault_ : read_fault_;
+  f.err.store(err);
+  f.seen.store(0);
+  f.every.store(every);
+}
+
+void FileEngine::set_pool(std::shared_ptr<HostPool> pool) {
+  std::lock_guard<std::mutex> lock(pool_mutex_);
+  buffer_pool_ = std::move(pool);
+}
 
 FileEngine::FileEngine(std::size_t num_threads) : pool_(num_threads) {}
 
@@ -134,6 +164,11 @@ std::size_t FileEngine::write_now(const std::string& final_path, const std::stri
     }
     err = pwrite_all(fd.get(), buf.data(), size);
     if (err != 0) fail(err, "pwrite");
+  }
+  if (int injected = write_fault_.next()) {
+    counters_.injected_faults.fetch_add(1, std::memory_order_relaxed);
+    (void)::ftruncate(fd.get(), static_cast<off_t>(size / 2));  // a torn write, as a crash or EIO leaves
+    fail(injected, "pwrite (injected fault)");
   }
   if (sync && ::fsync(fd.get()) != 0) fail(errno, "fsync");
   if (fd.release_and_close() != 0) {
@@ -194,7 +229,17 @@ ReadResult FileEngine::read_now(const std::string& path, DirectMode mode, std::s
     counters_.errors.fetch_add(1, std::memory_order_relaxed);
     PYKVSTORE_THROW_IO(EFBIG, "read (file larger than expected)", path);
   }
-  auto buf = std::make_shared<AlignedBuffer>(size);
+  if (int injected = read_fault_.next()) {
+    counters_.injected_faults.fetch_add(1, std::memory_order_relaxed);
+    counters_.errors.fetch_add(1, std::memory_order_relaxed);
+    PYKVSTORE_THROW_IO(injected, "pread (injected fault)", path);
+  }
+  std::shared_ptr<HostPool> pool;
+  {
+    std::lock_guard<std::mutex> lock(pool_mutex_);
+    pool = buffer_pool_;
+  }
+  auto buf = std::make_shared<AlignedBuffer>(size, std::move(pool));
   std::size_t want = direct ? buf->capacity() : size;
   ssize_t got = pread_all(fd.get(), buf->data(), want);
   if (got < 0 && direct && -got == EINVAL && mode == DirectMode::Auto) {
@@ -212,16 +257,34 @@ ReadResult FileEngine::read_now(const std::string& path, DirectMode mode, std::s
       .fetch_add(1, std::memory_order_relaxed);
   counters_.bytes_read.fetch_add(buf->size(), std::memory_order_relaxed);
   ReadResult result{buf, 0, false};
-  if (hash_payload && buf->size() >= 8) {
-    std::uint64_t header_len;
-    std::memcpy(&header_len, buf->data(), 8);  // little-endian, as safetensors writes it
-    if (header_len <= buf->size() - 8) {
-      std::size_t offset = 8 + static_cast<std::size_t>(header_len);
-      result.payload_hash = xxh64(buf->data() + offset, buf->size() - offset);
-      result.has_hash = true;
-    }
-  }
+  if (hash_payload) result.has_hash = hash_payload_of(buf->data(), buf->size(), &result.payload_hash);
   return result;
+}
+
+MapResult FileEngine::map_now(const std::string& path, std::size_t max_size, bool hash_payload) {
+  if (int injected = read_fault_.next()) {
+    counters_.injected_faults.fetch_add(1, std::memory_order_relaxed);
+    counters_.errors.fetch_add(1, std::memory_order_relaxed);
+    PYKVSTORE_THROW_IO(injected, "mmap (injected fault)", path);
+  }
+  MapResult result;
+  try {
+    result.file = std::make_shared<MappedFile>(path, max_size, true);
+  } catch (const IoError&) {
+    counters_.errors.fetch_add(1, std::memory_order_relaxed);
+    throw;
+  }
+  counters_.mapped_reads.fetch_add(1, std::memory_order_relaxed);
+  counters_.bytes_read.fetch_add(result.file->size(), std::memory_order_relaxed);
+  if (hash_payload)
+    result.has_hash = hash_payload_of(result.file->data(), result.file->size(), &result.payload_hash);
+  return result;
+}
+
+std::shared_future<MapResult> FileEngine::map(std::string path, std::size_t max_size, bool hash_payload) {
+  return pool_.submit([this, path = std::move(path), max_size, hash_payload] {
+    return map_now(path, max_size, hash_payload);
+  });
 }
 
 std::shared_future<std::size_t> FileEngine::write(std::string final_path, std::string tmp_path,

@@ -27,6 +27,12 @@ _SPEC: dict[str, tuple[str, str, Any]] = {
     "inflight": ("PYKVSTORE_INFLIGHT", "8", int),  # chunk files in flight per put/get
     # freed staging buffers kept for reuse (a fresh one page-faults on every page)
     "buffer_cache": ("PYKVSTORE_BUFFER_CACHE", "512MiB", lambda v: parse_size(v, "buffer cache")),
+    # The host pool (pinned where a GPU exists) that staging buffers, reads and
+    # the host tier share; "auto" is the host capacity plus 512 MiB of staging.
+    "host_pool": ("PYKVSTORE_HOST_POOL", "auto", lambda v: 0 if str(v).lower() == "auto" else parse_size(v, "host pool")),
+    # Loads into host memory copy straight from a mapping of the chunk file
+    # (the page cache) into the engine's blocks: "auto" (when direct_read is off) or "off".
+    "mmap_read": ("PYKVSTORE_MMAP_READ", "auto", str.lower),
     "fsync": ("PYKVSTORE_FSYNC", "1", lambda v: v.lower() not in ("0", "false", "no", "off")),
 }
 _values: dict[str, Any] = {}
@@ -35,6 +41,8 @@ _values: dict[str, Any] = {}
 def _check(name: str, value: Any) -> Any:
     if name in ("direct_write", "direct_read") and value not in _MODES:
         raise InputError(f"{name} must be one of off/auto/on, got {value!r}")
+    if name == "mmap_read" and value not in ("off", "auto"):
+        raise InputError(f"mmap_read must be off or auto, got {value!r}")
     if name in ("io_threads", "inflight") and (not isinstance(value, int) or value < 1):
         raise InputError(f"{name} must be a positive integer, got {value!r}")
     return value
@@ -61,6 +69,8 @@ def set(**knobs: Any) -> None:  # noqa: A001 - mirrors get()
             raise InputError(f"unknown setting {name!r}; known: {', '.join(sorted(_SPEC))}")
         if name in ("host_capacity", "buffer_cache"):
             value = parse_size(value, name.replace("_", " "))
+        if name == "host_pool":
+            value = _SPEC[name][2](value)
         _values[name] = _check(name, value)
 
 

@@ -36,6 +36,8 @@ def as_1d_array(value: Any, what: str, error: type[InputError]) -> np.ndarray:
     """A 1-D numpy array from a list, tuple, range, array or torch tensor, or `error` naming the problem."""
     if hasattr(value, "detach") and hasattr(value, "cpu"):  # torch.Tensor, no import needed
         value = value.detach().cpu().numpy()
+    elif hasattr(value, "__cuda_array_interface__") and hasattr(value, "get"):  # cupy: copy to the host
+        value = value.get()
     if isinstance(value, (str, bytes)):
         raise error(f"{what} must be a 1-D sequence of integers, got {type(value).__name__}")
     try:

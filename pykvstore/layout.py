@@ -23,14 +23,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any, Optional, Union
 
 import numpy as np
 import torch
 
-from . import _C
+from . import _C, transfer
 from .errors import BlockIdsError, InputError, LayoutError
 from .keys import as_1d_array
+from .transfer import block_contiguous
 
 # torch dtype -> (name, safetensors dtype, integer dtype of the same width)
 _DTYPES: dict[torch.dtype, tuple[str, str, torch.dtype]] = {
@@ -178,6 +179,8 @@ class PagedKV:
 
     def __init__(self, tensors: Union[torch.Tensor, Sequence[torch.Tensor], Mapping[Any, torch.Tensor]], dims: str) -> None:
         packed, latent = _parse_dims(dims)
+        if not isinstance(tensors, (list, tuple, Mapping)):
+            tensors = _from_dlpack(tensors)
         if isinstance(tensors, torch.Tensor):
             if "L" not in dims:
                 raise LayoutError(
@@ -193,6 +196,8 @@ class PagedKV:
             raise LayoutError(f"tensors must be a tensor, a list/tuple or a dict of tensors, got {type(tensors).__name__}")
         if not layer_list:
             raise LayoutError("tensors is empty: pass one tensor per layer")
+        # cupy and other DLPack producers: the same memory as a torch tensor
+        layer_list = [_from_dlpack(t) for t in layer_list]
         if "L" in dims and not isinstance(tensors, torch.Tensor):
             raise LayoutError(f"dims {dims!r} has an L axis, so pass one tensor, not a {type(tensors).__name__}")
         first = layer_list[0]
@@ -225,10 +230,17 @@ class PagedKV:
         self._views = views  # each (B, planes, T, H, D) over integers
         # Host tensors move through the native block copier (memcpy over the
         # longest contiguous runs); it needs one stride set for all layers.
+        # Device tensors whose blocks are contiguous runs move by DMA (transfer.py).
         self._native = None
-        if self.device.type == "cpu" and all(w.stride() == v.stride() for w in views):
-            self._native = _C.PagedLayout([w.data_ptr() for w in views], list(v.stride()),
-                                          [v.shape[1], v.shape[2], v.shape[3], v.shape[4]], v.element_size())
+        self._dma = None
+        same_strides = all(w.stride() == v.stride() for w in views)
+        if same_strides and (self.device.type == "cpu" or block_contiguous(v)):
+            layout = _C.PagedLayout([w.data_ptr() for w in views], list(v.stride()),
+                                    [v.shape[1], v.shape[2], v.shape[3], v.shape[4]], v.element_size())
+            if self.device.type == "cpu":
+                self._native = layout
+            elif (engine := transfer.copy_engine(self.device)) is not None:
+                self._dma = (engine, layout)
 
     def __repr__(self) -> str:
         g = self.geometry
@@ -250,7 +262,9 @@ class PagedKV:
             raise BlockIdsError(
                 f"block ids must lie in [0, {self.num_blocks}), got values from {arr.min()} to {arr.max()}"
             )
-        return torch.as_tensor(arr.astype(np.int64), device=self.device)
+        # DMA computes addresses on the host; the kernels read ids on the device
+        on_host = self._native is not None or self._dma is not None
+        return torch.as_tensor(arr.astype(np.int64), device="cpu" if on_host else self.device)
 
     def gather(self, ids: torch.Tensor, out: torch.Tensor, max_threads: int = 0) -> None:
         """Copies whole blocks `ids` into `out`, a contiguous canonical chunk on the host.
@@ -260,20 +274,40 @@ class PagedKV:
         _check_chunk(out, self.geometry, len(ids) * self.block_size)
         if self._native is not None:
             _C.gather_blocks(self._native, ids.data_ptr(), len(ids), out.data_ptr(), max_threads)
+        elif self._dma is not None:
+            transfer.gather(*self._dma, ids, out, self.device)
         elif self.device.type != "cpu":
             _device_gather(self._views, ids, out)
         else:
             _gather_blocks(self._views, ids, out)
 
-    def scatter(self, ids: torch.Tensor, src: torch.Tensor, skip: int = 0, max_threads: int = 0) -> None:
-        """Writes chunk tokens [skip, T) from `src` (canonical, host) into blocks `ids`."""
+    def scatter(self, ids: torch.Tensor, src: torch.Tensor, skip: int = 0, max_threads: int = 0,
+                pending: Optional[list] = None) -> None:
+        """Writes chunk tokens [skip, T) from `src` (canonical, host) into blocks `ids`.
+
+        With `pending`, a device copy may still be running on return: (ticket,
+        src) is appended, and the caller keeps src alive until ticket.wait().
+        """
         _check_chunk(src, self.geometry, len(ids) * self.block_size)
         if self._native is not None:
             _C.scatter_blocks(self._native, ids.data_ptr(), len(ids), src.data_ptr(), skip, max_threads)
+        elif self._dma is not None:
+            ticket = transfer.scatter(*self._dma, ids, src, skip, self.device)
+            if pending is None:
+                ticket.wait()
+            else:
+                pending.append((ticket, src))
         elif self.device.type != "cpu":
             _device_scatter(self._views, ids, src, skip)
         else:
             _scatter_blocks(self._views, ids, src, skip)
+
+
+def _from_dlpack(t: Any) -> Any:
+    """A torch view of a DLPack tensor (cupy, jax, ...); anything else as given."""
+    if isinstance(t, (torch.Tensor, np.ndarray)) or not hasattr(t, "__dlpack__"):
+        return t  # numpy is refused by name below: engines hand over device tensors
+    return torch.from_dlpack(t)
 
 
 def _check_chunk(t: torch.Tensor, g: Geometry, tokens: int) -> None:

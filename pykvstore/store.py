@@ -37,6 +37,7 @@ from .tiers.disk import HOST
 log = logging.getLogger("pykvstore")
 
 _IO_ERRORS = (OSError, sqlite3.Error)
+_POOL_STAGING = 512 << 20  # pool bytes beyond the host tier, for chunks in flight
 
 
 @dataclass
@@ -63,6 +64,7 @@ class StoreStats:
     host_chunks: int = 0
     by_model: dict[str, dict[str, Any]] = field(default_factory=dict)
     io: dict[str, int] = field(default_factory=dict)
+    pool: dict[str, Any] = field(default_factory=dict)  # the host pool: capacity, free bytes, pinned, ...
     remote: dict[str, int] = field(default_factory=dict)  # the Redis tier's counters, if configured
     bucket: Optional[BucketStats] = None  # the bucket as every process sees it
 
@@ -71,7 +73,12 @@ class StoreStats:
 
 
 class Handle:
-    """A put or get in flight: `wait()` returns what the call would have returned."""
+    """A put or get in flight: `wait()` returns what the call would have returned.
+
+    A put or get never raises for an I/O fault (it stores or loads less, and
+    the serving path goes on); `errors` lists what it met, each exception
+    naming the operation and the file, and `wait(check=True)` raises the first.
+    """
 
     def __init__(self, future: Future) -> None:
         self._future = future
@@ -79,8 +86,16 @@ class Handle:
     def done(self) -> bool:
         return self._future.done()
 
-    def wait(self, timeout: Optional[float] = None) -> int:
-        return self._future.result(timeout)
+    def wait(self, timeout: Optional[float] = None, check: bool = False) -> int:
+        value, errors = self._future.result(timeout)
+        if check and errors:
+            raise errors[0]
+        return value
+
+    @property
+    def errors(self) -> list[Exception]:
+        """The faults the call met (empty until it is done)."""
+        return list(self._future.result()[1]) if self._future.done() else []
 
 
 @dataclass(frozen=True)
@@ -172,6 +187,12 @@ class KVStore:
         self._disk = self.bucket.disk
         self._engine = self.bucket.engine
         _C.set_buffer_cache_limit(defaults.get("buffer_cache"))
+        # Staging buffers, reads and the host tier share one pool: a chunk kept
+        # in host memory is already where DMA and O_DIRECT want it.
+        self._pool = _C.HostPool(defaults.get("host_pool") or host_cap + _POOL_STAGING, pin=True, huge_pages=True)
+        self._engine.set_pool(self._pool)
+        self._mmap = defaults.get("mmap_read") == "auto" and defaults.direct_mode("direct_read") == 0
+        self._calls = threading.local()  # faults met by the put/get running on this thread
         self._host = HostTier(host_cap)
         self.bucket.listeners.append(self._host.discard)
         self._remote = None
@@ -261,6 +282,7 @@ class KVStore:
         expiry = self._ttl(ttl, ttl_mode)
         if tag is not None and not isinstance(tag, str):
             raise InputError(f"tag must be a string, got {type(tag).__name__}")
+        self._calls.errors = []
         with self._stats_lock:
             self._stats.puts += 1
         if n == 0:
@@ -269,6 +291,7 @@ class KVStore:
         try:
             held = self._put_chunks(toks, cache, ids, n, tag, expiry)
         except _IO_ERRORS as e:
+            self._fault(e)
             self._warn_once("put", f"put failed: {e}")
             with self._stats_lock:
                 self._stats.put_errors += 1
@@ -291,6 +314,7 @@ class KVStore:
         toks, ids, n = self._check_call(tokens, cache, block_ids)
         if isinstance(start, bool) or not isinstance(start, int) or not 0 <= start <= len(toks):
             raise InputError(f"start must be an integer in [0, {len(toks)}] (the token count), got {start!r}")
+        self._calls.errors = []
         with self._stats_lock:
             self._stats.gets += 1
         t0 = time.perf_counter()
@@ -299,6 +323,7 @@ class KVStore:
             if self._remote is not None:
                 end = self._get_remote(toks, cache, ids, n, start, end)
         except _IO_ERRORS as e:
+            self._fault(e)
             self._warn_once("get", f"get failed: {e}")
             end = 0
         loaded = max(start, end)
@@ -358,7 +383,8 @@ class KVStore:
         self._check_open()
         self._check_call(tokens, cache, block_ids)
         self._ttl(ttl, ttl_mode)
-        return Handle(self._worker().submit(self.put, tokens, cache, block_ids, tag=tag, ttl=ttl, ttl_mode=ttl_mode))
+        return Handle(self._worker().submit(self._with_errors, self.put, tokens, cache, block_ids, tag=tag, ttl=ttl,
+                                            ttl_mode=ttl_mode))
 
     def get_async(self, tokens: Any, cache: PagedKV, block_ids: Any, start: int = 0) -> Handle:
         """`get` on the store's worker thread; input is checked before it is queued."""
@@ -366,7 +392,17 @@ class KVStore:
         toks, _, _ = self._check_call(tokens, cache, block_ids)
         if isinstance(start, bool) or not isinstance(start, int) or not 0 <= start <= len(toks):
             raise InputError(f"start must be an integer in [0, {len(toks)}] (the token count), got {start!r}")
-        return Handle(self._worker().submit(self.get, tokens, cache, block_ids, start))
+        return Handle(self._worker().submit(self._with_errors, self.get, tokens, cache, block_ids, start))
+
+    def _with_errors(self, fn, *args: Any, **kwargs: Any) -> tuple[int, list[Exception]]:
+        value = fn(*args, **kwargs)
+        return value, list(getattr(self._calls, "errors", []))
+
+    def _fault(self, err: Exception) -> None:
+        """Records a fault the current put/get met (its Handle reports them)."""
+        errors = getattr(self._calls, "errors", None)
+        if errors is not None:
+            errors.append(err)
 
     def stats(self, price_per_mtok: Optional[float] = None, stale_after: Any = "7d") -> StoreStats:
         """This process's counters, and the bucket's view (`.bucket`) shared by every process."""
@@ -377,6 +413,7 @@ class KVStore:
         s.used_bytes, s.chunks, s.capacity_bytes, s.by_model = b.used_bytes, b.chunks, b.capacity_bytes, b.by_model
         s.host_bytes, s.host_chunks = self._host.used, len(self._host)
         s.io = dict(self._engine.counters())
+        s.pool = dict(self._pool.stats())
         if self._remote is not None:
             s.remote = self._remote.stats.to_dict()
         return s
@@ -395,6 +432,7 @@ class KVStore:
             self._remote.close()
         self._retry_releases()
         self._host.clear()
+        self._engine.set_pool(None)
         self.bucket.close()
 
     def __enter__(self) -> "KVStore":
@@ -528,6 +566,7 @@ class KVStore:
                 fut.result()
                 committed = self._catalog.mark_ready(row.key, time.time())
             except (OSError, sqlite3.Error) as e:
+                self._fault(e)
                 self._warn_once(f"write:{type(e).__name__}:{getattr(e, 'errno', '')}",
                                 f"storing chunk {row.key[:16]} failed: {e}")
                 self._forget(row)
@@ -583,7 +622,7 @@ class KVStore:
                     ok[i] = True
                     continue
                 try:
-                    buf = _C.AlignedBuffer(off + nbytes)
+                    buf = _C.AlignedBuffer(off + nbytes, self._pool)
                     whole = torch.frombuffer(buf, dtype=torch.uint8)
                     payload = whole[off:].view(g.view_dtype).view(shape)
                     cache.gather(ids[i * bpc : (i + 1) * bpc], payload)
@@ -660,15 +699,20 @@ class KVStore:
         shape, nbytes = g.chunk_shape(ct), g.chunk_bytes(ct)
         max_size = 2 * (nbytes + (1 << 20))  # anything larger is not one of our chunks
         pending: deque = deque()
+        copies: list = []  # device copies in flight and the host chunks they read
         nxt = first
         end = 0
+        # A load into host memory copies from the file's mapping, with no read buffer.
+        mapped = self._mmap and cache.device.type == "cpu"
 
         def submit_more() -> None:
             nonlocal nxt
             while nxt < len(rows) and len(pending) < defaults.get("inflight"):
                 row = rows[nxt]
-                hit = self._host.get(row.key)
-                pending.append((nxt, row, hit if hit is not None else self._disk.read(row.path, max_size, hash_payload=True)))
+                src = self._host.get(row.key)
+                if src is None:
+                    src = self._disk.map(row.path, max_size) if mapped else self._disk.read(row.path, max_size, True)
+                pending.append((nxt, row, src))
                 nxt += 1
 
         submit_more()
@@ -685,7 +729,7 @@ class KVStore:
                     break
             # While reads are in flight the I/O threads hold the cores: copy on this one.
             busy = any(not isinstance(p[2], torch.Tensor) for p in pending)
-            cache.scatter(ids[i * bpc : (i + 1) * bpc], payload, max(0, start - i * ct), 1 if busy else 0)
+            cache.scatter(ids[i * bpc : (i + 1) * bpc], payload, max(0, start - i * ct), 1 if busy else 0, copies)
             end = (i + 1) * ct
             loaded_keys.append(row.key)
             bytes_read += nread
@@ -702,6 +746,8 @@ class KVStore:
                     src.result()
                 except OSError:
                     pass
+        for ticket, _ in copies:  # the chunks' host memory is reused once their copies are done
+            ticket.wait()
         hit = max(0, end - start)
         self._count({"gets": 1, "hit_tokens": hit, "miss_tokens": len(toks) - start - hit, "bytes_read": bytes_read},
                     touch=keys[:first] + loaded_keys)
@@ -730,16 +776,18 @@ class KVStore:
     def _verified(self, fut, row: ChunkRow, ns: _Namespace, g: Geometry, shape) -> tuple[Optional[torch.Tensor], int]:
         """The payload of a chunk read from disk, or None (and the chunk dropped) if it is not sound."""
         try:
-            result = fut.result()  # read and hashed on an I/O thread
+            result = fut.result()  # read (or mapped) and hashed on an I/O thread
+            data = result.file if isinstance(result, _C.MapResult) else result.buffer
             if result.payload_hash is None:
                 raise ChunkError("no payload after the header")
-            hdr = self._sound(result.buffer, result.payload_hash, row.key, ns, g, shape)
+            hdr = self._sound(data, result.payload_hash, row.key, ns, g, shape)
         except (ChunkError, OSError) as e:
+            self._fault(e if isinstance(e, OSError) else ChunkError(f"{row.path}: {e}"))
             self._drop_damaged(row, e)
             return None, 0
-        payload = self._payload(result.buffer, hdr, g, shape)
-        self._host.put(row.key, payload, result.buffer)
-        return payload, len(result.buffer)
+        payload = self._payload(data, hdr, g, shape)
+        self._host.put(row.key, payload, data)
+        return payload, len(data)
 
     def _get_remote(self, toks, cache: PagedKV, ids: torch.Tensor, n: int, start: int, end: int) -> int:
         """Continues a load from the Redis tier past what the local tiers held (one round trip).
@@ -763,7 +811,7 @@ class KVStore:
             if value is None:
                 self._remote.count(misses=n - c)
                 break
-            buf = _C.AlignedBuffer(len(value))  # aligned: it lands on disk through O_DIRECT
+            buf = _C.AlignedBuffer(len(value), self._pool)  # aligned: it lands on disk through O_DIRECT
             np.frombuffer(buf, dtype=np.uint8)[:] = np.frombuffer(value, dtype=np.uint8)
             try:
                 hdr = self._sound(buf, None, keys[c], ns, g, shape)

@@ -22,4 +22,17 @@ int cuda_runtime_version() noexcept {
   return cudaRuntimeGetVersion(&v) == cudaSuccess ? v : 0;
 }
 
+void* cuda_host_alloc(std::size_t bytes) noexcept {
+  void* p = nullptr;
+  if (cudaHostAlloc(&p, bytes, cudaHostAllocPortable) != cudaSuccess) {
+    cudaGetLastError();
+    return nullptr;
+  }
+  return p;
+}
+
+void cuda_host_free(void* p) noexcept {
+  if (p != nullptr) cudaFreeHost(p);
+}
+
 }  // namespace pykvstore

@@ -10,9 +10,12 @@
 #include "pykvstore/aligned_buffer.hpp"
 #include "pykvstore/block_copy.hpp"
 #include "pykvstore/checksum.hpp"
+#include "pykvstore/copy_engine.hpp"
 #include "pykvstore/cuda_runtime_info.hpp"
 #include "pykvstore/error.hpp"
 #include "pykvstore/file_engine.hpp"
+#include "pykvstore/host_pool.hpp"
+#include "pykvstore/mapped_file.hpp"
 
 namespace py = pybind11;
 using namespace pykvstore;
@@ -24,6 +27,12 @@ struct WriteFuture {
   std::shared_future<std::size_t> fut;
   bool done() const { return fut.wait_for(std::chrono::seconds(0)) == std::future_status::ready; }
   std::size_t result() const { return fut.get(); }
+};
+
+struct MapFuture {
+  std::shared_future<MapResult> fut;
+  bool done() const { return fut.wait_for(std::chrono::seconds(0)) == std::future_status::ready; }
+  MapResult result() const { return fut.get(); }
 };
 
 struct ReadFuture {
@@ -73,8 +82,28 @@ PYBIND11_MODULE(_C, m) {
   m.def("cuda_device_count", &cuda_device_count, "Visible CUDA devices (0 without driver or device).");
   m.def("cuda_runtime_version", &cuda_runtime_version, "CUDA runtime version, 0 when not compiled.");
 
+  py::class_<HostPool, std::shared_ptr<HostPool>>(m, "HostPool")
+      .def(py::init<std::size_t, bool, bool>(), py::arg("capacity"), py::arg("pin") = true,
+           py::arg("huge_pages") = true)
+      .def_property_readonly("base", &HostPool::base)
+      .def("stats", [](const HostPool& p) {
+        PoolStats s = p.stats();
+        py::dict d;
+        d["capacity"] = s.capacity;
+        d["free_bytes"] = s.free_bytes;
+        d["largest_free"] = s.largest_free;
+        d["live_buffers"] = s.live_buffers;
+        d["allocations"] = s.allocations;
+        d["exhausted"] = s.exhausted;
+        d["pinned"] = s.pinned;
+        d["huge_pages"] = s.huge_pages;
+        return d;
+      });
+
   py::class_<AlignedBuffer, std::shared_ptr<AlignedBuffer>>(m, "AlignedBuffer", py::buffer_protocol())
       .def(py::init<std::size_t>(), py::arg("size"))
+      .def(py::init<std::size_t, std::shared_ptr<HostPool>>(), py::arg("size"), py::arg("pool"))
+      .def_property_readonly("from_pool", &AlignedBuffer::from_pool)
       .def_property_readonly("size", &AlignedBuffer::size)
       .def_property_readonly("capacity", &AlignedBuffer::capacity)
       .def_property_readonly("address",
@@ -94,6 +123,22 @@ PYBIND11_MODULE(_C, m) {
       },
       py::arg("buffer"), py::arg("offset") = 0, py::arg("length") = -1,
       "XXH64 (seed 0) of buffer[offset:offset+length].");
+
+  py::class_<MappedFile, std::shared_ptr<MappedFile>>(m, "MappedFile", py::buffer_protocol())
+      .def(py::init<std::string, std::size_t, bool>(), py::arg("path"), py::arg("max_size"),
+           py::arg("populate") = false)
+      .def_property_readonly("path", &MappedFile::path)
+      .def("__len__", &MappedFile::size)
+      .def_buffer([](MappedFile& f) {
+        return py::buffer_info(f.data(), 1, py::format_descriptor<std::uint8_t>::format(), 1, {f.size()},
+                               {std::size_t{1}});
+      });
+  py::class_<MapResult>(m, "MapResult")
+      .def_readonly("file", &MapResult::file)
+      .def_property_readonly("payload_hash", [](const MapResult& r) -> py::object {
+        if (!r.has_hash) return py::none();
+        return py::int_(r.payload_hash);
+      });
 
   py::class_<ReadResult>(m, "ReadResult")
       .def_readonly("buffer", &ReadResult::buffer)
@@ -140,6 +185,53 @@ PYBIND11_MODULE(_C, m) {
       py::arg("layout"), py::arg("block_ids_ptr"), py::arg("num_blocks"), py::arg("chunk_ptr"),
       py::arg("skip"), py::arg("max_threads") = 0, py::call_guard<py::gil_scoped_release>());
 
+  m.def(
+      "block_runs",
+      [](const PagedLayout& l, std::uintptr_t ids, std::size_t n, std::uintptr_t chunk, std::int64_t skip) {
+        std::vector<CopyRun> runs = block_runs(l, reinterpret_cast<const std::int64_t*>(ids), n, chunk, skip);
+        py::list out;
+        for (const CopyRun& r : runs) out.append(py::make_tuple(r.engine, r.chunk, r.bytes));
+        return out;
+      },
+      py::arg("layout"), py::arg("block_ids_ptr"), py::arg("num_blocks"), py::arg("chunk_ptr"), py::arg("skip") = 0,
+      "(engine address, chunk address, bytes) of each contiguous span gather/scatter moves.");
+
+  py::class_<CopyTicket, std::shared_ptr<CopyTicket>>(m, "CopyTicket")
+      .def("done", &CopyTicket::done)
+      .def("wait", &CopyTicket::wait, py::call_guard<py::gil_scoped_release>());
+  py::class_<CopyEngine>(m, "CopyEngine")
+      .def(py::init<int>(), py::arg("device"))
+      .def_property_readonly("device", &CopyEngine::device)
+      .def_property_readonly("stream", &CopyEngine::stream)
+      .def_property_readonly("batch_api", &CopyEngine::batch_api)
+      .def("copy", &CopyEngine::copy, py::arg("dsts"), py::arg("srcs"), py::arg("sizes"), py::arg("after_stream"),
+           py::arg("batched") = true, py::call_guard<py::gil_scoped_release>())
+      .def(
+          "copy_blocks",
+          [](CopyEngine& e, const PagedLayout& l, std::uintptr_t ids, std::size_t n, std::uintptr_t chunk,
+             std::int64_t skip, bool to_chunk, std::uintptr_t after_stream, bool batched) {
+            std::vector<CopyRun> runs = block_runs(l, reinterpret_cast<const std::int64_t*>(ids), n, chunk, skip);
+            std::vector<std::uintptr_t> dsts, srcs;
+            std::vector<std::size_t> sizes;
+            dsts.reserve(runs.size());
+            srcs.reserve(runs.size());
+            sizes.reserve(runs.size());
+            for (const CopyRun& r : runs) {
+              dsts.push_back(to_chunk ? r.chunk : r.engine);
+              srcs.push_back(to_chunk ? r.engine : r.chunk);
+              sizes.push_back(r.bytes);
+            }
+            return e.copy(dsts, srcs, sizes, after_stream, batched);
+          },
+          py::arg("layout"), py::arg("block_ids_ptr"), py::arg("num_blocks"), py::arg("chunk_ptr"), py::arg("skip"),
+          py::arg("to_chunk"), py::arg("after_stream"), py::arg("batched") = true,
+          py::call_guard<py::gil_scoped_release>(),
+          "Copies paged blocks to (to_chunk) or from a canonical chunk in host memory, as one batch.")
+      .def("order_after", &CopyEngine::order_after, py::arg("ticket"), py::arg("stream"));
+
+  py::class_<MapFuture>(m, "MapFuture")
+      .def("done", &MapFuture::done)
+      .def("result", &MapFuture::result, py::call_guard<py::gil_scoped_release>());
   py::class_<WriteFuture>(m, "WriteFuture")
       .def("done", &WriteFuture::done)
       .def("result", &WriteFuture::result, py::call_guard<py::gil_scoped_release>());
@@ -165,6 +257,22 @@ PYBIND11_MODULE(_C, m) {
             return ReadFuture{e.read(std::move(path), to_mode(mode), max_size, hash_payload)};
           },
           py::arg("path"), py::arg("direct"), py::arg("max_size"), py::arg("hash_payload") = false)
+      .def(
+          "map",
+          [](FileEngine& e, std::string path, std::size_t max_size, bool hash_payload) {
+            return MapFuture{e.map(std::move(path), max_size, hash_payload)};
+          },
+          py::arg("path"), py::arg("max_size"), py::arg("hash_payload") = false,
+          "Maps a whole file on an I/O thread (pages brought in, payload hashed there).")
+      .def("set_pool", &FileEngine::set_pool, py::arg("pool"), "Read buffers come from this HostPool (None: heap).")
+      .def(
+          "inject_faults",
+          [](FileEngine& e, const std::string& op, std::uint64_t every, int err) {
+            if (op != "write" && op != "read") throw std::invalid_argument("op must be 'write' or 'read'");
+            e.inject_faults(op == "write", every, err);
+          },
+          py::arg("op"), py::arg("every"), py::arg("errno") = EIO,
+          "For tests of error paths: every `every`-th write or read fails with `errno` (0 turns it off).")
       .def("counters", [](const FileEngine& e) {
         const IoCounters& c = e.counters();
         py::dict d;
@@ -176,6 +284,8 @@ PYBIND11_MODULE(_C, m) {
         d["bytes_written"] = c.bytes_written.load();
         d["bytes_read"] = c.bytes_read.load();
         d["errors"] = c.errors.load();
+        d["mapped_reads"] = c.mapped_reads.load();
+        d["injected_faults"] = c.injected_faults.load();
         return d;
       });
 }

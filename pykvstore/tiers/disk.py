@@ -60,6 +60,10 @@ class DiskTier:
         """Starts reading a whole file; hash_payload also checksums its payload on the I/O thread."""
         return self.engine.read(self.abspath(rel), self.direct_read, max_size, hash_payload)
 
+    def map(self, rel: str, max_size: int) -> "_C.MapFuture":
+        """Starts mapping a whole file; the I/O thread brings its pages in and checksums its payload."""
+        return self.engine.map(self.abspath(rel), max_size, True)
+
     def remove(self, rel: str) -> None:
         """Deletes a chunk file; a file already gone is fine, and a failure is logged, not raised."""
         try:

@@ -4,8 +4,11 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 
 namespace pykvstore {
+
+class HostPool;
 
 constexpr std::size_t kDirectAlignment = 4096;
 
@@ -21,6 +24,8 @@ class AlignedBuffer {
  public:
   // `size` bytes are addressable; the allocation is rounded up to the alignment.
   explicit AlignedBuffer(std::size_t size);
+  // From `pool` when it has room, else from the heap (the pool counts that).
+  AlignedBuffer(std::size_t size, std::shared_ptr<HostPool> pool);
   ~AlignedBuffer();
   AlignedBuffer(const AlignedBuffer&) = delete;
   AlignedBuffer& operator=(const AlignedBuffer&) = delete;
@@ -29,6 +34,7 @@ class AlignedBuffer {
   const std::uint8_t* data() const noexcept { return data_; }
   std::size_t size() const noexcept { return size_; }
   std::size_t capacity() const noexcept { return capacity_; }
+  bool from_pool() const noexcept { return pool_ != nullptr; }
   // Shrinks the visible size (a read that found a shorter file); never grows.
   void set_size(std::size_t size);
 
@@ -36,6 +42,7 @@ class AlignedBuffer {
   std::uint8_t* data_ = nullptr;
   std::size_t size_ = 0;
   std::size_t capacity_ = 0;
+  std::shared_ptr<HostPool> pool_;  // set only when the memory came from it
 };
 
 }  // namespace pykvstore

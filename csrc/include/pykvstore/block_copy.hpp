@@ -26,4 +26,17 @@ void gather_blocks(const PagedLayout& layout, const std::int64_t* block_ids, std
 void scatter_blocks(const PagedLayout& layout, const std::int64_t* block_ids, std::size_t num_blocks,
                     const void* chunk, std::int64_t skip, unsigned max_threads = 0);
 
+// One contiguous span to move between engine memory and the chunk.
+struct CopyRun {
+  std::uintptr_t engine;
+  std::uintptr_t chunk;
+  std::size_t bytes;
+};
+
+// The spans gather/scatter would copy, merged where contiguous on both sides,
+// for a copier that is not memcpy (DMA into device memory). Addresses are only
+// computed, never touched, so the layout may describe device memory.
+std::vector<CopyRun> block_runs(const PagedLayout& layout, const std::int64_t* block_ids, std::size_t num_blocks,
+                                std::uintptr_t chunk, std::int64_t skip);
+
 }  // namespace pykvstore

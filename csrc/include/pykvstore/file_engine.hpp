@@ -9,9 +9,12 @@
 #include <cstdint>
 #include <future>
 #include <memory>
+#include <mutex>
 #include <string>
 
 #include "pykvstore/aligned_buffer.hpp"
+#include "pykvstore/host_pool.hpp"
+#include "pykvstore/mapped_file.hpp"
 #include "pykvstore/thread_pool.hpp"
 
 namespace pykvstore {
@@ -28,6 +31,8 @@ struct IoCounters {
   std::atomic<std::uint64_t> direct_fallbacks{0};
   std::atomic<std::uint64_t> bytes_written{0};
   std::atomic<std::uint64_t> bytes_read{0};
+  std::atomic<std::uint64_t> mapped_reads{0};
+  std::atomic<std::uint64_t> injected_faults{0};
   std::atomic<std::uint64_t> errors{0};
 };
 
@@ -38,6 +43,14 @@ using BufferPtr = std::shared_ptr<AlignedBuffer>;
 // length prefix and header. has_hash is false when the prefix is impossible.
 struct ReadResult {
   BufferPtr buffer;
+  std::uint64_t payload_hash = 0;
+  bool has_hash = false;
+};
+
+// A whole file mapped, hashed the same way on the I/O thread (which also
+// brings its pages into memory before the caller copies from them).
+struct MapResult {
+  std::shared_ptr<MappedFile> file;
   std::uint64_t payload_hash = 0;
   bool has_hash = false;
 };
@@ -55,17 +68,37 @@ class FileEngine {
   std::shared_future<ReadResult> read(std::string path, DirectMode mode, std::size_t max_size,
                                       bool hash_payload);
 
+  std::shared_future<MapResult> map(std::string path, std::size_t max_size, bool hash_payload);
+
+  // Read buffers come from this pool when it has room (the heap otherwise).
+  void set_pool(std::shared_ptr<HostPool> pool);
+  // Fault injection for tests of the error paths: from now on every `every`-th
+  // write (after half its bytes reach the temporary file) or read fails with
+  // errno `err`. every = 0 turns it off.
+  void inject_faults(bool writes, std::uint64_t every, int err);
+
   // The same operations on the calling thread.
   std::size_t write_now(const std::string& final_path, const std::string& tmp_path,
                         const AlignedBuffer& buf, std::size_t size, DirectMode mode, bool sync);
   ReadResult read_now(const std::string& path, DirectMode mode, std::size_t max_size,
                       bool hash_payload);
+  MapResult map_now(const std::string& path, std::size_t max_size, bool hash_payload);
 
   const IoCounters& counters() const noexcept { return counters_; }
   std::size_t num_threads() const noexcept { return pool_.size(); }
 
  private:
+  struct Fault {
+    std::atomic<std::uint64_t> every{0};
+    std::atomic<int> err{0};
+    std::atomic<std::uint64_t> seen{0};
+    // errno to fail this operation with, or 0
+    int next();
+  };
   IoCounters counters_;
+  Fault write_fault_, read_fault_;
+  std::mutex pool_mutex_;
+  std::shared_ptr<HostPool> buffer_pool_;
   ThreadPool pool_;  // last: joined before the counters go away
 };
 

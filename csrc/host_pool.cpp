@@ -1,0 +1,124 @@
+#include "pykvstore/host_pool.hpp"
+
+#include <sys/mman.h>
+
+#include <cerrno>
+#include <iterator>
+#include <new>
+#include <stdexcept>
+#include <string>
+
+#include "pykvstore/aligned_buffer.hpp"
+#include "pykvstore/cuda_runtime_info.hpp"
+
+namespace pykvstore {
+
+HostPool::HostPool(std::size_t capacity, bool pin, bool huge_pages)
+    : capacity_(round_up(capacity == 0 ? kDirectAlignment : capacity, kDirectAlignment)) {
+  if (pin && cuda_device_count() > 0) {
+    void* p = cuda_host_alloc(capacity_);
+    if (p != nullptr) {
+      base_ = static_cast<std::uint8_t*>(p);
+      pinned_ = true;
+    }
+  }
+  if (base_ == nullptr) {
+    // MAP_NORESERVE: pages are committed on first touch, so an unused pool costs nothing.
+    void* p = ::mmap(nullptr, capacity_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+                     -1, 0);
+    if (p == MAP_FAILED) throw std::bad_alloc();
+    base_ = static_cast<std::uint8_t*>(p);
+#ifdef MADV_HUGEPAGE
+    if (huge_pages) huge_pages_ = ::madvise(p, capacity_, MADV_HUGEPAGE) == 0;
+#endif
+  }
+  add_free(0, capacity_);
+  free_bytes_ = capacity_;
+}
+
+HostPool::~HostPool() {
+  if (pinned_)
+    cuda_host_free(base_);
+  else
+    ::munmap(base_, capacity_);
+}
+
+void HostPool::add_free(std::size_t offset, std::size_t length) {
+  auto next = free_by_offset_.lower_bound(offset);
+  auto erase_sized = [this](std::size_t off, std::size_t len) {
+    auto range = free_by_size_.equal_range(len);
+    for (auto it = range.first; it != range.second; ++it)
+      if (it->second == off) {
+        free_by_size_.erase(it);
+        return;
+      }
+  };
+  if (next != free_by_offset_.end() && offset + length == next->first) {
+    length += next->second;
+    erase_sized(next->first, next->second);
+    next = free_by_offset_.erase(next);
+  }
+  if (next != free_by_offset_.begin()) {
+    auto prev = std::prev(next);
+    if (prev->first + prev->second == offset) {
+      offset = prev->first;
+      length += prev->second;
+      erase_sized(prev->first, prev->second);
+      free_by_offset_.erase(prev);
+    }
+  }
+  free_by_offset_.emplace(offset, length);
+  free_by_size_.emplace(length, offset);
+}
+
+std::uint8_t* HostPool::allocate(std::size_t bytes) {
+  const std::size_t want = round_up(bytes == 0 ? 1 : bytes, kDirectAlignment);
+  std::lock_guard<std::mutex> lock(mutex_);
+  auto fit = free_by_size_.lower_bound(want);  // the smallest range that fits
+  if (fit == free_by_size_.end()) {
+    ++exhausted_;
+    return nullptr;
+  }
+  const std::size_t offset = fit->second, length = fit->first;
+  free_by_size_.erase(fit);
+  free_by_offset_.erase(offset);
+  if (length > want) {
+    free_by_offset_.emplace(offset + want, length - want);
+    free_by_size_.emplace(length - want, offset + want);
+  }
+  free_bytes_ -= want;
+  ++live_;
+  ++allocations_;
+  return base_ + offset;
+}
+
+void HostPool::release(std::uint8_t* p, std::size_t bytes) {
+  const std::size_t length = round_up(bytes == 0 ? 1 : bytes, kDirectAlignment);
+  if (!contains(p) || p + length > base_ + capacity_)
+    throw std::invalid_argument("HostPool::release: the range is not from this pool");
+  std::lock_guard<std::mutex> lock(mutex_);
+  add_free(static_cast<std::size_t>(p - base_), length);
+  free_bytes_ += length;
+  --live_;
+}
+
+bool HostPool::contains(const void* p) const noexcept {
+  auto* b = static_cast<const std::uint8_t*>(p);
+  return b >= base_ && b < base_ + capacity_;
+}
+
+PoolStats HostPool::stats() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  PoolStats s;
+  s.capacity = capacity_;
+  s.free_bytes = free_bytes_;
+  s.largest_free = free_by_size_.empty() ? 0 : free_by_size_.rbegin()->first;
+  s.live_buffers = live_;
+  s.allocations = allocations_;
+  s.exhausted = exhausted_;
+  s.pinned = pinned_;
+  s.huge_pages = huge_pages_;
+  return s;
+}
+
+}  // namespace pykvstore

@@ -118,7 +118,7 @@ class KVStore:
         hash: "xxh3_128" (default) or "sha256" for untrusted multi-tenant use.
         tp_rank, tp_size: tensor-parallel shard this store serves.
         geometry: the KV geometry `lookup` answers for before any PagedKV is seen.
-        host_capacity: bytes of recently used chunks kept in this process.
+        host_capacity: bytes of recently used chunks kept in this process (0: none).
         ttl, ttl_mode: the bucket's default time to live for new chunks
             ("24h"; None: forever) and "absolute" or "sliding" (hits extend it).
         policy: eviction policy, "lru" (default) or "cost" (most recompute saved per byte).
@@ -161,7 +161,12 @@ class KVStore:
             raise InputError(f"tp_rank must lie in [0, tp_size) with tp_size >= 1, got {tp_rank}/{tp_size}")
         if geometry is not None and not isinstance(geometry, Geometry):
             raise InputError(f"geometry must be a pykvstore.Geometry, got {type(geometry).__name__}")
-        host_cap = parse_size(host_capacity, "host capacity") if host_capacity is not None else defaults.get("host_capacity")
+        if host_capacity is None:
+            host_cap = defaults.get("host_capacity")
+        elif host_capacity == 0 and not isinstance(host_capacity, bool):
+            host_cap = 0  # no host tier: every get reads the bucket
+        else:
+            host_cap = parse_size(host_capacity, "host capacity")
 
         self.model = model
         self.revision = revision
@@ -402,7 +407,7 @@ class KVStore:
         """Records a fault the current put/get met (its Handle reports them)."""
         errors = getattr(self._calls, "errors", None)
         if errors is not None:
-            errors.append(err)
+            errors.append(_detached(err))
 
     def stats(self, price_per_mtok: Optional[float] = None, stale_after: Any = "7d") -> StoreStats:
         """This process's counters, and the bucket's view (`.bucket`) shared by every process."""
@@ -873,6 +878,17 @@ class KVStore:
                     self.bucket.remove_rows(c, rows, "corrupt", time.time())
         except sqlite3.Error as e:
             self._warn_once("drop", f"could not drop a damaged chunk from the catalog: {e}")
+
+
+def _detached(err: Exception) -> Exception:
+    """The same error without its traceback: the frames it holds would keep
+    the call's buffers (host pool memory) alive for as long as the error is kept."""
+    if isinstance(err, OSError) and err.errno is not None:
+        return OSError(err.errno, err.strerror, err.filename)  # OSError picks the subclass from errno
+    try:
+        return type(err)(str(err))
+    except TypeError:
+        return RuntimeError(f"{type(err).__name__}: {err}")
 
 
 class _NoRoom(Exception):

@@ -20,3 +20,21 @@ def store(bucket):
 @pytest.fixture(autouse=True)
 def _pykvstore_logs(caplog):
     caplog.set_level(logging.INFO, logger="pykvstore")
+
+
+@pytest.fixture(params=["auto", "off"], ids=["mapped", "read"])
+def read_path(request):
+    """Loads into host memory through the file mapping (the default) or through read buffers."""
+    before = kv.defaults.get("mmap_read")
+    kv.defaults.set(mmap_read=request.param)
+    yield request.param
+    kv.defaults.set(mmap_read=before)
+
+
+@pytest.fixture
+def no_fsync():
+    """Tests of error paths, not durability: skip fsync to keep them fast."""
+    before = kv.defaults.get("fsync")
+    kv.defaults.set(fsync=False)
+    yield
+    kv.defaults.set(fsync=before)

@@ -47,7 +47,7 @@ def damage(path: Path, how: str, bucket: Path) -> None:
 
 
 @pytest.mark.parametrize("how", ["flipped_byte", "truncated", "garbage_header", "empty", "other_namespace"])
-def test_a_damaged_chunk_is_a_miss(bucket, how, caplog):
+def test_a_damaged_chunk_is_a_miss(bucket, how, caplog, read_path):
     toks, paths = put_three(bucket)
     damage(paths[1], how, bucket)
     with kv.KVStore(bucket, model="m", chunk_tokens=32) as s:  # a fresh process view: nothing in host memory

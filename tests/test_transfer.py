@@ -1,0 +1,189 @@
+"""The transfer engine on CPU: the host pool, mapped loads, the run lists the
+DMA path copies, fault injection and buffer accounting. GPU variants are in
+test_gpu.py."""
+
+import ctypes
+import errno
+import gc
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+import pykvstore as kv
+from pykvstore import _C
+from pykvstore.transfer import block_contiguous
+from helpers import block_table, make_cache, reference, tokens
+
+MiB = 1 << 20
+
+
+def test_pool_best_fit_and_coalescing_return_every_byte():
+    pool = _C.HostPool(64 * MiB, pin=False)
+    start = pool.stats()
+    assert start["free_bytes"] == start["largest_free"] == 64 * MiB and not start["pinned"]
+    rng = np.random.default_rng(0)
+    live = []
+    for step in range(2000):
+        if live and (rng.random() < 0.45 or len(live) > 40):
+            live.pop(int(rng.integers(len(live))))
+        else:
+            live.append(_C.AlignedBuffer(int(rng.integers(1, 3 * MiB)), pool))
+            assert live[-1].address % _C.DIRECT_ALIGNMENT == 0
+        s = pool.stats()
+        held = sum(b.capacity for b in live if b.from_pool)
+        assert s["free_bytes"] == 64 * MiB - held and s["live_buffers"] == sum(b.from_pool for b in live)
+    # no two live buffers overlap
+    spans = sorted((b.address, b.address + b.capacity) for b in live if b.from_pool)
+    assert all(a_end <= b_start for (_, a_end), (b_start, _) in zip(spans, spans[1:]))
+    live.clear()
+    s = pool.stats()
+    assert s["free_bytes"] == s["largest_free"] == 64 * MiB and s["live_buffers"] == 0  # coalesced back to one range
+
+
+def test_an_exhausted_pool_falls_back_to_the_heap():
+    pool = _C.HostPool(8 * MiB, pin=False)
+    a = _C.AlignedBuffer(6 * MiB, pool)
+    b = _C.AlignedBuffer(6 * MiB, pool)  # does not fit: heap, counted
+    assert a.from_pool and not b.from_pool
+    assert pool.stats()["exhausted"] == 1
+    np.frombuffer(b, dtype=np.uint8)[:] = 1  # an ordinary, usable buffer
+    del a, b
+    assert pool.stats()["free_bytes"] == 8 * MiB
+
+
+def test_io_threads_share_the_pool(tmp_path):
+    """Reads on four I/O threads take their buffers from one pool at once."""
+    pool = _C.HostPool(32 * MiB, pin=False)
+    engine = _C.FileEngine(4)
+    engine.set_pool(pool)
+    src = _C.AlignedBuffer(MiB + 123)
+    np.frombuffer(src, dtype=np.uint8)[:] = np.random.default_rng(1).integers(0, 256, len(src), dtype=np.uint8)
+    for i in range(8):
+        engine.write(str(tmp_path / f"f{i}"), str(tmp_path / f"t{i}"), src, len(src), 0).result()
+    for _ in range(20):
+        results = [engine.read(str(tmp_path / f"f{i}"), 0, 2 * MiB) for i in range(8)]
+        bufs = [r.result().buffer for r in results]
+        assert all(b.from_pool and bytes(b) == bytes(src) for b in bufs)
+        del bufs, results
+    assert pool.stats()["free_bytes"] == 32 * MiB and pool.stats()["allocations"] == 160
+
+
+def test_loads_into_host_memory_come_from_the_mapping(bucket, read_path):
+    src, dst = make_cache("BHTC", seed=1), make_cache("BHTC", seed=2)
+    toks, a, b = tokens(96), block_table(12, 24, 1), block_table(12, 24, 2)
+    with kv.KVStore(bucket, model="m", chunk_tokens=32) as s:
+        assert s.put(toks, kv.PagedKV(src, "BHTC"), a) == 96
+    with kv.KVStore(bucket, model="m", chunk_tokens=32) as s:
+        assert s.get(toks, kv.PagedKV(dst, "BHTC"), b, start=5) == 96
+        io = s.stats().io
+        assert s.get(toks, kv.PagedKV(dst, "BHTC"), b) == 96  # the second time from the host tier
+        assert s.stats().host_hits == 3
+    if read_path == "auto":
+        assert io["mapped_reads"] == 3 and io["buffered_reads"] == 0
+    else:
+        assert io["mapped_reads"] == 0 and io["buffered_reads"] == 3
+    assert torch.equal(reference(dst, "BHTC", b, 8, 5, 96), reference(src, "BHTC", a, 8, 5, 96))
+
+
+def test_a_mapping_outlives_the_file_being_evicted(tmp_path):
+    path = tmp_path / "f"
+    path.write_bytes(b"x" * 10000)
+    m = _C.MappedFile(str(path), 1 << 20, True)
+    path.unlink()
+    assert len(m) == 10000 and bytes(memoryview(m)[9990:]) == b"x" * 10
+    with pytest.raises(OSError, match="larger than expected") as e:
+        (tmp_path / "g").write_bytes(b"y" * 100)
+        _C.MappedFile(str(tmp_path / "g"), 10)
+    assert e.value.errno == errno.EFBIG and e.value.filename == str(tmp_path / "g")
+
+
+@pytest.mark.parametrize("dims", ["2BTHD", "B2THD", "BHTC", "BTHC", "BTD", "LB2THD"])
+def test_the_run_list_moves_exactly_what_gather_and_scatter_move(dims):
+    """The DMA path copies the spans block_runs lists; replay them with memmove here."""
+    cache = make_cache(dims, seed=3, blocks=24, bs=8)
+    pkv = kv.PagedKV(cache, dims)
+    ids = torch.as_tensor(block_table(6, 24, 5), dtype=torch.int64)
+    shape, dtype = pkv.geometry.chunk_shape(48), pkv.geometry.view_dtype
+    want = torch.empty(shape, dtype=dtype)
+    pkv.gather(ids, want)
+    got = torch.zeros(shape, dtype=dtype)
+    runs = _C.block_runs(pkv._native, ids.data_ptr(), len(ids), got.data_ptr(), 0)
+    for engine, chunk, n in runs:
+        ctypes.memmove(chunk, engine, n)
+    assert torch.equal(got, want)
+    if block_contiguous(pkv._views[0]):  # one run per (layer, plane, block) at most: what DMA is used for
+        assert len(runs) <= pkv.geometry.layers * pkv.geometry.planes * len(ids)
+    # and back, from token 13 on, into a fresh cache
+    dst = make_cache(dims, seed=4, blocks=24, bs=8)
+    dkv = kv.PagedKV(dst, dims)
+    for engine, chunk, n in _C.block_runs(dkv._native, ids.data_ptr(), len(ids), want.data_ptr(), 13):
+        ctypes.memmove(engine, chunk, n)
+    assert torch.equal(reference(dst, dims, ids, 8, 13, 48), reference(cache, dims, ids, 8, 13, 48))
+    assert not torch.equal(reference(dst, dims, ids, 8, 0, 13), reference(cache, dims, ids, 8, 0, 13))
+
+
+@pytest.mark.skipif(kv.cuda_available(), reason="checks the answer without a device")
+def test_device_copies_say_why_they_are_unavailable():
+    with pytest.raises(RuntimeError, match="without CUDA|no(ne)? .*visible"):
+        _C.CopyEngine(0)
+
+
+def test_a_faulty_write_is_reported_on_the_handle(bucket):
+    src = make_cache("BHTC", seed=1)
+    toks, ids = tokens(96), block_table(12, 24, 1)
+    with kv.KVStore(bucket, model="m", chunk_tokens=32) as s:
+        s.bucket.engine.inject_faults("write", 2, errno.EIO)  # the second chunk's write tears
+        h = s.put_async(toks, kv.PagedKV(src, "BHTC"), ids)
+        assert h.wait() == 32  # the prefix before the fault is stored; nothing raised
+        [err] = h.errors
+        assert isinstance(err, OSError) and err.errno == errno.EIO
+        assert "injected" in str(err) and err.filename.endswith(".safetensors")
+        with pytest.raises(OSError, match="injected"):
+            h.wait(check=True)
+        s.bucket.engine.inject_faults("write", 0)
+        assert s.lookup(toks) == 32 and not any((bucket / "tmp").iterdir())  # no torn file left
+        h = s.put_async(toks, kv.PagedKV(src, "BHTC"), ids)
+        assert h.wait(check=True) == 96 and h.errors == []
+
+
+def test_a_faulty_read_is_a_miss_reported_on_the_handle(bucket):
+    src, dst = make_cache("BHTC", seed=1), make_cache("BHTC", seed=2)
+    toks, a, b = tokens(96), block_table(12, 24, 1), block_table(12, 24, 2)
+    with kv.KVStore(bucket, model="m", chunk_tokens=32) as s:
+        assert s.put(toks, kv.PagedKV(src, "BHTC"), a) == 96
+    with kv.KVStore(bucket, model="m", chunk_tokens=32) as s:
+        s.bucket.engine.inject_faults("read", 2, errno.EIO)
+        h = s.get_async(toks, kv.PagedKV(dst, "BHTC"), b)
+        assert h.wait() == 32
+        assert [type(e) for e in h.errors] == [OSError] and "injected" in str(h.errors[0])
+
+
+def test_ten_thousand_puts_with_faults_return_every_pool_byte(bucket, no_fsync):
+    """Every error path hands its buffers back: writes fail one in 7, reads one
+    in 5, the bucket evicts all along; the pool ends where it started."""
+    geometry = kv.Geometry(layers=2, heads=1, head_dim=8, dtype="bfloat16")
+    with kv.KVStore(bucket, model="m", chunk_tokens=8, capacity="2MiB", host_capacity=0) as s:
+        start = s.stats().pool
+        cache = kv.PagedKV(make_cache("BHTC", layers=2, heads=1, hd=8, blocks=4, bs=8, seed=1), "BHTC")
+        dst = kv.PagedKV(make_cache("BHTC", layers=2, heads=1, hd=8, blocks=4, bs=8, seed=2), "BHTC")
+        assert cache.geometry == geometry
+        s.bucket.engine.inject_faults("write", 7, errno.EIO)
+        s.bucket.engine.inject_faults("read", 5, errno.EIO)
+        stored = loaded = 0
+        for i in range(10_000):
+            toks = np.arange(16) + 16 * (i % 2500)  # revisits: existing chunks, evicted ones, new ones
+            stored += s.put(toks, cache, [0, 1]) > 0
+            if i % 10 == 0:
+                loaded += s.get(toks, dst, [2, 3]) > 0
+        gc.collect()
+        end = s.stats()
+        assert end.io["injected_faults"] > 1000 and end.put_errors == 0
+        assert 0 < stored < 10_000 and loaded > 0
+        assert end.pool["free_bytes"] == start["free_bytes"] == end.pool["capacity"]
+        assert end.pool["live_buffers"] == 0 and end.pool["exhausted"] == 0
+        assert end.used_bytes <= end.capacity_bytes
+        assert not any((bucket / "tmp").iterdir())
+    report = kv.Bucket(bucket).fsck()
+    assert report["checked"] > 0 and not (report["missing"] or report["damaged"] or report["unindexed"]), report

@@ -22,28 +22,8 @@ import numpy as np
 import torch
 
 import pykvstore as kv
-from common import best
+from common import BLOCK, CHUNK, best, drop_file_cache, llama_cache, warm_file_cache
 from pykvstore.keys import as_tokens, chunk_keys, namespace_digest
-
-LAYERS, HEADS, HEAD_DIM, BLOCK, CHUNK = 32, 8, 128, 16, 256
-
-
-def make_cache(dims: str, blocks: int) -> list[torch.Tensor]:
-    shape = {"2BTHD": (2, blocks, BLOCK, HEADS, HEAD_DIM), "BHTC": (blocks, HEADS, BLOCK, 2 * HEAD_DIM),
-             "BTHC": (blocks, BLOCK, HEADS, 2 * HEAD_DIM)}[dims]
-    g = torch.Generator().manual_seed(0)
-    return [torch.randn(shape, generator=g, dtype=torch.float32).to(torch.bfloat16) for _ in range(LAYERS)]
-
-
-def drop_file_cache(paths) -> None:
-    for p in paths:
-        fd = os.open(p, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        finally:
-            os.close(fd)
-
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -56,7 +36,7 @@ def main() -> None:
     n = args.chunks
     tokens = np.random.default_rng(0).integers(0, 128000, n * CHUNK)
     blocks_needed = n * CHUNK // BLOCK
-    cache = make_cache(args.dims, blocks_needed + 8)
+    cache = llama_cache(args.dims, blocks_needed + 8)
     paged = kv.PagedKV(cache, dims=args.dims)
     ids = np.random.default_rng(1).permutation(blocks_needed + 8)[:blocks_needed]
     chunk_bytes = paged.geometry.chunk_bytes(CHUNK)
@@ -95,11 +75,8 @@ def main() -> None:
         bucket = work / "put"
         files = sorted(str(p) for p in (bucket / "data").rglob("*.safetensors"))
         base_files = sorted(str(p) for p in base_dir.iterdir())
-        for f in files + base_files:  # warm the page cache
-            with open(f, "rb") as fh:
-                while fh.read(1 << 24):
-                    pass
-        dst_cache = make_cache(args.dims, blocks_needed + 8)
+        warm_file_cache(files + base_files)
+        dst_cache = llama_cache(args.dims, blocks_needed + 8)
         dst = kv.PagedKV(dst_cache, dims=args.dims)
         dst_ids = np.random.default_rng(3).permutation(blocks_needed + 8)[:blocks_needed]
         buf = bytearray(chunk_bytes + 4096)

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Callable
+
+import torch
+
+# Llama-3-8B KV: 32 layers, 8 kv heads, head dim 128, bf16; engine block 16, chunk 256 (32 MiB).
+LAYERS, HEADS, HEAD_DIM, BLOCK, CHUNK = 32, 8, 128, 16, 256
 
 
 def best(fn: Callable[[], object], repeat: int) -> float:
@@ -14,3 +20,30 @@ def best(fn: Callable[[], object], repeat: int) -> float:
         fn()
         times.append(time.perf_counter() - t0)
     return min(times)
+
+
+def llama_cache(dims: str, blocks: int, device: str = "cpu") -> list[torch.Tensor]:
+    """Llama-3-8B-shaped paged KV, one tensor per layer, random bf16."""
+    shape = {"2BTHD": (2, blocks, BLOCK, HEADS, HEAD_DIM), "BHTC": (blocks, HEADS, BLOCK, 2 * HEAD_DIM),
+             "BTHC": (blocks, BLOCK, HEADS, 2 * HEAD_DIM)}[dims]
+    g = torch.Generator(device=device).manual_seed(0)
+    return [torch.randn(shape, generator=g, dtype=torch.float32, device=device).to(torch.bfloat16)
+            for _ in range(LAYERS)]
+
+
+def drop_file_cache(paths) -> None:
+    """Evicts files from the page cache (after writing back what is dirty)."""
+    for p in paths:
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def warm_file_cache(paths) -> None:
+    for f in paths:
+        with open(f, "rb") as fh:
+            while fh.read(1 << 24):
+                pass

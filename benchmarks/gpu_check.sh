@@ -18,14 +18,15 @@ PY=${PYTHON:-python3}
 if [ -d .gpu-wheels ]; then
   $PY -m pip install --quiet --no-index --find-links .gpu-wheels xxhash safetensors pytest >> "$OUT/build.log" 2>&1
 fi
-PYKVSTORE_CUDA=ON timeout 150 $PY -m pip install --quiet --no-build-isolation --no-deps -e . >> "$OUT/build.log" 2>&1
+PYKVSTORE_CUDA=ON timeout 120 $PY -m pip install --quiet --no-build-isolation --no-deps -e . >> "$OUT/build.log" 2>&1
 echo "build rc=$?" >> "$OUT/build.log"
 
-timeout 150 $PY -m pytest -q tests/test_gpu.py tests/test_kernels.py tests/test_native.py tests/test_layout.py \
+timeout 120 $PY -m pytest -q tests/test_gpu.py tests/test_kernels.py tests/test_native.py tests/test_layout.py tests/test_transfer.py -k 'not ten_thousand' \
   --junitxml="$OUT/gpu-tests.xml" > "$OUT/gpu-tests.txt" 2>&1
 echo "tests rc=$?" >> "$OUT/gpu-tests.txt"
 
-timeout 90 $PY benchmarks/bench_kernels.py > "$OUT/bench_kernels.json" 2> "$OUT/bench_kernels.err"
-timeout 80 $PY benchmarks/bench_store.py --chunks 16 --repeat 3 > "$OUT/bench_store.json" 2> "$OUT/bench_store.err"
+timeout 70 $PY benchmarks/bench_kernels.py > "$OUT/bench_kernels.json" 2> "$OUT/bench_kernels.err"
+timeout 90 $PY benchmarks/bench_transfer.py --gpu-only --repeat 5 > "$OUT/bench_transfer.json" 2> "$OUT/bench_transfer.err"
+timeout 50 $PY benchmarks/bench_store.py --chunks 16 --repeat 3 > "$OUT/bench_store.json" 2> "$OUT/bench_store.err"
 echo "done" >> "$OUT/env.txt"
 tail -n 3 "$OUT/gpu-tests.txt"

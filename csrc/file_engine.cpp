@@ -269,7 +269,7 @@ MapResult FileEngine::map_now(const std::string& path, std::size_t max_size, boo
   }
   MapResult result;
   try {
-    result.file = std::make_shared<MappedFile>(path, max_size, true);
+    result.file = std::make_shared<MappedFile>(path, max_size, false);
   } catch (const IoError&) {
     counters_.errors.fetch_add(1, std::memory_order_relaxed);
     throw;

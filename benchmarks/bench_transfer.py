@@ -1,0 +1,223 @@
+"""Transfer engine benchmark: each figure beside its baseline from the same run.
+
+CPU, every run (Llama-3-8B KV, 32 MiB chunks):
+  put through the pipeline (gather into pool buffers -> write threads) vs
+  write+fsync of the same bytes; get from a warm page cache, mapped and through
+  read buffers, vs reading the same bytes; a mapped load into engine blocks vs
+  one memcpy of the same bytes.
+GPU, where a CUDA device exists:
+  D2H and H2D of 2,048 scattered 32 KiB blocks through the copy engine vs
+  (a) one copy of a contiguous pinned buffer of the same size and (b) one
+  cudaMemcpyAsync per block; and the time to load 32K tokens of Llama-3-8B KV
+  (4 GiB) into paged blocks from the host tier and from a warm page cache.
+
+    python benchmarks/bench_transfer.py [--chunks 16] [--dir /tmp] [--gpu-only]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import pykvstore as kv
+from common import BLOCK, CHUNK, best, llama_cache, warm_file_cache
+
+MODEL = "bench/llama-3-8b"
+
+
+def cpu_figures(n: int, work: Path, repeat: int) -> dict:
+    out: dict = {}
+    tokens = np.random.default_rng(0).integers(0, 128000, n * CHUNK)
+    blocks = n * CHUNK // BLOCK
+    src = kv.PagedKV(llama_cache("2BTHD", blocks + 8), "2BTHD")
+    ids = np.random.default_rng(1).permutation(blocks + 8)[:blocks]
+    total = n * src.geometry.chunk_bytes(CHUNK)
+    payload = np.random.default_rng(2).integers(0, 256, total // n, dtype=np.uint8).tobytes()
+    raw = work / "raw"
+    raw.mkdir()
+
+    def raw_write():
+        for i in range(n):
+            with open(raw / f"{i}", "wb", buffering=0) as f:
+                f.write(payload)
+                os.fsync(f.fileno())
+
+    def store_put():
+        shutil.rmtree(work / "bucket", ignore_errors=True)
+        with kv.KVStore(work / "bucket", model=MODEL, capacity="64GiB") as s:
+            assert s.put(tokens, src, ids) == n * CHUNK
+            out["pool_after_put"] = s.stats().pool
+
+    t_raw_w, t_put = best(raw_write, repeat), best(store_put, repeat)
+    out["put"] = {"store_GBps": total / t_put / 1e9, "write_fsync_GBps": total / t_raw_w / 1e9,
+                  "ratio": t_raw_w / t_put, "target": 0.8}
+
+    files = sorted(str(p) for p in (work / "bucket" / "data").rglob("*.safetensors"))
+    raw_files = sorted(str(p) for p in raw.iterdir())
+    warm_file_cache(files + raw_files)
+    buf = bytearray(total // n + 8192)
+
+    def raw_read():
+        for f in raw_files:
+            with open(f, "rb", buffering=0) as fh:
+                fh.readinto(buf)
+
+    dst_cache = llama_cache("2BTHD", blocks + 8)
+    dst = kv.PagedKV(dst_cache, "2BTHD")
+    dst_ids = np.random.default_rng(3).permutation(blocks + 8)[:blocks]
+    t_raw_r = best(raw_read, repeat)
+    for mode in ("auto", "off"):  # mapped, then read buffers
+        kv.defaults.set(mmap_read=mode)
+        with kv.KVStore(work / "bucket", model=MODEL, host_capacity=1) as s:  # no host tier: every get reads
+            t = best(lambda: s.get(tokens, dst, dst_ids), repeat)
+            io = s.stats().io
+        name = "get_mapped" if mode == "auto" else "get_read_buffers"
+        out[name] = {"store_GBps": total / t / 1e9, "read_GBps": total / t_raw_r / 1e9, "ratio": t_raw_r / t,
+                     "target": 0.8, "mapped_reads": io["mapped_reads"], "buffered_reads": io["buffered_reads"]}
+    kv.defaults.set(mmap_read="auto")
+    for a, b in zip(dst_cache, src.tensors):  # what was loaded is what was stored
+        assert torch.equal(a[:, dst_ids], b[:, ids])
+
+    flat_src = torch.ones(total // 2, dtype=torch.int16)
+    flat_dst = torch.empty_like(flat_src)
+    t_copy = best(lambda: flat_dst.copy_(flat_src), repeat)
+    t_mapped = total / (out["get_mapped"]["store_GBps"] * 1e9)
+    out["mapped_load_vs_memcpy"] = {"store_GBps": total / t_mapped / 1e9, "memcpy_GBps": total / t_copy / 1e9,
+                                    "ratio": t_copy / t_mapped, "target": 0.7}
+
+    # For the record, what the load costs without its checksum: the mapped
+    # copies alone (header parsing and XXH64 verification left out).
+    from pykvstore import _C
+    from pykvstore.chunk_file import decode_header
+
+    g, bpc = dst.geometry, CHUNK // BLOCK
+    ids_t = torch.as_tensor(dst_ids, dtype=torch.int64)
+
+    def mapped_copies_only():
+        for i, f in enumerate(files_in_order):
+            m = _C.MappedFile(f, 1 << 31)
+            hdr = decode_header(m, len(m))
+            payload = torch.frombuffer(m, dtype=torch.uint8, offset=hdr.payload_offset, count=hdr.nbytes)
+            dst.scatter(ids_t[i * bpc:(i + 1) * bpc], payload.view(g.view_dtype).view(g.chunk_shape(CHUNK)))
+
+    with kv.KVStore(work / "bucket", model=MODEL, host_capacity=1, geometry=g) as s:
+        files_in_order = [str(s.root / r.path) for r in s._catalog.ready_prefix(s.hashes(tokens), time.time())]
+    t_only = best(mapped_copies_only, repeat)
+    out["mapped_copies_without_checksum"] = {"GBps": total / t_only / 1e9, "ratio_to_memcpy": t_copy / t_only}
+    return out
+
+
+def timed_cuda(fn, repeat: int) -> float:
+    """Fastest of `repeat` runs, synchronised, after a warm-up."""
+    fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def gpu_figures(work: Path, repeat: int) -> dict:
+    from pykvstore import _C
+    from pykvstore.transfer import copy_engine
+
+    out: dict = {"device": torch.cuda.get_device_name()}
+    engine = copy_engine(torch.device("cuda"))
+    out["batch_api"] = engine.batch_api
+    block, count = 32 << 10, 2048
+    dev = torch.empty((2 * count, block), dtype=torch.uint8, device="cuda")
+    dev.random_(0, 255)
+    ids = torch.randperm(2 * count)[:count]
+    pool = _C.HostPool(count * block + (8 << 20), pin=True, huge_pages=False)
+    host_buf = _C.AlignedBuffer(count * block, pool)
+    out["pool_pinned"] = pool.stats()["pinned"]
+    host = torch.frombuffer(host_buf, dtype=torch.uint8).view(count, block)
+    dev_addrs = [dev.data_ptr() + int(i) * block for i in ids]
+    host_addrs = [host_buf.address + j * block for j in range(count)]
+    sizes = [block] * count
+    stream = torch.cuda.current_stream().cuda_stream
+    contiguous = dev[:count]
+    nbytes = count * block
+
+    def d2h(batched: bool):
+        return lambda: engine.copy(host_addrs, dev_addrs, sizes, stream, batched).wait()
+
+    def h2d(batched: bool):
+        return lambda: engine.copy(dev_addrs, host_addrs, sizes, stream, batched).wait()
+
+    for name, batch, loop, one in (
+        ("d2h", d2h(True), d2h(False), lambda: host.copy_(contiguous, non_blocking=False)),
+        ("h2d", h2d(True), h2d(False), lambda: contiguous.copy_(host, non_blocking=False)),
+    ):
+        t_batch, t_loop, t_one = (timed_cuda(f, repeat) for f in (batch, loop, one))
+        out[name] = {"blocks": count, "block_bytes": block, "engine_GBps": nbytes / t_batch / 1e9,
+                     "one_contiguous_copy_GBps": nbytes / t_one / 1e9, "per_block_memcpy_GBps": nbytes / t_loop / 1e9,
+                     "vs_contiguous": t_one / t_batch, "vs_per_block": t_loop / t_batch,
+                     "targets": {"vs_contiguous": 0.9, "vs_per_block": 3.0}}
+    d2h(True)()
+    assert torch.equal(host, dev[ids].cpu())
+
+    # 32K tokens of Llama-3-8B KV (4 GiB) into paged blocks
+    n_tok = 32 * 1024
+    blocks = n_tok // BLOCK
+    tokens = np.random.default_rng(0).integers(0, 128000, n_tok)
+    src = kv.PagedKV(llama_cache("2BTHD", blocks + 64, "cuda"), "2BTHD")
+    dst_cache = llama_cache("2BTHD", blocks + 64, "cuda")
+    dst = kv.PagedKV(dst_cache, "2BTHD")
+    ids_a = np.random.default_rng(1).permutation(blocks + 64)[:blocks]
+    ids_b = np.random.default_rng(2).permutation(blocks + 64)[:blocks]
+    total = (n_tok // CHUNK) * src.geometry.chunk_bytes(CHUNK)
+    with kv.KVStore(work / "gpu", model=MODEL, capacity="64GiB", host_capacity=total + (256 << 20)) as s:
+        t0 = time.perf_counter()
+        assert s.put(tokens, src, ids_a) == n_tok
+        torch.cuda.synchronize()
+        t_put = time.perf_counter() - t0
+        t_host = timed_cuda(lambda: s.get(tokens, dst, ids_b), 2)
+        assert s.stats().host_hits > 0 and s.stats().pool["pinned"]
+    for a, b in zip(dst_cache, src.tensors):
+        assert torch.equal(a[:, ids_b], b[:, ids_a])
+    warm_file_cache(str(p) for p in (work / "gpu" / "data").rglob("*.safetensors"))
+    with kv.KVStore(work / "gpu", model=MODEL, host_capacity=1) as s:
+        t_disk = timed_cuda(lambda: s.get(tokens, dst, ids_b), 2)
+    out["load_32k_tokens"] = {"bytes": total, "put_from_gpu_s": t_put, "from_host_tier_s": t_host,
+                              "from_host_tier_GBps": total / t_host / 1e9, "from_page_cache_s": t_disk,
+                              "from_page_cache_GBps": total / t_disk / 1e9}
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--chunks", type=int, default=16)
+    ap.add_argument("--dir", default=tempfile.gettempdir())
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--gpu-only", action="store_true")
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="pykvstore-transfer-", dir=args.dir))
+    out: dict = {"bench": "transfer", "machine": platform.machine(), "cpus": os.cpu_count(),
+                 "cuda_compiled": kv.cuda_compiled, "defaults": kv.defaults.as_dict()}
+    try:
+        if not args.gpu_only:
+            out["cpu"] = cpu_figures(args.chunks, work, args.repeat)
+        if kv.cuda_available():
+            out["gpu"] = gpu_figures(work, args.repeat)
+        else:
+            out["gpu"] = "no CUDA device here: GPU figures come from benchmarks/gpu_check.sh"
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()

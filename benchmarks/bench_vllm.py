@@ -1,5 +1,6 @@
-"""One workload on real vLLM three ways — no connector, vLLM's ExampleConnector,
-pykvstore — after a restart; prints one JSON object.
+"""One workload on real vLLM four ways — no connector, vLLM's ExampleConnector,
+pykvstore (loads and stores in the background, the default) and pykvstore
+inside the step (async off) — after a restart; prints one JSON object.
 
 For each way: engine 1 serves the traffic once (warming whatever store it has)
 and exits; engine 2, a new process, serves it again and is measured. Two
@@ -45,15 +46,16 @@ def engine(model: str, mode: str, store: str, prompts: dict[str, list[list[int]]
     if mode == "example":
         kwargs["kv_transfer_config"] = KVTransferConfig(kv_connector="ExampleConnector", kv_role="kv_both",
                                                         kv_connector_extra_config={"shared_storage_path": store})
-    elif mode == "pykvstore":
+    elif mode.startswith("pykvstore"):
+        background = mode == "pykvstore"
         kwargs["kv_transfer_config"] = KVTransferConfig(
             kv_connector="PyKVStoreConnector", kv_connector_module_path="pykvstore.integrations.vllm",
             kv_role="kv_both", kv_load_failure_policy="recompute",
-            kv_connector_extra_config={"bucket": store, "chunk_tokens": 256})
+            kv_connector_extra_config={"bucket": store, "chunk_tokens": 256, "async_load": background,
+                                       "async_store": background})
     llm = LLM(model=model, skip_tokenizer_init=True, dtype="float32", enforce_eager=True, max_model_len=8192,
               kv_cache_memory_bytes=1 << 30, seed=0, enable_prefix_caching=False, **kwargs)
     params = SamplingParams(temperature=0.0, max_tokens=1)
-    results = {}
     for shape, batch in prompts.items():
         ttft, computed = [], 0
         t_all = time.perf_counter()
@@ -62,19 +64,27 @@ def engine(model: str, mode: str, store: str, prompts: dict[str, list[list[int]]
             out = llm.generate([TokensPrompt(prompt_token_ids=p)], params, use_tqdm=False)[0]
             ttft.append(time.perf_counter() - t0)
             computed += len(p) - out.num_cached_tokens
-        results[shape] = {"ttft": ttft, "computed": computed, "requests_per_s": len(batch) / (time.perf_counter() - t_all)}
-    print("RESULT " + json.dumps(results), flush=True)
+        result = {"ttft": ttft, "computed": computed, "requests_per_s": len(batch) / (time.perf_counter() - t_all)}
+        print(f"RESULT {shape} " + json.dumps(result), flush=True)  # each shape as it ends: a crash keeps the others
 
 
 def run(model: str, mode: str, store: str, prompts: dict[str, list[list[int]]], work: Path) -> dict:
+    """One engine process over `prompts`: per shape its figures, or {"failed": the error} if it died first."""
     path = work / f"prompts-{time.monotonic_ns()}.json"
     path.write_text(json.dumps(prompts))
     r = subprocess.run([sys.executable, __file__, "--engine", mode, "--model", model, "--store", store,
                         "--prompts", str(path)], capture_output=True, text=True)
-    line = next((ln for ln in r.stdout.splitlines() if ln.startswith("RESULT ")), None)
-    if line is None:
-        raise SystemExit(f"{mode} engine failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
-    return json.loads(line[len("RESULT "):])
+    out = {}
+    for ln in r.stdout.splitlines():
+        if ln.startswith("RESULT "):
+            _, shape, data = ln.split(" ", 2)
+            out[shape] = json.loads(data)
+    if len(out) < len(prompts):
+        errors = [ln for ln in r.stderr.splitlines() if "Error" in ln] or r.stderr.splitlines()[-1:]
+        print(f"{mode} engine failed:\n{r.stderr[-3000:]}", file=sys.stderr)
+        for shape in prompts:
+            out.setdefault(shape, {"failed": errors[-1][:400] if errors else f"exit {r.returncode}"})
+    return out
 
 
 def main() -> None:
@@ -98,21 +108,25 @@ def main() -> None:
     out: dict = {"bench": "vllm", "prefix_tokens": args.prefix, "requests": args.requests,
                  "model": "Llama-shaped, 8 layers, hidden 1024, float32", "note": "vLLM prefix caching off",
                  "results": {}}
-    shapes = ("shared_prefix", "repeat")
+    shapes = ("repeat", "shared_prefix")
     measured = {}
-    for mode in ("none", "example", "pykvstore"):  # engine 1 warms, engine 2 (a new process) is measured
+    modes = ("none", "example", "pykvstore", "pykvstore_in_step")
+    for mode in modes:  # engine 1 warms, engine 2 (a new process) is measured
         store = str(work / mode)
         os.makedirs(store, exist_ok=True)
         run(model, mode, store, {s: traffic(args.prefix, args.requests, s, 1) for s in shapes}, work)
         measured[mode] = run(model, mode, store, {s: traffic(args.prefix, args.requests, s, 2) for s in shapes}, work)
     for shape in shapes:
         row = {}
-        for mode in measured:
+        for mode in modes:
             r = measured[mode][shape]
+            if "failed" in r:
+                row[mode] = r
+                continue
             row[mode] = {"ttft_p50": statistics.median(r["ttft"]), "ttft_p95": max(r["ttft"]),
                          "prefill_tokens_computed": r["computed"], "requests_per_s": r["requests_per_s"]}
-        for mode in ("example", "pykvstore"):
-            row[mode]["ttft_vs_recompute"] = row[mode]["ttft_p50"] / row["none"]["ttft_p50"]
+            if mode != "none" and "ttft_p50" in row["none"]:
+                row[mode]["ttft_vs_recompute"] = row[mode]["ttft_p50"] / row["none"]["ttft_p50"]
         out["results"][shape] = row
     print(json.dumps(out, indent=2))
 

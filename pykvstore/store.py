@@ -181,7 +181,7 @@ class KVStore:
         self._stats_lock = threading.Lock()
         self._warned: set[str] = set()
         self._unreleased: set[str] = set()
-        self._executor: Optional[ThreadPoolExecutor] = None
+        self._executors: dict[str, ThreadPoolExecutor] = {}
         self._closed = False
         # called as fn(op, model, tag, seconds, tokens) after each put and get (metrics.py)
         self.observers: list = []
@@ -388,7 +388,7 @@ class KVStore:
         self._check_open()
         self._check_call(tokens, cache, block_ids)
         self._ttl(ttl, ttl_mode)
-        return Handle(self._worker().submit(self._with_errors, self.put, tokens, cache, block_ids, tag=tag, ttl=ttl,
+        return Handle(self._worker("put").submit(self._with_errors, self.put, tokens, cache, block_ids, tag=tag, ttl=ttl,
                                             ttl_mode=ttl_mode))
 
     def get_async(self, tokens: Any, cache: PagedKV, block_ids: Any, start: int = 0) -> Handle:
@@ -397,7 +397,7 @@ class KVStore:
         toks, _, _ = self._check_call(tokens, cache, block_ids)
         if isinstance(start, bool) or not isinstance(start, int) or not 0 <= start <= len(toks):
             raise InputError(f"start must be an integer in [0, {len(toks)}] (the token count), got {start!r}")
-        return Handle(self._worker().submit(self._with_errors, self.get, tokens, cache, block_ids, start))
+        return Handle(self._worker("get").submit(self._with_errors, self.get, tokens, cache, block_ids, start))
 
     def _with_errors(self, fn, *args: Any, **kwargs: Any) -> tuple[int, list[Exception]]:
         value = fn(*args, **kwargs)
@@ -431,8 +431,9 @@ class KVStore:
         if self._closed:
             return
         self._closed = True
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)
+        for kind in ("get", "put"):  # a get may hand remote chunks to the put thread
+            if kind in self._executors:
+                self._executors[kind].shutdown(wait=True)
         if self._remote is not None:
             self._remote.close()
         self._retry_releases()
@@ -466,10 +467,13 @@ class KVStore:
         self._geometry = cache.geometry
         return toks, ids, n
 
-    def _worker(self) -> ThreadPoolExecutor:
-        if self._executor is None:
-            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pykvstore")
-        return self._executor
+    def _worker(self, kind: str = "put") -> ThreadPoolExecutor:
+        """One thread for background puts (and landing remote chunks), one for
+        gets: a load never queues behind a store."""
+        ex = self._executors.get(kind)
+        if ex is None:
+            ex = self._executors[kind] = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"pykvstore-{kind}")
+        return ex
 
     def _warn_once(self, what: str, message: str) -> None:
         if what not in self._warned:

@@ -24,10 +24,10 @@ pytestmark = pytest.mark.skipif(not Path(VLLM_PYTHON).exists(),
 PREFIX = 2048
 
 
-def engine(model, bucket, prompts, workdir, name, salt=None):
+def engine(model, bucket, prompts, workdir, name, salt=None, connector=None):
     path = workdir / f"{name}.json"
     path.write_text(json.dumps(prompts))
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env = dict(os.environ, PYTHONPATH=str(ROOT), PYKVSTORE_TEST_CONNECTOR=json.dumps(connector or {}))
     args = [VLLM_PYTHON, str(ROOT / "tests" / "vllm_engine.py"), str(model), str(bucket or "-"), str(path)]
     r = subprocess.run(args + ([salt] if salt else []), capture_output=True, text=True, env=env, timeout=900)
     line = next((ln for ln in r.stdout.splitlines() if ln.startswith("RESULT ")), None)
@@ -38,7 +38,8 @@ def engine(model, bucket, prompts, workdir, name, salt=None):
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    """Engine A stores; then B (connector), C (no connector) and D (damaged bucket) run side by side."""
+    """Engine A stores; then B (connector), C (no connector), D (damaged bucket), a salted one and
+    one loading and storing inside the step (async off) run side by side."""
     work = tmp_path_factory.mktemp("vllm")
     rnd = random.Random(0)
     prefix = [rnd.randrange(512) for _ in range(PREFIX)]
@@ -58,8 +59,10 @@ def served(tmp_path_factory):
         c = pool.submit(engine, model, None, new, work, "c")
         d = pool.submit(engine, model, damaged, new[:1], work, "d")
         salted = pool.submit(engine, model, bucket, new[1:], work, "salted", "tenant-2")
+        in_step = pool.submit(engine, model, bucket, new[:1], work, "in_step", None,
+                              {"async_load": False, "async_store": "false"})
         return {"a": a, "b": b.result(), "c": c.result(), "d": d.result(), "salted": salted.result(),
-                "bucket": bucket, "damaged": damaged}
+                "in_step": in_step.result(), "bucket": bucket, "damaged": damaged}
 
 
 def test_a_restarted_engine_serves_the_prefix_from_the_bucket(served):
@@ -67,6 +70,13 @@ def test_a_restarted_engine_serves_the_prefix_from_the_bucket(served):
     assert b["cached"] == PREFIX  # nothing of the prefix recomputed after the restart
     assert c["cached"] == 0
     assert b["tokens"] == c["tokens"]  # exactly what an engine without any connector produces
+
+
+def test_loads_and_stores_inside_the_step_give_the_same_answer(served):
+    """B loaded in the background (the request waited in WAITING_FOR_REMOTE_KVS); this engine loads
+    before the forward pass and stores inside the step."""
+    s, c = served["in_step"][0], served["c"][0]
+    assert s["cached"] == PREFIX and s["tokens"] == c["tokens"]
 
 
 def test_another_cache_salt_gets_no_hit(served):

@@ -2,6 +2,8 @@
 
     python vllm_engine.py MODEL_DIR BUCKET|- PROMPTS.json [SALT]
 
+PYKVSTORE_TEST_CONNECTOR (JSON) adds to the connector's extra config.
+
 Prints one JSON line: per prompt, the generated token ids and num_cached_tokens.
 Makes the tiny model first if MODEL_DIR is empty.
 """
@@ -35,7 +37,8 @@ def main() -> None:
         kwargs["kv_transfer_config"] = KVTransferConfig(
             kv_connector="PyKVStoreConnector", kv_connector_module_path="pykvstore.integrations.vllm",
             kv_role="kv_both", kv_load_failure_policy="recompute",
-            kv_connector_extra_config={"bucket": bucket, "chunk_tokens": 256, "tag": "vllm-test"})
+            kv_connector_extra_config={"bucket": bucket, "chunk_tokens": 256, "tag": "vllm-test",
+                                       **json.loads(os.environ.get("PYKVSTORE_TEST_CONNECTOR", "{}"))})
     llm = LLM(model=model, skip_tokenizer_init=True, dtype="float32", enforce_eager=True, max_model_len=4096,
               kv_cache_memory_bytes=256 << 20, seed=0, **kwargs)
     prompts = json.load(open(prompts_file))

@@ -19,6 +19,13 @@ A request's `cache_salt` enters the namespace: tenants never share chunks.
 A load that comes up short reports its blocks as failed, so vLLM recomputes
 them instead of using bad KV.
 
+Both directions are asynchronous by default: a request whose prefix the bucket
+holds waits (WAITING_FOR_REMOTE_KVS) while a store thread loads it, and other
+requests keep running; a finished prompt is stored by a store thread after
+the step, and when its request ends first vLLM holds its blocks until the
+store is done (`get_finished`). Set "async_load": false or "async_store":
+false in kv_connector_extra_config to do either inside the step instead.
+
 vLLM's CPU backend registers [blocks, heads, block_size, 2*head_dim] but keeps
 K transposed inside each block (its kernels view the block as [2*block_size,
 head_dim] and store keys head_dim-major), so the bytes are not in the
@@ -42,7 +49,7 @@ from vllm.distributed.kv_transfer.kv_connector.v1.base import (
 )
 
 from ..layout import Geometry, PagedKV
-from ..store import KVStore
+from ..store import Handle, KVStore
 
 if TYPE_CHECKING:
     from vllm.config import VllmConfig
@@ -60,12 +67,26 @@ class _Transfer:
     salt: Optional[str]
     start: int = 0  # tokens before it are already in vLLM's blocks (loads only)
     end: int = 0  # tokens to load
+    background: bool = False  # loads: asynchronous (reported through get_finished)
 
 
 @dataclass
 class PyKVStoreMetadata(KVConnectorMetadata):
     loads: list[_Transfer] = field(default_factory=list)
     stores: list[_Transfer] = field(default_factory=list)
+
+
+def _flag(value: Any) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() not in ("0", "false", "no", "off")
+    return bool(value)
+
+
+def _log_store_errors(rid: str, handle: Handle) -> None:
+    try:
+        handle.wait(check=True)
+    except Exception as e:  # the store is a future miss; the request already has its answer
+        log.warning("pykvstore store for %s met a fault: %r", rid, e)
 
 
 def infer_dims(t: torch.Tensor, block_size: int, head_dim: int) -> str:
@@ -94,6 +115,8 @@ class PyKVStoreConnector(KVConnectorBase_V1):
         self._bucket = extra.pop("bucket")
         self._tag = extra.pop("tag", None)
         self._ttl = extra.pop("ttl", None)
+        self._async_load = _flag(extra.pop("async_load", True))
+        self._async_store = _flag(extra.pop("async_store", True))
         self._options = {"capacity": extra.pop("capacity", None), "chunk_tokens": int(extra.pop("chunk_tokens", 256))}
         mc, pc = vllm_config.model_config, vllm_config.parallel_config
         self._model = extra.pop("model", None) or mc.served_model_name or mc.model
@@ -115,9 +138,14 @@ class PyKVStoreConnector(KVConnectorBase_V1):
         self._salt: dict[str, Optional[str]] = {}
         self._to_load: dict[str, int] = {}  # req -> tokens to load from the bucket
         self._pending: dict[str, dict[str, Any]] = {}  # req -> prompt and blocks, until stored
+        self._background_loads: list[_Transfer] = []  # planned in update_state_after_alloc, sent next step
+        self._storing: set[str] = set()  # reqs with a store in flight on the worker
         # worker side
         self._paged: Optional[PagedKV] = None
         self._load_errors: set[int] = set()
+        self._loading: dict[str, tuple[Handle, _Transfer]] = {}
+        self._saving: dict[str, list[Handle]] = {}
+        self._finished: set[str] = set()  # reqs the scheduler has finished (their stores may still run)
 
     def _store(self, salt: Optional[str]) -> KVStore:
         s = self._stores.get(salt)
@@ -135,14 +163,25 @@ class PyKVStoreConnector(KVConnectorBase_V1):
         usable = min(held, len(prompt) - 1)  # vLLM computes at least the last prompt token
         self._local[request.request_id] = num_computed_tokens
         self._salt[request.request_id] = salt
-        return max(0, usable - num_computed_tokens), False
+        new = max(0, usable - num_computed_tokens)
+        return new, bool(new) and self._async_load
 
     def update_state_after_alloc(self, request: "Request", blocks: Any, num_external_tokens: int) -> None:
-        if num_external_tokens > 0:
-            self._to_load[request.request_id] = self._local.get(request.request_id, 0) + num_external_tokens
+        if num_external_tokens <= 0:
+            return
+        rid = request.request_id
+        end = self._local.get(rid, 0) + num_external_tokens
+        if not self._async_load:  # loaded in the step that schedules the request
+            self._to_load[rid] = end
+            return
+        # The request waits for its KV; the worker loads it in the background.
+        self._background_loads.append(_Transfer(rid, list(request.prompt_token_ids or []),
+                                                list(blocks.get_block_ids()[0]), self._salt.get(rid),
+                                                start=self._local.get(rid, 0), end=end, background=True))
 
     def build_connector_meta(self, scheduler_output: "SchedulerOutput") -> KVConnectorMetadata:
         meta = PyKVStoreMetadata()
+        meta.loads, self._background_loads = self._background_loads, []
         ct = self._options["chunk_tokens"]
         for new in scheduler_output.scheduled_new_reqs:
             prompt = list(new.prompt_token_ids or [])
@@ -178,12 +217,17 @@ class PyKVStoreConnector(KVConnectorBase_V1):
         if computed + out.num_scheduled_tokens.get(req_id, 0) >= len(p["prompt"]):
             meta.stores.append(_Transfer(req_id, p["prompt"], list(p["blocks"]), p["salt"]))
             del self._pending[req_id]
+            if self._async_store:
+                self._storing.add(req_id)
 
     def request_finished(self, request: "Request", block_ids: list[int]) -> tuple[bool, Optional[dict]]:
+        """Holds a finished request's blocks while its store still reads them (freed on finished_sending)."""
         rid = request.request_id
         for d in (self._local, self._salt, self._to_load, self._pending):
             d.pop(rid, None)
-        return False, None
+        hold = rid in self._storing
+        self._storing.discard(rid)
+        return hold, None
 
     # ---- worker side ----------------------------------------------------------
     def register_kv_caches(self, kv_caches: dict[str, torch.Tensor]) -> None:
@@ -203,14 +247,25 @@ class PyKVStoreConnector(KVConnectorBase_V1):
         bs = self._block_size
         for t in meta.loads:
             covered = t.tokens[: len(t.block_ids) * bs]  # only tokens that have blocks
+            start = min(t.start, len(covered))
+            if t.background:
+                try:
+                    self._loading[t.req_id] = (self._store(t.salt).get_async(covered, self._paged, t.block_ids, start), t)
+                except Exception as e:
+                    log.warning("pykvstore load for %s failed: %r", t.req_id, e)
+                    self._loading[t.req_id] = (None, t)  # reported as finished, its blocks as failed
+                continue
             try:
-                loaded = self._store(t.salt).get(covered, self._paged, t.block_ids, start=min(t.start, len(covered)))
+                loaded = self._store(t.salt).get(covered, self._paged, t.block_ids, start=start)
             except Exception as e:  # never into the engine: a failed load is recomputed
                 log.warning("pykvstore load for %s failed: %r", t.req_id, e)
                 loaded = 0
-            if loaded < t.end:  # short: those blocks must be recomputed, not trusted
-                first_bad = max(loaded, t.start) // bs
-                self._load_errors.update(t.block_ids[first_bad: -(-t.end // bs)])
+            self._check_loaded(t, loaded)
+
+    def _check_loaded(self, t: _Transfer, loaded: int) -> None:
+        if loaded < t.end:  # short: those blocks must be recomputed, not trusted
+            first_bad = max(loaded, t.start) // self._block_size
+            self._load_errors.update(t.block_ids[first_bad: -(-t.end // self._block_size)])
 
     def wait_for_layer_load(self, layer_name: str) -> None:
         return  # start_load_kv loaded every layer before the forward pass
@@ -224,11 +279,45 @@ class PyKVStoreConnector(KVConnectorBase_V1):
             return
         kwargs = {"ttl": self._ttl} if self._ttl is not None else {}
         for t in meta.stores:
+            tokens = t.tokens[: len(t.block_ids) * self._block_size]
+            handles = self._saving.setdefault(t.req_id, []) if self._async_store else None
             try:
-                self._store(t.salt).put(t.tokens[: len(t.block_ids) * self._block_size], self._paged, t.block_ids,
-                                        tag=self._tag, **kwargs)
+                if handles is not None:  # the blocks stay the request's (or held) until the store is done
+                    handles.append(self._store(t.salt).put_async(tokens, self._paged, t.block_ids, tag=self._tag,
+                                                                 **kwargs))
+                else:
+                    self._store(t.salt).put(tokens, self._paged, t.block_ids, tag=self._tag, **kwargs)
             except Exception as e:  # a failed store is a future miss, never an engine error
                 log.warning("pykvstore store for %s failed: %r", t.req_id, e)
+
+    def get_finished(self, finished_req_ids: set[str]) -> tuple[Optional[set[str]], Optional[set[str]]]:
+        """Stores done for finished requests (their blocks may be freed) and loads done."""
+        self._finished |= set(finished_req_ids)
+        sent = set()
+        for rid in list(self._finished):
+            handles = self._saving.get(rid)
+            if handles is None:
+                self._finished.discard(rid)  # nothing stored for it in the background
+            elif all(h.done() for h in handles):
+                for h in handles:
+                    _log_store_errors(rid, h)
+                del self._saving[rid]
+                self._finished.discard(rid)
+                sent.add(rid)
+        received = set()
+        for rid, (h, t) in list(self._loading.items()):
+            if h is not None and not h.done():
+                continue
+            loaded = 0
+            if h is not None:
+                try:
+                    loaded = h.wait()
+                except Exception as e:
+                    log.warning("pykvstore load for %s failed: %r", rid, e)
+            self._check_loaded(t, loaded)
+            del self._loading[rid]
+            received.add(rid)
+        return sent or None, received or None
 
     def get_block_ids_with_load_errors(self) -> set[int]:
         errors, self._load_errors = self._load_errors, set()
@@ -236,5 +325,5 @@ class PyKVStoreConnector(KVConnectorBase_V1):
 
     def shutdown(self) -> None:
         for s in self._stores.values():
-            s.close()
+            s.close()  # waits for stores in flight: what was promised lands
         self._stores.clear()

@@ -11,68 +11,106 @@ namespace {
 // Visits the contiguous runs that hold tokens [t0, t1) of one (layer, plane,
 // block): fn(engine address, chunk address, bytes), as long as the layout allows.
 template <typename Fn>
-void for_each_run(const PagedLayout& L, unsigned char* engine, unsigned char* chunk, std::int64_t t0,
-                  std::int64_t t1, Fn&& fn) {
+void for_each_run(const PagedLayout& L, const PlaneStrides& P, unsigned char* engine, unsigned char* chunk,
+                  std::int64_t t0, std::int64_t t1, Fn&& fn) {
   const std::size_t item = L.itemsize;
   const std::int64_t row = L.heads * L.head_dim;  // elements of one token in the chunk
-  const bool dim_contig = L.stride_dim == 1;
-  const bool token_contig = dim_contig && L.stride_head == L.head_dim;
-  const bool block_contig = token_contig && L.stride_token == row;
+  const bool dim_contig = P.dim == 1;
+  const bool token_contig = dim_contig && (P.head == L.head_dim || L.heads == 1);
+  const bool block_contig = token_contig && P.token == row;
   if (block_contig) {
-    fn(engine + t0 * L.stride_token * item, chunk + t0 * row * item, (t1 - t0) * row * item);
+    fn(engine + t0 * P.token * item, chunk + t0 * row * item, (t1 - t0) * row * item);
     return;
   }
   for (std::int64_t t = t0; t < t1; ++t) {
-    unsigned char* e_tok = engine + t * L.stride_token * item;
+    unsigned char* e_tok = engine + t * P.token * item;
     unsigned char* c_tok = chunk + t * row * item;
     if (token_contig) {
       fn(e_tok, c_tok, row * item);
       continue;
     }
     for (std::int64_t h = 0; h < L.heads; ++h) {
-      unsigned char* e_row = e_tok + h * L.stride_head * item;
+      unsigned char* e_row = e_tok + h * P.head * item;
       unsigned char* c_row = c_tok + h * L.head_dim * item;
       if (dim_contig) {
         fn(e_row, c_row, L.head_dim * item);
         continue;
       }
-      for (std::int64_t d = 0; d < L.head_dim; ++d) fn(e_row + d * L.stride_dim * item, c_row + d * item, item);
+      for (std::int64_t d = 0; d < L.head_dim; ++d) fn(e_row + d * P.dim * item, c_row + d * item, item);
     }
   }
 }
 
-// Every run of layers [first_layer, last_layer) for chunk tokens [skip, end).
+// Every (layer, plane, block) of layers [first_layer, last_layer) that holds
+// chunk tokens [skip, end): fn(plane strides, engine block, chunk block, t0, t1).
 template <typename Fn>
-void for_each_layer_run(const PagedLayout& L, std::size_t first_layer, std::size_t last_layer,
-                        const std::int64_t* ids, std::size_t nb, unsigned char* chunk, std::int64_t skip,
-                        Fn&& fn) {
+void for_each_block(const PagedLayout& L, std::size_t first_layer, std::size_t last_layer, const std::int64_t* ids,
+                    std::size_t nb, unsigned char* chunk, std::int64_t skip, Fn&& fn) {
   const std::size_t item = L.itemsize;
   const std::int64_t block_elems = L.block_size * L.heads * L.head_dim;
   for (std::size_t layer = first_layer; layer < last_layer; ++layer) {
     auto* base = reinterpret_cast<unsigned char*>(L.layer_bases[layer]);
-    for (std::int64_t p = 0; p < L.planes; ++p) {
-      unsigned char* plane_chunk = chunk + ((layer * L.planes + p) * nb) * block_elems * item;
+    const std::int64_t planes = static_cast<std::int64_t>(L.planes.size());
+    for (std::int64_t p = 0; p < planes; ++p) {
+      const PlaneStrides& P = L.planes[p];
+      unsigned char* plane_chunk = chunk + ((layer * planes + p) * nb) * block_elems * item;
       for (std::size_t j = 0; j < nb; ++j) {
         std::int64_t first = static_cast<std::int64_t>(j) * L.block_size;
         std::int64_t t0 = skip > first ? skip - first : 0;
         if (t0 >= L.block_size) continue;
-        unsigned char* engine = base + (ids[j] * L.stride_block + p * L.stride_plane) * item;
-        for_each_run(L, engine, plane_chunk + j * block_elems * item, t0, L.block_size, fn);
+        unsigned char* engine = base + (ids[j] * L.stride_block + P.offset) * item;
+        fn(P, engine, plane_chunk + j * block_elems * item, t0, L.block_size);
       }
     }
   }
 }
 
+// A block whose channels are not contiguous (vLLM's CPU backend keeps K
+// channel-major): element copies in 16x16 tiles of (token, channel), so both
+// sides are read and written a cache line at a time.
+template <typename E>
+void copy_elements(const PagedLayout& L, const PlaneStrides& P, unsigned char* engine, unsigned char* chunk,
+                   std::int64_t t0, std::int64_t t1, bool to_chunk) {
+  constexpr std::int64_t kTile = 16;
+  E* e = reinterpret_cast<E*>(engine);
+  E* c = reinterpret_cast<E*>(chunk);
+  const std::int64_t row = L.heads * L.head_dim;
+  for (std::int64_t h = 0; h < L.heads; ++h)
+    for (std::int64_t tt = t0; tt < t1; tt += kTile)
+      for (std::int64_t dd = 0; dd < L.head_dim; dd += kTile) {
+        const std::int64_t t_end = std::min(tt + kTile, t1), d_end = std::min(dd + kTile, L.head_dim);
+        for (std::int64_t t = tt; t < t_end; ++t)
+          for (std::int64_t d = dd; d < d_end; ++d) {
+            E* ep = e + t * P.token + h * P.head + d * P.dim;
+            E* cp = c + t * row + h * L.head_dim + d;
+            if (to_chunk)
+              *cp = *ep;
+            else
+              *ep = *cp;
+          }
+      }
+}
+
 void copy_layers(const PagedLayout& L, std::size_t first_layer, std::size_t last_layer,
                  const std::int64_t* ids, std::size_t nb, unsigned char* chunk, std::int64_t skip,
                  bool to_chunk) {
-  for_each_layer_run(L, first_layer, last_layer, ids, nb, chunk, skip,
-                     [to_chunk](unsigned char* e, unsigned char* c, std::size_t n) {
-                       if (to_chunk)
-                         std::memcpy(c, e, n);
-                       else
-                         std::memcpy(e, c, n);
-                     });
+  auto runs = [to_chunk](unsigned char* e, unsigned char* c, std::size_t n) {
+    if (to_chunk)
+      std::memcpy(c, e, n);
+    else
+      std::memcpy(e, c, n);
+  };
+  for_each_block(L, first_layer, last_layer, ids, nb, chunk, skip,
+                 [&](const PlaneStrides& P, unsigned char* e, unsigned char* c, std::int64_t t0, std::int64_t t1) {
+                   if (P.dim == 1) return for_each_run(L, P, e, c, t0, t1, runs);
+                   switch (L.itemsize) {
+                     case 1: return copy_elements<std::uint8_t>(L, P, e, c, t0, t1, to_chunk);
+                     case 2: return copy_elements<std::uint16_t>(L, P, e, c, t0, t1, to_chunk);
+                     case 4: return copy_elements<std::uint32_t>(L, P, e, c, t0, t1, to_chunk);
+                     case 8: return copy_elements<std::uint64_t>(L, P, e, c, t0, t1, to_chunk);
+                     default: return for_each_run(L, P, e, c, t0, t1, runs);
+                   }
+                 });
 }
 
 // Large copies are split by layer over a few threads: one core's memcpy does
@@ -83,7 +121,7 @@ constexpr unsigned kMaxThreads = 4;
 void copy_all(const PagedLayout& L, const std::int64_t* ids, std::size_t nb, unsigned char* chunk,
               std::int64_t skip, bool to_chunk, unsigned max_threads) {
   const std::size_t layers = L.layer_bases.size();
-  const std::size_t bytes = layers * L.planes * nb * L.block_size * L.heads * L.head_dim * L.itemsize;
+  const std::size_t bytes = layers * L.planes.size() * nb * L.block_size * L.heads * L.head_dim * L.itemsize;
   std::size_t threads = std::min<std::size_t>({std::max(1u, std::thread::hardware_concurrency()),
                                                max_threads ? max_threads : kMaxThreads, layers,
                                                bytes / kBytesPerThread});
@@ -117,19 +155,20 @@ void scatter_blocks(const PagedLayout& layout, const std::int64_t* block_ids, st
 std::vector<CopyRun> block_runs(const PagedLayout& layout, const std::int64_t* block_ids, std::size_t num_blocks,
                                 std::uintptr_t chunk, std::int64_t skip) {
   std::vector<CopyRun> runs;
-  for_each_layer_run(layout, 0, layout.layer_bases.size(), block_ids, num_blocks,
-                     reinterpret_cast<unsigned char*>(chunk), skip,
-                     [&runs](unsigned char* e, unsigned char* c, std::size_t n) {
-                       if (!runs.empty()) {  // merge with the previous run where both sides continue it
-                         CopyRun& r = runs.back();
-                         if (r.engine + r.bytes == reinterpret_cast<std::uintptr_t>(e) &&
-                             r.chunk + r.bytes == reinterpret_cast<std::uintptr_t>(c)) {
-                           r.bytes += n;
-                           return;
-                         }
-                       }
-                       runs.push_back({reinterpret_cast<std::uintptr_t>(e), reinterpret_cast<std::uintptr_t>(c), n});
-                     });
+  auto add = [&runs](unsigned char* e, unsigned char* c, std::size_t n) {
+    if (!runs.empty()) {  // merge with the previous run where both sides continue it
+      CopyRun& r = runs.back();
+      if (r.engine + r.bytes == reinterpret_cast<std::uintptr_t>(e) &&
+          r.chunk + r.bytes == reinterpret_cast<std::uintptr_t>(c)) {
+        r.bytes += n;
+        return;
+      }
+    }
+    runs.push_back({reinterpret_cast<std::uintptr_t>(e), reinterpret_cast<std::uintptr_t>(c), n});
+  };
+  for_each_block(layout, 0, layout.layer_bases.size(), block_ids, num_blocks, reinterpret_cast<unsigned char*>(chunk),
+                 skip, [&](const PlaneStrides& P, unsigned char* e, unsigned char* c, std::int64_t t0,
+                           std::int64_t t1) { for_each_run(layout, P, e, c, t0, t1, add); });
   return runs;
 }
 

@@ -169,6 +169,10 @@ class PagedKV:
         tensors: one tensor per layer (list, tuple, or dict in layer order), or
             one tensor with an L axis.
         dims: the axes of a layer tensor (with L for a single tensor), e.g. "BHTC".
+        plane_strides: for engines whose planes are not laid out alike (vLLM's
+            CPU backend keeps K channel-major inside a block): per plane,
+            (offset, token, head, channel) in elements from the start of a
+            block. Host tensors only.
 
     Example:
         >>> caches = [torch.zeros(64, 8, 16, 256, dtype=torch.bfloat16) for _ in range(4)]
@@ -177,7 +181,8 @@ class PagedKV:
         Geometry(layers=4, heads=8, head_dim=128, dtype='bfloat16', planes=2)
     """
 
-    def __init__(self, tensors: Union[torch.Tensor, Sequence[torch.Tensor], Mapping[Any, torch.Tensor]], dims: str) -> None:
+    def __init__(self, tensors: Union[torch.Tensor, Sequence[torch.Tensor], Mapping[Any, torch.Tensor]], dims: str,
+                 plane_strides: Optional[Sequence[Sequence[int]]] = None) -> None:
         packed, latent = _parse_dims(dims)
         if not isinstance(tensors, (list, tuple, Mapping)):
             tensors = _from_dlpack(tensors)
@@ -234,9 +239,11 @@ class PagedKV:
         self._native = None
         self._dma = None
         same_strides = all(w.stride() == v.stride() for w in views)
+        planes = _check_plane_strides(plane_strides, v, self.device, same_strides)
+        self.plane_strides = planes
         if same_strides and (self.device.type == "cpu" or block_contiguous(v)):
             layout = _C.PagedLayout([w.data_ptr() for w in views], list(v.stride()),
-                                    [v.shape[1], v.shape[2], v.shape[3], v.shape[4]], v.element_size())
+                                    [v.shape[1], v.shape[2], v.shape[3], v.shape[4]], v.element_size(), planes or [])
             if self.device.type == "cpu":
                 self._native = layout
             elif (engine := transfer.copy_engine(self.device)) is not None:
@@ -301,6 +308,29 @@ class PagedKV:
             _device_scatter(self._views, ids, src, skip)
         else:
             _scatter_blocks(self._views, ids, src, skip)
+
+
+def _check_plane_strides(given: Any, v: torch.Tensor, device: torch.device,
+                         same_strides: bool) -> Optional[list[tuple[int, int, int, int]]]:
+    """Per-plane (offset, token, head, channel) strides, checked to stay inside one block."""
+    if given is None:
+        return None
+    if device.type != "cpu" or not same_strides:
+        raise LayoutError("plane_strides needs host tensors with the same strides in every layer")
+    _, planes, t, h, d = v.shape
+    try:
+        rows = [tuple(int(x) for x in row) for row in given]
+    except (TypeError, ValueError):
+        raise LayoutError(f"plane_strides must be {planes} rows of 4 integers, got {given!r}") from None
+    if len(rows) != planes or any(len(r) != 4 for r in rows):
+        raise LayoutError(f"plane_strides must be {planes} rows of (offset, token, head, channel), got {given!r}")
+    block = v.stride(0)
+    for p, (off, st, sh, sd) in enumerate(rows):
+        lo = off + min(0, (t - 1) * st) + min(0, (h - 1) * sh) + min(0, (d - 1) * sd)
+        hi = off + max(0, (t - 1) * st) + max(0, (h - 1) * sh) + max(0, (d - 1) * sd)
+        if lo < 0 or hi >= block:
+            raise LayoutError(f"plane {p}'s strides {rows[p]} reach outside a block of {block} elements")
+    return rows
 
 
 def _from_dlpack(t: Any) -> Any:

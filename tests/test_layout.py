@@ -143,3 +143,36 @@ def test_chunk_buffers_are_checked_before_native_code_touches_them():
     good = torch.empty(p.geometry.chunk_shape(32), dtype=torch.int16)
     with pytest.raises(kv.InputError, match="chunk buffer"):
         p.scatter(ids, good.transpose(0, 1), 0)
+
+
+def test_plane_strides_describe_a_block_whose_planes_differ():
+    """vLLM's CPU layout: per (block, head), K channel-major [D, T], then V token-major [T, D]."""
+    B, H, T, D, L = 6, 2, 8, 4, 3
+    canon = torch.randint(-1000, 1000, (L, 2, 3 * T, H, D), dtype=torch.int32).float()  # 3 blocks of chunk
+    ids = [4, 1, 5]
+    layers = [torch.zeros(B, H, T, 2 * D) for _ in range(L)]
+    for layer in range(L):
+        flat = layers[layer].view(B, H, 2 * T * D)
+        for j, b in enumerate(ids):
+            for h in range(H):
+                k = canon[layer, 0, j * T:(j + 1) * T, h]  # (T, D)
+                v = canon[layer, 1, j * T:(j + 1) * T, h]
+                flat[b, h, : T * D] = k.t().reshape(-1)
+                flat[b, h, T * D:] = v.reshape(-1)
+    strides = [(0, 1, 2 * T * D, T), (T * D, D, 2 * T * D, 1)]
+    p = kv.PagedKV(layers, "BHTC", plane_strides=strides)
+    out = torch.empty(p.geometry.chunk_shape(3 * T), dtype=torch.int32)
+    p.gather(torch.tensor(ids), out)
+    assert torch.equal(out, canon.view(torch.int32))
+    back = [torch.zeros_like(t) for t in layers]
+    q = kv.PagedKV(back, "BHTC", plane_strides=strides)
+    q.scatter(torch.tensor(ids), out, skip=3)
+    for a, b in zip(back, layers):
+        a4, b4 = a.view(B, H, 2, T * D), b.view(B, H, 2, T * D)
+        assert torch.equal(a4[ids][:, :, 1].view(3, H, T, D)[:, :, 3:], b4[ids][:, :, 1].view(3, H, T, D)[:, :, 3:])
+        assert torch.equal(a4[ids][:, :, 0].view(3, H, D, T)[..., 3:], b4[ids][:, :, 0].view(3, H, D, T)[..., 3:])
+        assert not a4[ids][:, :, 0].view(3, H, D, T)[0, ..., :3].any()  # tokens before skip untouched
+    with pytest.raises(kv.LayoutError, match="outside a block"):
+        kv.PagedKV(layers, "BHTC", plane_strides=[(0, 1, 2 * T * D, T), (T * D, D, 2 * T * D, 2)])
+    with pytest.raises(kv.LayoutError, match="rows of"):
+        kv.PagedKV(layers, "BHTC", plane_strides=[(0, 1, 2, 3)])

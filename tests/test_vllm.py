@@ -101,10 +101,10 @@ def test_the_bucket_shows_the_hits(served):
     assert {t["tag"] for t in s.by_tag} == {"vllm-test"}
 
 
-def test_vllm_cpu_chunks_never_load_into_another_engine(served):
-    """vLLM's CPU backend keeps K transposed inside a block, so its chunks are not in the canonical
-    order: the namespace says so, and transformers (same weights, geometry and dtype) gets no hit
-    rather than wrong KV."""
+def test_transformers_continues_from_what_vllm_stored(served):
+    """vLLM's CPU blocks are converted to the canonical order, so transformers (same weights) loads the
+    prefix vLLM stored: its KV matches what transformers computes itself, and greedy generation from it
+    matches a fresh run. Negative control: a scrambled copy changes the answer."""
     transformers = pytest.importorskip("transformers")
     import torch
 
@@ -114,6 +114,24 @@ def test_vllm_cpu_chunks_never_load_into_another_engine(served):
     m = transformers.LlamaForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32).eval()
     rnd = random.Random(0)
     prefix = [rnd.randrange(512) for _ in range(PREFIX)]
+    ids = torch.tensor([prefix + [7, 8, 9]])
     with kv.KVStore(served["bucket"], model=str(model_dir), chunk_tokens=256) as s:  # vLLM names it by its path
-        restored, n = load_prefix(s, prefix + [7, 8, 9], m.config, torch.float32)
-    assert n == 0 and restored.get_seq_length() == 0
+        restored, n = load_prefix(s, ids[0], m.config, torch.float32)
+        scrambled, _ = load_prefix(s, ids[0], m.config, torch.float32)
+    assert n == PREFIX
+    with torch.no_grad():
+        own = m(ids[:, :PREFIX], use_cache=True).past_key_values
+    for mine, ref in zip(restored.layers, own.layers):  # vLLM's fp32 KV, within float rounding of HF's
+        assert torch.allclose(mine.keys, ref.keys, atol=1e-4, rtol=1e-3)
+        assert torch.allclose(mine.values, ref.values, atol=1e-4, rtol=1e-3)
+    cache_kwarg = "cache" if int(transformers.__version__.split(".")[0]) >= 5 else "past_key_values"
+
+    def greedy(cache=None):
+        with torch.no_grad():
+            kwargs = {cache_kwarg: cache} if cache is not None else {}
+            return m.generate(ids, max_new_tokens=8, do_sample=False, **kwargs)[0, ids.shape[1]:].tolist()
+
+    assert greedy(restored) == greedy()
+    for layer in scrambled.layers:
+        layer.keys.copy_(layer.keys.flip(-1))  # K channels reversed: what a missed transpose looks like
+    assert greedy(scrambled) != greedy()

@@ -149,24 +149,33 @@ PYBIND11_MODULE(_C, m) {
 
   // Layout of a paged KV cache in canonical axis order (block, plane, token,
   // head, channel); addresses and strides come from pykvstore.layout.
+  // Layout of a paged KV cache in canonical axis order (block, plane, token,
+  // head, channel); addresses and strides come from pykvstore.layout.
+  // plane_strides, when given, overrides each plane's (offset, token, head,
+  // channel) strides within a block.
   py::class_<PagedLayout>(m, "PagedLayout")
       .def(py::init([](std::vector<std::uintptr_t> bases, std::array<std::int64_t, 5> strides,
-                       std::array<std::int64_t, 4> sizes, std::size_t itemsize) {
+                       std::array<std::int64_t, 4> sizes, std::size_t itemsize,
+                       std::vector<std::array<std::int64_t, 4>> plane_strides) {
              PagedLayout l;
              l.layer_bases = std::move(bases);
              l.stride_block = strides[0];
-             l.stride_plane = strides[1];
-             l.stride_token = strides[2];
-             l.stride_head = strides[3];
-             l.stride_dim = strides[4];
-             l.planes = sizes[0];
+             if (!plane_strides.empty() && static_cast<std::int64_t>(plane_strides.size()) != sizes[0])
+               throw std::invalid_argument("plane_strides needs one entry per plane");
+             for (std::int64_t p = 0; p < sizes[0]; ++p) {
+               if (plane_strides.empty())
+                 l.planes.push_back({p * strides[1], strides[2], strides[3], strides[4]});
+               else
+                 l.planes.push_back({plane_strides[p][0], plane_strides[p][1], plane_strides[p][2], plane_strides[p][3]});
+             }
              l.block_size = sizes[1];
              l.heads = sizes[2];
              l.head_dim = sizes[3];
              l.itemsize = itemsize;
              return l;
            }),
-           py::arg("layer_bases"), py::arg("strides"), py::arg("sizes"), py::arg("itemsize"));
+           py::arg("layer_bases"), py::arg("strides"), py::arg("sizes"), py::arg("itemsize"),
+           py::arg("plane_strides") = std::vector<std::array<std::int64_t, 4>>{});
   m.def(
       "gather_blocks",
       [](const PagedLayout& l, std::uintptr_t ids, std::size_t n, std::uintptr_t chunk, unsigned threads) {

@@ -10,10 +10,19 @@
 
 namespace pykvstore {
 
+// Where one plane (K, V or an MLA latent) of a block lies, in elements from the
+// block's start. Planes usually share strides and sit one plane stride apart,
+// but an engine may lay them out differently (vLLM's CPU backend keeps K
+// transposed, channel-major, and V token-major inside a block).
+struct PlaneStrides {
+  std::int64_t offset, token, head, dim;
+};
+
 struct PagedLayout {
   std::vector<std::uintptr_t> layer_bases;  // address of element [0,0,0,0,0] of each layer
-  std::int64_t stride_block, stride_plane, stride_token, stride_head, stride_dim;  // in elements
-  std::int64_t planes, block_size, heads, head_dim;
+  std::int64_t stride_block;                // in elements
+  std::vector<PlaneStrides> planes;         // one entry per plane
+  std::int64_t block_size, heads, head_dim;
   std::size_t itemsize;
 };
 

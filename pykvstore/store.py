@@ -15,7 +15,7 @@ import sqlite3
 import threading
 import time
 from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional, Union
 
@@ -85,6 +85,10 @@ class Handle:
 
     def done(self) -> bool:
         return self._future.done()
+
+    def wait_done(self, timeout: float) -> bool:
+        """Blocks up to `timeout` seconds for the call to end; True when it has."""
+        return not wait([self._future], timeout=timeout).not_done
 
     def wait(self, timeout: Optional[float] = None, check: bool = False) -> int:
         value, errors = self._future.result(timeout)

@@ -78,6 +78,9 @@ class PyKVStoreMetadata(KVConnectorMetadata):
     stores: list[_Transfer] = field(default_factory=list)
 
 
+_IDLE_WAIT = 0.02  # seconds an empty step may wait for a background load
+
+
 def _flag(value: Any) -> bool:
     if isinstance(value, str):
         return value.strip().lower() not in ("0", "false", "no", "off")
@@ -196,6 +199,7 @@ class PyKVStoreConnector(KVConnectorBase_V1):
         self._loading: dict[str, tuple[Handle, _Transfer]] = {}
         self._saving: dict[str, list[Handle]] = {}
         self._finished: set[str] = set()  # reqs the scheduler has finished (their stores may still run)
+        self._idle_step = False
 
     def _store(self, salt: Optional[str]) -> KVStore:
         s = self._stores.get(salt)
@@ -292,6 +296,8 @@ class PyKVStoreConnector(KVConnectorBase_V1):
             self._stores.clear()
 
     def start_load_kv(self, forward_context: Any, **kwargs: Any) -> None:
+        # A step without a forward pass: every request waits (for loads, say).
+        self._idle_step = getattr(forward_context, "attn_metadata", None) is None
         meta = self._get_connector_metadata()
         if not isinstance(meta, PyKVStoreMetadata) or self._paged is None:
             return
@@ -356,6 +362,12 @@ class PyKVStoreConnector(KVConnectorBase_V1):
                 self._finished.discard(rid)
                 sent.add(rid)
         received = set()
+        if self._loading and self._idle_step:
+            # Nothing runs this step: wait a little for a load (the GIL released)
+            # rather than let the engine spin empty steps against the load thread.
+            h = next(iter(self._loading.values()))[0]
+            if h is not None:
+                h.wait_done(_IDLE_WAIT)
         for rid, (h, t) in list(self._loading.items()):
             if h is not None and not h.done():
                 continue

@@ -130,7 +130,16 @@ def test_device_copies_say_why_they_are_unavailable():
         _C.CopyEngine(0)
 
 
-def test_a_faulty_write_is_reported_on_the_handle(bucket):
+@pytest.fixture
+def one_in_flight():
+    """Writes one at a time, so the n-th write is the n-th chunk."""
+    before = kv.defaults.get("inflight")
+    kv.defaults.set(inflight=1)
+    yield
+    kv.defaults.set(inflight=before)
+
+
+def test_a_faulty_write_is_reported_on_the_handle(bucket, one_in_flight):
     src = make_cache("BHTC", seed=1)
     toks, ids = tokens(96), block_table(12, 24, 1)
     with kv.KVStore(bucket, model="m", chunk_tokens=32) as s:

@@ -132,6 +132,11 @@ def test_transformers_continues_from_what_vllm_stored(served):
             return m.generate(ids, max_new_tokens=8, do_sample=False, **kwargs)[0, ids.shape[1]:].tolist()
 
     assert greedy(restored) == greedy()
-    for layer in scrambled.layers:
-        layer.keys.copy_(layer.keys.flip(-1))  # K channels reversed: what a missed transpose looks like
+    # the KV check above would catch a missed conversion: K left channel-major within each block
+    bs = 128  # vLLM's CPU block size
+    k = scrambled.layers[0].keys[0, :, :PREFIX]  # (heads, tokens, head_dim)
+    raw = k.reshape(k.shape[0], PREFIX // bs, bs, -1).transpose(2, 3).reshape(k.shape)  # bytes as vLLM keeps them
+    assert not torch.allclose(raw, own.layers[0].keys[0], atol=1e-2)
+    for layer in scrambled.layers:  # and generate really reads the cache it is given
+        layer.values.mul_(50.0)
     assert greedy(scrambled) != greedy()

@@ -29,7 +29,7 @@ _SPEC: dict[str, tuple[str, str, Any]] = {
     "buffer_cache": ("PYKVSTORE_BUFFER_CACHE", "512MiB", lambda v: parse_size(v, "buffer cache")),
     # The host pool (pinned where a GPU exists) that staging buffers, reads and
     # the host tier share; "auto" is the host capacity plus 512 MiB of staging.
-    "host_pool": ("PYKVSTORE_HOST_POOL", "auto", lambda v: 0 if str(v).lower() == "auto" else parse_size(v, "host pool")),
+    "host_pool": ("PYKVSTORE_HOST_POOL", "auto", lambda v: 0 if str(v).lower() in ("auto", "0") else parse_size(v, "host pool")),
     # Loads into host memory copy straight from a mapping of the chunk file
     # (the page cache) into the engine's blocks: "auto" (when direct_read is off) or "off".
     "mmap_read": ("PYKVSTORE_MMAP_READ", "auto", str.lower),

@@ -25,7 +25,7 @@ import torch
 from . import _C, defaults
 from .bucket import _UNSET, TTL_MODES, Bucket, BucketStats, Removed, row_from_metadata
 from .catalog import WRITING, Catalog, ChunkRow
-from .chunk_file import ChunkHeader, checksum, decode_header, encode_header, format_checksum, header_length
+from .chunk_file import PAYLOAD_ALIGN, ChunkHeader, checksum, decode_header, encode_header, format_checksum, header_length
 from .errors import ChunkError, InputError
 from .keys import FORMAT_VERSION, HASH_ALGORITHMS, as_tokens, chunk_keys, namespace_digest, salt_digest
 from .layout import Geometry, PagedKV
@@ -286,6 +286,10 @@ class KVStore:
         than the full chunks when the bucket cannot make room (pinned or
         in-flight chunks) or a write fails; failures are logged, not raised.
         """
+        return self._put(tokens, cache, block_ids, tag, ttl, ttl_mode, None)
+
+    def _put(self, tokens: Any, cache: PagedKV, block_ids: Any, tag: Optional[str], ttl: Any,
+             ttl_mode: Optional[str], staged: Optional[dict[int, Any]]) -> int:
         self._check_open()
         toks, ids, n = self._check_call(tokens, cache, block_ids)
         expiry = self._ttl(ttl, ttl_mode)
@@ -298,7 +302,7 @@ class KVStore:
             return 0
         t0 = time.perf_counter()
         try:
-            held = self._put_chunks(toks, cache, ids, n, tag, expiry)
+            held = self._put_chunks(toks, cache, ids, n, tag, expiry, staged)
         except _IO_ERRORS as e:
             self._fault(e)
             self._warn_once("put", f"put failed: {e}")
@@ -388,12 +392,47 @@ class KVStore:
 
     def put_async(self, tokens: Any, cache: PagedKV, block_ids: Any, *, tag: Optional[str] = None,
                   ttl: Any = _UNSET, ttl_mode: Optional[str] = None) -> Handle:
-        """`put` on the store's worker thread; input is checked before it is queued."""
+        """`put` whose reads of the engine's blocks are done when it returns.
+
+        The chunks the bucket lacks are copied into host-pool buffers now (a
+        memcpy, or a DMA on a GPU); checksums, file writes and commits run on
+        the store's put thread. The engine may reuse the blocks at once, even
+        if the request is preempted. Chunks that do not fit the pool's free
+        memory are not stored by this call (the held prefix ends there).
+        """
         self._check_open()
-        self._check_call(tokens, cache, block_ids)
+        toks, ids, n = self._check_call(tokens, cache, block_ids)
         self._ttl(ttl, ttl_mode)
-        return Handle(self._worker("put").submit(self._with_errors, self.put, tokens, cache, block_ids, tag=tag, ttl=ttl,
-                                            ttl_mode=ttl_mode))
+        if tag is not None and not isinstance(tag, str):
+            raise InputError(f"tag must be a string, got {type(tag).__name__}")
+        staged = self._stage(toks, cache, ids, n)
+        return Handle(self._worker("put").submit(self._with_errors, self._put, tokens, cache, block_ids, tag, ttl,
+                                                 ttl_mode, staged))
+
+    def _stage(self, toks, cache: PagedKV, ids: torch.Tensor, n: int) -> dict[int, Any]:
+        """Chunk index -> a pool buffer holding that chunk's payload at PAYLOAD_ALIGN, for
+        the leading chunks the bucket does not hold, as far as the pool has room."""
+        if n == 0:
+            return {}
+        g = cache.geometry
+        ct, bpc = self.chunk_tokens, self.chunk_tokens // cache.block_size
+        keys = [k.hex() for k in chunk_keys(self._namespace(g).digest, toks[: n * ct], ct, self.hash)]
+        try:
+            held = self._catalog.existing(keys, time.time())
+        except sqlite3.Error:
+            held = set()
+        shape, size = g.chunk_shape(ct), PAYLOAD_ALIGN + g.chunk_bytes(ct)
+        staged: dict[int, Any] = {}
+        for i, key in enumerate(keys):
+            if key in held:
+                continue
+            buf = _C.AlignedBuffer(size, self._pool)
+            if not buf.from_pool:  # no room left: what is staged is what this put stores
+                break
+            payload = torch.frombuffer(buf, dtype=torch.uint8)[PAYLOAD_ALIGN:].view(g.view_dtype).view(shape)
+            cache.gather(ids[i * bpc : (i + 1) * bpc], payload)
+            staged[i] = buf
+        return staged
 
     def get_async(self, tokens: Any, cache: PagedKV, block_ids: Any, start: int = 0) -> Handle:
         """`get` on the store's worker thread; input is checked before it is queued."""
@@ -551,7 +590,9 @@ class KVStore:
             return True
 
     def _put_chunks(self, toks, cache: PagedKV, ids: torch.Tensor, n: int, tag: Optional[str],
-                    expiry: tuple[Optional[float], Optional[str]]) -> int:
+                    expiry: tuple[Optional[float], Optional[str]], staged: Optional[dict[int, Any]] = None) -> int:
+        """Writes the chunks of a put. With `staged` (put_async), payloads come from those
+        buffers and the engine's blocks are never read here: a chunk not staged ends the put."""
         g = cache.geometry
         ns = self._namespace(g)
         self._register(ns)
@@ -617,6 +658,9 @@ class KVStore:
                     "ttl": "" if ttl is None else repr(ttl), "ttl_mode": mode or "",
                 }
                 off = header_length(meta, g.safetensors_dtype, shape, nbytes)
+                if staged is not None and i not in staged:
+                    failed_at = i  # not copied out of the engine in time (no pool room, or evicted since)
+                    break
                 rel = self._disk.relpath(self.model, ns.hex, keys[i])
                 row = ChunkRow(key=keys[i], parent=parents[i], namespace=ns.hex, model=self.model, chunk_index=i,
                                tokens=ct, nbytes=off + nbytes, path=rel, created=now, last_access=now,
@@ -635,10 +679,17 @@ class KVStore:
                     ok[i] = True
                     continue
                 try:
-                    buf = _C.AlignedBuffer(off + nbytes, self._pool)
+                    if staged is not None and off == PAYLOAD_ALIGN:
+                        buf = staged.pop(i)  # the payload is in place already
+                    else:
+                        buf = _C.AlignedBuffer(off + nbytes, self._pool)
                     whole = torch.frombuffer(buf, dtype=torch.uint8)
                     payload = whole[off:].view(g.view_dtype).view(shape)
-                    cache.gather(ids[i * bpc : (i + 1) * bpc], payload)
+                    if staged is None:
+                        cache.gather(ids[i * bpc : (i + 1) * bpc], payload)
+                    elif off != PAYLOAD_ALIGN:  # a header longer than one page: move the payload
+                        payload.view(torch.uint8).view(-1).copy_(
+                            torch.frombuffer(staged.pop(i), dtype=torch.uint8)[PAYLOAD_ALIGN:])
                     meta["checksum"] = checksum(memoryview(buf)[off:])
                     head = encode_header(meta, g.safetensors_dtype, shape, nbytes)
                     assert len(head) == off, "header length changed with the checksum"

@@ -196,3 +196,33 @@ def test_ten_thousand_puts_with_faults_return_every_pool_byte(bucket, no_fsync):
         assert not any((bucket / "tmp").iterdir())
     report = kv.Bucket(bucket).fsck()
     assert report["checked"] > 0 and not (report["missing"] or report["damaged"] or report["unindexed"]), report
+
+
+def test_put_async_copies_the_kv_out_before_it_returns(bucket):
+    """The engine may reuse its blocks as soon as put_async returns (vLLM frees or
+    preempts them): the background writes use the copies, never the blocks."""
+    src, dst = make_cache("BHTC", seed=1), make_cache("BHTC", seed=2)
+    original = [t.clone() for t in src]
+    toks, a, b = tokens(96), block_table(12, 24, 1), block_table(12, 24, 2)
+    with kv.KVStore(bucket, model="m", chunk_tokens=32) as s:
+        with s._catalog.transaction():  # the put thread cannot reach the catalog (so cannot write) yet
+            h = s.put_async(toks, kv.PagedKV(src, "BHTC"), a)
+            for t in src:
+                t.zero_()  # the engine reuses the blocks
+        assert h.wait(check=True) == 96
+        assert s.get(toks, kv.PagedKV(dst, "BHTC"), b) == 96
+    assert torch.equal(reference(dst, "BHTC", b, 8, 0, 96), reference(original, "BHTC", a, 8, 0, 96))
+
+
+def test_put_async_stores_what_fits_the_pool(bucket):
+    before = kv.defaults.get("host_pool")
+    geometry = kv.PagedKV(make_cache("BHTC"), "BHTC").geometry
+    kv.defaults.set(host_pool=3 * (4096 + geometry.chunk_bytes(32)))  # room for three staged chunks
+    try:
+        with kv.KVStore(bucket, model="m", chunk_tokens=32, host_capacity=0) as s:
+            src = make_cache("BHTC", seed=1, blocks=48)
+            h = s.put_async(tokens(192), kv.PagedKV(src, "BHTC"), block_table(24, 48, 1))
+            assert h.wait() == 96 and s.stats().pool["exhausted"] >= 1
+            assert s.put(tokens(192), kv.PagedKV(src, "BHTC"), block_table(24, 48, 1)) == 192  # put copies as it goes
+    finally:
+        kv.defaults.set(host_pool=before)

@@ -21,10 +21,12 @@ them instead of using bad KV.
 
 Both directions are asynchronous by default: a request whose prefix the bucket
 holds waits (WAITING_FOR_REMOTE_KVS) while a store thread loads it, and other
-requests keep running; a finished prompt is stored by a store thread after
-the step, and when its request ends first vLLM holds its blocks until the
-store is done (`get_finished`). Set "async_load": false or "async_store":
-false in kv_connector_extra_config to do either inside the step instead.
+requests keep running. A finished prompt's KV is copied out of vLLM's blocks
+at the end of its step (into the store's host pool) and written to the bucket
+by a store thread after it, so vLLM may free or reuse the blocks at once,
+even when it preempts the request (holding a finished request's blocks until
+the write is done would not cover that). Set "async_load": false or
+"async_store": false in kv_connector_extra_config to do either inside the step.
 
 vLLM's CPU backend registers [blocks, heads, block_size, 2*head_dim] but its
 kernels lay a block out their own way (on x86 without AMX: K channel-major,
@@ -192,13 +194,11 @@ class PyKVStoreConnector(KVConnectorBase_V1):
         self._to_load: dict[str, int] = {}  # req -> tokens to load from the bucket
         self._pending: dict[str, dict[str, Any]] = {}  # req -> prompt and blocks, until stored
         self._background_loads: list[_Transfer] = []  # planned in update_state_after_alloc, sent next step
-        self._storing: set[str] = set()  # reqs with a store in flight on the worker
         # worker side
         self._paged: Optional[PagedKV] = None
         self._load_errors: set[int] = set()
         self._loading: dict[str, tuple[Handle, _Transfer]] = {}
-        self._saving: dict[str, list[Handle]] = {}
-        self._finished: set[str] = set()  # reqs the scheduler has finished (their stores may still run)
+        self._saving: list[tuple[str, Handle]] = []  # writes in flight (their KV already copied out)
         self._idle_step = False
 
     def _store(self, salt: Optional[str]) -> KVStore:
@@ -271,17 +271,13 @@ class PyKVStoreConnector(KVConnectorBase_V1):
         if computed + out.num_scheduled_tokens.get(req_id, 0) >= len(p["prompt"]):
             meta.stores.append(_Transfer(req_id, p["prompt"], list(p["blocks"]), p["salt"]))
             del self._pending[req_id]
-            if self._async_store:
-                self._storing.add(req_id)
 
     def request_finished(self, request: "Request", block_ids: list[int]) -> tuple[bool, Optional[dict]]:
-        """Holds a finished request's blocks while its store still reads them (freed on finished_sending)."""
+        """Its blocks may go at once: a store copied its KV out at the end of its step."""
         rid = request.request_id
         for d in (self._local, self._salt, self._to_load, self._pending):
             d.pop(rid, None)
-        hold = rid in self._storing
-        self._storing.discard(rid)
-        return hold, None
+        return False, None
 
     # ---- worker side ----------------------------------------------------------
     def register_kv_caches(self, kv_caches: dict[str, torch.Tensor]) -> None:
@@ -337,30 +333,20 @@ class PyKVStoreConnector(KVConnectorBase_V1):
         kwargs = {"ttl": self._ttl} if self._ttl is not None else {}
         for t in meta.stores:
             tokens = t.tokens[: len(t.block_ids) * self._block_size]
-            handles = self._saving.setdefault(t.req_id, []) if self._async_store else None
             try:
-                if handles is not None:  # the blocks stay the request's (or held) until the store is done
-                    handles.append(self._store(t.salt).put_async(tokens, self._paged, t.block_ids, tag=self._tag,
-                                                                 **kwargs))
+                if self._async_store:  # copies the KV out now; the writes run after the step
+                    h = self._store(t.salt).put_async(tokens, self._paged, t.block_ids, tag=self._tag, **kwargs)
+                    self._saving.append((t.req_id, h))
                 else:
                     self._store(t.salt).put(tokens, self._paged, t.block_ids, tag=self._tag, **kwargs)
             except Exception as e:  # a failed store is a future miss, never an engine error
                 log.warning("pykvstore store for %s failed: %r", t.req_id, e)
 
     def get_finished(self, finished_req_ids: set[str]) -> tuple[Optional[set[str]], Optional[set[str]]]:
-        """Stores done for finished requests (their blocks may be freed) and loads done."""
-        self._finished |= set(finished_req_ids)
-        sent = set()
-        for rid in list(self._finished):
-            handles = self._saving.get(rid)
-            if handles is None:
-                self._finished.discard(rid)  # nothing stored for it in the background
-            elif all(h.done() for h in handles):
-                for h in handles:
-                    _log_store_errors(rid, h)
-                del self._saving[rid]
-                self._finished.discard(rid)
-                sent.add(rid)
+        """Loads done (their requests may be scheduled). No request waits for its store."""
+        for rid, h in [x for x in self._saving if x[1].done()]:
+            _log_store_errors(rid, h)
+            self._saving.remove((rid, h))
         received = set()
         if self._loading and self._idle_step:
             # Nothing runs this step: wait a little for a load (the GIL released)
@@ -380,7 +366,7 @@ class PyKVStoreConnector(KVConnectorBase_V1):
             self._check_loaded(t, loaded)
             del self._loading[rid]
             received.add(rid)
-        return sent or None, received or None
+        return None, received or None
 
     def get_block_ids_with_load_errors(self) -> set[int]:
         errors, self._load_errors = self._load_errors, set()

@@ -66,29 +66,49 @@ void for_each_block(const PagedLayout& L, std::size_t first_layer, std::size_t l
 }
 
 // A block whose channels are not contiguous (vLLM's CPU backend keeps K
-// channel-major): element copies in 16x16 tiles of (token, channel), so both
-// sides are read and written a cache line at a time.
+// channel-major): element copies in tiles of (token, channel), the innermost
+// loop running along the side being written where it is contiguous.
+template <typename E, bool ToChunk>
+void copy_elements(const PagedLayout& L, const PlaneStrides& P, unsigned char* engine, unsigned char* chunk,
+                   std::int64_t t0, std::int64_t t1) {
+  constexpr std::int64_t kTile = 32;
+  const std::int64_t row = L.heads * L.head_dim, st = P.token, sd = P.dim, dims = L.head_dim;
+  for (std::int64_t h = 0; h < L.heads; ++h) {
+    E* e = reinterpret_cast<E*>(engine) + h * P.head;
+    E* c = reinterpret_cast<E*>(chunk) + h * dims;
+    for (std::int64_t tt = t0; tt < t1; tt += kTile)
+      for (std::int64_t dd = 0; dd < dims; dd += kTile) {
+        const std::int64_t t_end = std::min(tt + kTile, t1), d_end = std::min(dd + kTile, dims);
+        if (!ToChunk && st == 1) {  // writes into the engine: along its contiguous tokens
+          for (std::int64_t d = dd; d < d_end; ++d) {
+            E* ed = e + d * sd;
+            for (std::int64_t t = tt; t < t_end; ++t) {
+              if constexpr (ToChunk)
+                c[t * row + d] = ed[t];
+              else
+                ed[t] = c[t * row + d];
+            }
+          }
+        } else {
+          for (std::int64_t t = tt; t < t_end; ++t)
+            for (std::int64_t d = dd; d < d_end; ++d) {
+              if constexpr (ToChunk)
+                c[t * row + d] = e[t * st + d * sd];
+              else
+                e[t * st + d * sd] = c[t * row + d];
+            }
+        }
+      }
+  }
+}
+
 template <typename E>
 void copy_elements(const PagedLayout& L, const PlaneStrides& P, unsigned char* engine, unsigned char* chunk,
                    std::int64_t t0, std::int64_t t1, bool to_chunk) {
-  constexpr std::int64_t kTile = 16;
-  E* e = reinterpret_cast<E*>(engine);
-  E* c = reinterpret_cast<E*>(chunk);
-  const std::int64_t row = L.heads * L.head_dim;
-  for (std::int64_t h = 0; h < L.heads; ++h)
-    for (std::int64_t tt = t0; tt < t1; tt += kTile)
-      for (std::int64_t dd = 0; dd < L.head_dim; dd += kTile) {
-        const std::int64_t t_end = std::min(tt + kTile, t1), d_end = std::min(dd + kTile, L.head_dim);
-        for (std::int64_t t = tt; t < t_end; ++t)
-          for (std::int64_t d = dd; d < d_end; ++d) {
-            E* ep = e + t * P.token + h * P.head + d * P.dim;
-            E* cp = c + t * row + h * L.head_dim + d;
-            if (to_chunk)
-              *cp = *ep;
-            else
-              *ep = *cp;
-          }
-      }
+  if (to_chunk)
+    copy_elements<E, true>(L, P, engine, chunk, t0, t1);
+  else
+    copy_elements<E, false>(L, P, engine, chunk, t0, t1);
 }
 
 void copy_layers(const PagedLayout& L, std::size_t first_layer, std::size_t last_layer,

@@ -32,7 +32,7 @@ MappedFile::MappedFile(const std::string& path, std::size_t max_size, bool popul
       PYKVSTORE_THROW_IO(e, "mmap", path);
     }
     data_ = static_cast<std::uint8_t*>(p);
-    ::madvise(p, size_, MADV_SEQUENTIAL);
+    ::madvise(p, size_, MADV_WILLNEED);  // the whole file is read next: start readahead now
   }
   ::close(fd);  // the mapping keeps the file referenced
 }

@@ -82,7 +82,7 @@ def run(model: str, mode: str, store: str, prompts: dict[str, list[list[int]]], 
     for ln in r.stdout.splitlines():
         if ln.startswith("RESULT "):
             _, shape, data = ln.split(" ", 2)
-            out[shape] = json.loads(data)
+            out[shape] = json.JSONDecoder().raw_decode(data)[0]  # another process may write on the same line
     if len(out) < len(prompts):
         errors = [ln for ln in r.stderr.splitlines() if "Error" in ln] or r.stderr.splitlines()[-1:]
         print(f"{mode} engine failed:\n{r.stderr[-3000:]}", file=sys.stderr)

@@ -14,6 +14,14 @@ from .sizes import parse_size
 
 _MODES = {"off": 0, "auto": 1, "on": 2}
 
+
+def parse_flag(value: Any) -> bool:
+    """A yes/no setting: "0", "false", "no" and "off" (any case) are no; other strings yes."""
+    if isinstance(value, str):
+        return value.strip().lower() not in ("0", "false", "no", "off")
+    return bool(value)
+
+
 # name -> (environment variable, default, parser)
 _SPEC: dict[str, tuple[str, str, Any]] = {
     "io_threads": ("PYKVSTORE_IO_THREADS", "4", int),
@@ -33,9 +41,10 @@ _SPEC: dict[str, tuple[str, str, Any]] = {
     # Loads into host memory copy straight from a mapping of the chunk file
     # (the page cache) into the engine's blocks: "auto" (when direct_read is off) or "off".
     "mmap_read": ("PYKVSTORE_MMAP_READ", "auto", str.lower),
-    "fsync": ("PYKVSTORE_FSYNC", "1", lambda v: v.lower() not in ("0", "false", "no", "off")),
+    "fsync": ("PYKVSTORE_FSYNC", "1", parse_flag),
 }
 _values: dict[str, Any] = {}
+
 
 
 def _check(name: str, value: Any) -> Any:

@@ -240,7 +240,6 @@ class PagedKV:
         self._dma = None
         same_strides = all(w.stride() == v.stride() for w in views)
         planes = _check_plane_strides(plane_strides, v, self.device, same_strides)
-        self.plane_strides = planes
         if same_strides and (self.device.type == "cpu" or block_contiguous(v)):
             layout = _C.PagedLayout([w.data_ptr() for w in views], list(v.stride()),
                                     [v.shape[1], v.shape[2], v.shape[3], v.shape[4]], v.element_size(), planes or [])

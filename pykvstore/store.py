@@ -292,9 +292,7 @@ class KVStore:
              ttl_mode: Optional[str], staged: Optional[dict[int, Any]]) -> int:
         self._check_open()
         toks, ids, n = self._check_call(tokens, cache, block_ids)
-        expiry = self._ttl(ttl, ttl_mode)
-        if tag is not None and not isinstance(tag, str):
-            raise InputError(f"tag must be a string, got {type(tag).__name__}")
+        expiry = self._put_options(tag, ttl, ttl_mode)
         self._calls.errors = []
         with self._stats_lock:
             self._stats.puts += 1
@@ -402,9 +400,7 @@ class KVStore:
         """
         self._check_open()
         toks, ids, n = self._check_call(tokens, cache, block_ids)
-        self._ttl(ttl, ttl_mode)
-        if tag is not None and not isinstance(tag, str):
-            raise InputError(f"tag must be a string, got {type(tag).__name__}")
+        self._put_options(tag, ttl, ttl_mode)
         staged = self._stage(toks, cache, ids, n)
         return Handle(self._worker("put").submit(self._with_errors, self._put, tokens, cache, block_ids, tag, ttl,
                                                  ttl_mode, staged))
@@ -529,6 +525,12 @@ class KVStore:
             if self._remote is not None:
                 self._remote.add_namespace(self.model, ns.hex, json.dumps(ns.params, sort_keys=True))
             self._registered.add(ns.hex)
+
+    def _put_options(self, tag: Any, ttl: Any, ttl_mode: Optional[str]) -> tuple[Optional[float], Optional[str]]:
+        """Checks a put's tag; its expiry as `_ttl` gives it."""
+        if tag is not None and not isinstance(tag, str):
+            raise InputError(f"tag must be a string, got {type(tag).__name__}")
+        return self._ttl(ttl, ttl_mode)
 
     def _ttl(self, ttl: Any, ttl_mode: Optional[str]) -> tuple[Optional[float], Optional[str]]:
         """(seconds or None, mode) for a put, from its arguments or the bucket's defaults."""

@@ -52,6 +52,7 @@ from vllm.distributed.kv_transfer.kv_connector.v1.base import (
     KVConnectorRole,
 )
 
+from ..defaults import parse_flag
 from ..layout import Geometry, PagedKV
 from ..store import Handle, KVStore
 
@@ -81,12 +82,6 @@ class PyKVStoreMetadata(KVConnectorMetadata):
 
 
 _IDLE_WAIT = 0.02  # seconds an empty step may wait for a background load
-
-
-def _flag(value: Any) -> bool:
-    if isinstance(value, str):
-        return value.strip().lower() not in ("0", "false", "no", "off")
-    return bool(value)
 
 
 def _log_store_errors(rid: str, handle: Handle) -> None:
@@ -164,8 +159,8 @@ class PyKVStoreConnector(KVConnectorBase_V1):
         self._bucket = extra.pop("bucket")
         self._tag = extra.pop("tag", None)
         self._ttl = extra.pop("ttl", None)
-        self._async_load = _flag(extra.pop("async_load", True))
-        self._async_store = _flag(extra.pop("async_store", True))
+        self._async_load = parse_flag(extra.pop("async_load", True))
+        self._async_store = parse_flag(extra.pop("async_store", True))
         self._options = {"capacity": extra.pop("capacity", None), "chunk_tokens": int(extra.pop("chunk_tokens", 256))}
         mc, pc = vllm_config.model_config, vllm_config.parallel_config
         self._model = extra.pop("model", None) or mc.served_model_name or mc.model

@@ -166,7 +166,7 @@ def test_a_faulty_write_is_reported_on_the_handle(bucket, one_in_flight):
         assert h.wait(check=True) == 96 and h.errors == []
 
 
-def test_a_faulty_read_is_a_miss_reported_on_the_handle(bucket):
+def test_a_faulty_read_is_a_miss_reported_on_the_handle(bucket, one_in_flight):
     src, dst = make_cache("BHTC", seed=1), make_cache("BHTC", seed=2)
     toks, a, b = tokens(96), block_table(12, 24, 1), block_table(12, 24, 2)
     with kv.KVStore(bucket, model="m", chunk_tokens=32) as s:

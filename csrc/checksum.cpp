@@ -38,29 +38,53 @@ inline std::uint64_t merge(std::uint64_t acc, std::uint64_t v) {
 
 }  // namespace
 
-std::uint64_t xxh64(const void* data, std::size_t len, std::uint64_t seed) noexcept {
+Xxh64::Xxh64(std::uint64_t seed) noexcept
+    : v_{seed + kP1 + kP2, seed + kP2, seed, seed - kP1}, seed_(seed) {}
+
+void Xxh64::update(const void* data, std::size_t len) noexcept {
   const auto* p = static_cast<const unsigned char*>(data);
   const unsigned char* end = p + len;
-  std::uint64_t h;
-  if (len >= 32) {
-    std::uint64_t v1 = seed + kP1 + kP2, v2 = seed + kP2, v3 = seed, v4 = seed - kP1;
+  total_ += len;
+  if (tail_len_ + len < 32) {
+    std::memcpy(tail_ + tail_len_, p, len);
+    tail_len_ += len;
+    return;
+  }
+  if (tail_len_ > 0) {  // complete the stripe left over from the last piece
+    std::size_t fill = 32 - tail_len_;
+    std::memcpy(tail_ + tail_len_, p, fill);
+    p += fill;
+    for (int lane = 0; lane < 4; ++lane) v_[lane] = round(v_[lane], load64(tail_ + 8 * lane));
+    tail_len_ = 0;
+  }
+  if (end - p >= 32) {
+    // four independent lanes in registers: the loop runs at memory speed
+    std::uint64_t v1 = v_[0], v2 = v_[1], v3 = v_[2], v4 = v_[3];
     const unsigned char* limit = end - 32;
-    do {  // four independent lanes: the loop runs at memory speed
+    do {
       v1 = round(v1, load64(p));
       v2 = round(v2, load64(p + 8));
       v3 = round(v3, load64(p + 16));
       v4 = round(v4, load64(p + 24));
       p += 32;
     } while (p <= limit);
-    h = rotl(v1, 1) + rotl(v2, 7) + rotl(v3, 12) + rotl(v4, 18);
-    h = merge(h, v1);
-    h = merge(h, v2);
-    h = merge(h, v3);
-    h = merge(h, v4);
-  } else {
-    h = seed + kP5;
+    v_[0] = v1, v_[1] = v2, v_[2] = v3, v_[3] = v4;
   }
-  h += static_cast<std::uint64_t>(len);
+  tail_len_ = static_cast<std::size_t>(end - p);
+  std::memcpy(tail_, p, tail_len_);
+}
+
+std::uint64_t Xxh64::digest() const noexcept {
+  std::uint64_t h;
+  if (total_ >= 32) {
+    h = rotl(v_[0], 1) + rotl(v_[1], 7) + rotl(v_[2], 12) + rotl(v_[3], 18);
+    for (std::uint64_t v : v_) h = merge(h, v);
+  } else {
+    h = seed_ + kP5;
+  }
+  h += total_;
+  const unsigned char* p = tail_;
+  const unsigned char* end = tail_ + tail_len_;
   for (; p + 8 <= end; p += 8) {
     h ^= round(0, load64(p));
     h = rotl(h, 27) * kP1 + kP4;
@@ -80,6 +104,12 @@ std::uint64_t xxh64(const void* data, std::size_t len, std::uint64_t seed) noexc
   h *= kP3;
   h ^= h >> 32;
   return h;
+}
+
+std::uint64_t xxh64(const void* data, std::size_t len, std::uint64_t seed) noexcept {
+  Xxh64 h(seed);
+  h.update(data, len);
+  return h.digest();
 }
 
 }  // namespace pykvstore

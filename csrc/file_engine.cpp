@@ -78,14 +78,22 @@ ssize_t pread_all(int fd, std::uint8_t* data, std::size_t len) {
   return static_cast<ssize_t>(done);
 }
 
-// XXH64 of a safetensors payload: the bytes after the 8-byte header length and
-// the header. False when the length prefix is impossible for this size.
-bool hash_payload_of(const std::uint8_t* data, std::size_t size, std::uint64_t* out) {
+// Where the payload of a safetensors image starts: after the 8-byte length
+// prefix (little-endian, as safetensors writes it) and the header. False when
+// the prefix is impossible.
+bool payload_offset_of(const std::uint8_t* data, std::size_t size, std::size_t* offset) {
   if (size < 8) return false;
   std::uint64_t header_len;
-  std::memcpy(&header_len, data, 8);  // little-endian, as safetensors writes it
+  std::memcpy(&header_len, data, 8);
   if (header_len > size - 8) return false;
-  std::size_t offset = 8 + static_cast<std::size_t>(header_len);
+  *offset = 8 + static_cast<std::size_t>(header_len);
+  return true;
+}
+
+// XXH64 of a safetensors payload; false when the length prefix is impossible.
+bool hash_payload_of(const std::uint8_t* data, std::size_t size, std::uint64_t* out) {
+  std::size_t offset;
+  if (!payload_offset_of(data, size, &offset)) return false;
   *out = xxh64(data + offset, size - offset);
   return true;
 }
@@ -261,29 +269,64 @@ ReadResult FileEngine::read_now(const std::string& path, DirectMode mode, std::s
   return result;
 }
 
-MapResult FileEngine::map_now(const std::string& path, std::size_t max_size, bool hash_payload) {
+std::shared_ptr<MappedFile> FileEngine::map_file(const std::string& path, std::size_t max_size) {
   if (int injected = read_fault_.next()) {
     counters_.injected_faults.fetch_add(1, std::memory_order_relaxed);
     counters_.errors.fetch_add(1, std::memory_order_relaxed);
     PYKVSTORE_THROW_IO(injected, "mmap (injected fault)", path);
   }
-  MapResult result;
+  std::shared_ptr<MappedFile> file;
   try {
-    result.file = std::make_shared<MappedFile>(path, max_size, false);
+    file = std::make_shared<MappedFile>(path, max_size, false);
   } catch (const IoError&) {
     counters_.errors.fetch_add(1, std::memory_order_relaxed);
     throw;
   }
   counters_.mapped_reads.fetch_add(1, std::memory_order_relaxed);
-  counters_.bytes_read.fetch_add(result.file->size(), std::memory_order_relaxed);
+  counters_.bytes_read.fetch_add(file->size(), std::memory_order_relaxed);
+  return file;
+}
+
+MapResult FileEngine::map_now(const std::string& path, std::size_t max_size, bool hash_payload) {
+  MapResult result;
+  result.file = map_file(path, max_size);
   if (hash_payload)
     result.has_hash = hash_payload_of(result.file->data(), result.file->size(), &result.payload_hash);
+  return result;
+}
+
+MapResult FileEngine::map_scatter_now(const std::string& path, std::size_t max_size, const PagedLayout& layout,
+                                      const std::vector<std::int64_t>& block_ids, std::int64_t skip,
+                                      std::size_t payload_bytes) {
+  MapResult result;
+  result.file = map_file(path, max_size);
+  const std::uint8_t* data = result.file->data();
+  const std::size_t size = result.file->size();
+  std::size_t offset;
+  if (!payload_offset_of(data, size, &offset)) return result;  // no payload: the caller finds it unsound
+  if (size - offset != payload_bytes) {  // another shape: hash only, never copy a wrong-sized payload
+    result.payload_hash = xxh64(data + offset, size - offset);
+  } else {
+    result.payload_hash = scatter_verified(layout, block_ids.data(), block_ids.size(), data + offset, skip);
+    result.scattered = true;
+    counters_.copied_while_verifying.fetch_add(1, std::memory_order_relaxed);
+  }
+  result.has_hash = true;
   return result;
 }
 
 std::shared_future<MapResult> FileEngine::map(std::string path, std::size_t max_size, bool hash_payload) {
   return pool_.submit([this, path = std::move(path), max_size, hash_payload] {
     return map_now(path, max_size, hash_payload);
+  });
+}
+
+std::shared_future<MapResult> FileEngine::map_scatter(std::string path, std::size_t max_size, PagedLayout layout,
+                                                      std::vector<std::int64_t> block_ids, std::int64_t skip,
+                                                      std::size_t payload_bytes) {
+  return pool_.submit([this, path = std::move(path), max_size, layout = std::move(layout),
+                       block_ids = std::move(block_ids), skip, payload_bytes] {
+    return map_scatter_now(path, max_size, layout, block_ids, skip, payload_bytes);
   });
 }
 

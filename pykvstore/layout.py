@@ -248,6 +248,11 @@ class PagedKV:
             elif (engine := transfer.copy_engine(self.device)) is not None:
                 self._dma = (engine, layout)
 
+    @property
+    def host_layout(self) -> Optional["_C.PagedLayout"]:
+        """The native description of host blocks, for copies on the I/O threads (None otherwise)."""
+        return self._native
+
     def __repr__(self) -> str:
         g = self.geometry
         return (f"PagedKV(dims={self.dims!r}, layers={g.layers}, blocks={self.num_blocks}, "

@@ -319,7 +319,9 @@ class KVStore:
         Tokens before `start` are already in the engine's cache and are not
         written, even inside a partly covered chunk. Returns `loaded`: the
         blocks hold tokens [0, loaded) after the call (`start` when the bucket
-        has nothing past it). A damaged chunk ends the load there.
+        has nothing past it). A damaged chunk ends the load there; blocks past
+        `loaded` may have been written (a copy runs while its chunk is
+        verified) and are the caller's to compute, as for any miss.
         """
         self._check_open()
         toks, ids, n = self._check_call(tokens, cache, block_ids)
@@ -768,17 +770,26 @@ class KVStore:
         copies: list = []  # device copies in flight and the host chunks they read
         nxt = first
         end = 0
-        # A load into host memory copies from the file's mapping, with no read buffer.
+        # A load into host memory copies from the file's mapping, with no read
+        # buffer; into host blocks the native copier knows, the I/O thread does
+        # that copy itself while it verifies the chunk.
         mapped = self._mmap and cache.device.type == "cpu"
+        layout = cache.host_layout if mapped else None
+
+        def read(i: int, row: ChunkRow):
+            if layout is not None:
+                return self._disk.map_scatter(row.path, max_size, layout, ids[i * bpc : (i + 1) * bpc],
+                                              max(0, start - i * ct), nbytes)
+            if mapped:
+                return self._disk.map(row.path, max_size)
+            return self._disk.read(row.path, max_size, True)
 
         def submit_more() -> None:
             nonlocal nxt
             while nxt < len(rows) and len(pending) < defaults.get("inflight"):
                 row = rows[nxt]
                 src = self._host.get(row.key)
-                if src is None:
-                    src = self._disk.map(row.path, max_size) if mapped else self._disk.read(row.path, max_size, True)
-                pending.append((nxt, row, src))
+                pending.append((nxt, row, read(nxt, row) if src is None else src))
                 nxt += 1
 
         submit_more()
@@ -787,15 +798,17 @@ class KVStore:
         while pending:
             i, row, src = pending.popleft()
             if isinstance(src, torch.Tensor):
-                payload, from_disk, nread = src, False, 0
+                payload, from_disk, nread, copied = src, False, 0, False
             else:
-                payload, nread = self._verified(src, row, ns, g, shape)
+                payload, nread, copied = self._verified(src, row, ns, g, shape)
                 from_disk = True
-                if payload is None:
+                if payload is None:  # blocks an I/O thread wrote past here count as not loaded
                     break
-            # While reads are in flight the I/O threads hold the cores: copy on this one.
-            busy = any(not isinstance(p[2], torch.Tensor) for p in pending)
-            cache.scatter(ids[i * bpc : (i + 1) * bpc], payload, max(0, start - i * ct), 1 if busy else 0, copies)
+            if not copied:
+                # While reads are in flight the I/O threads hold the cores: copy on this one.
+                busy = any(not isinstance(p[2], torch.Tensor) for p in pending)
+                cache.scatter(ids[i * bpc : (i + 1) * bpc], payload, max(0, start - i * ct), 1 if busy else 0,
+                              copies)
             end = (i + 1) * ct
             loaded_keys.append(row.key)
             bytes_read += nread
@@ -839,8 +852,11 @@ class KVStore:
         payload = torch.frombuffer(buf, dtype=torch.uint8, offset=hdr.payload_offset, count=hdr.nbytes)
         return payload.view(g.view_dtype).view(shape)
 
-    def _verified(self, fut, row: ChunkRow, ns: _Namespace, g: Geometry, shape) -> tuple[Optional[torch.Tensor], int]:
-        """The payload of a chunk read from disk, or None (and the chunk dropped) if it is not sound."""
+    def _verified(self, fut, row: ChunkRow, ns: _Namespace, g: Geometry,
+                  shape) -> tuple[Optional[torch.Tensor], int, bool]:
+        """A chunk read from disk: (payload, bytes read, whether the I/O thread
+        already copied it into the blocks), or (None, 0, False) and the chunk
+        dropped if it is not sound."""
         try:
             result = fut.result()  # read (or mapped) and hashed on an I/O thread
             data = result.file if isinstance(result, _C.MapResult) else result.buffer
@@ -850,10 +866,10 @@ class KVStore:
         except (ChunkError, OSError) as e:
             self._fault(e if isinstance(e, OSError) else ChunkError(f"{row.path}: {e}"))
             self._drop_damaged(row, e)
-            return None, 0
+            return None, 0, False
         payload = self._payload(data, hdr, g, shape)
         self._host.put(row.key, payload, data)
-        return payload, len(data)
+        return payload, len(data), isinstance(result, _C.MapResult) and result.scattered
 
     def _get_remote(self, toks, cache: PagedKV, ids: torch.Tensor, n: int, start: int, end: int) -> int:
         """Continues a load from the Redis tier past what the local tiers held (one round trip).

@@ -89,10 +89,10 @@ def test_loads_into_host_memory_come_from_the_mapping(bucket, read_path):
         io = s.stats().io
         assert s.get(toks, kv.PagedKV(dst, "BHTC"), b) == 96  # the second time from the host tier
         assert s.stats().host_hits == 3
-    if read_path == "auto":
-        assert io["mapped_reads"] == 3 and io["buffered_reads"] == 0
+    if read_path == "auto":  # mapped, and copied by the I/O threads as they verify
+        assert io["mapped_reads"] == 3 and io["buffered_reads"] == 0 and io["copied_while_verifying"] == 3
     else:
-        assert io["mapped_reads"] == 0 and io["buffered_reads"] == 3
+        assert io["mapped_reads"] == 0 and io["buffered_reads"] == 3 and io["copied_while_verifying"] == 0
     assert torch.equal(reference(dst, "BHTC", b, 8, 5, 96), reference(src, "BHTC", a, 8, 5, 96))
 
 
@@ -106,6 +106,71 @@ def test_a_mapping_outlives_the_file_being_evicted(tmp_path):
         (tmp_path / "g").write_bytes(b"y" * 100)
         _C.MappedFile(str(tmp_path / "g"), 10)
     assert e.value.errno == errno.EFBIG and e.value.filename == str(tmp_path / "g")
+
+
+def write_chunk_file(path, payload: bytes, header_len: int = 4088) -> None:
+    import struct
+
+    path.write_bytes(struct.pack("<Q", header_len) + b" " * header_len + payload)
+
+
+@pytest.mark.parametrize("dims", ["2BTHD", "BHTC", "BTD"])
+@pytest.mark.parametrize("skip", [0, 21])
+def test_a_verifying_copy_writes_the_blocks_and_the_files_hash(tmp_path, dims, skip):
+    """map_scatter: one pass over the mapping both copies into the blocks and hashes."""
+    src = make_cache(dims, seed=5, blocks=24, bs=16, heads=8, hd=128)  # 32 KiB runs in 2BTHD: streamed stores
+    pkv = kv.PagedKV(src, dims)
+    ids = torch.as_tensor(block_table(4, 24, 6), dtype=torch.int64)
+    chunk = torch.empty(pkv.geometry.chunk_shape(64), dtype=pkv.geometry.view_dtype)
+    pkv.gather(ids, chunk)
+    payload = chunk.numpy().tobytes()
+    write_chunk_file(tmp_path / "c", payload)
+    dst = make_cache(dims, seed=6, blocks=24, bs=16, heads=8, hd=128)
+    dkv = kv.PagedKV(dst, dims)
+    dids = torch.as_tensor(block_table(4, 24, 7), dtype=torch.int64)
+    before = reference(dst, dims, dids, 16, 0, 64)
+    eng = _C.FileEngine(2)
+    r = eng.map_scatter(str(tmp_path / "c"), 1 << 30, dkv.host_layout, dids.data_ptr(), 4, skip, len(payload)).result()
+    assert r.scattered and r.payload_hash == _C.xxh64(payload)
+    assert torch.equal(reference(dst, dims, dids, 16, skip, 64), reference(src, dims, ids, 16, skip, 64))
+    if skip:  # tokens before skip are the engine's own and stay as they were
+        assert not torch.equal(reference(dst, dims, dids, 16, 0, skip), reference(src, dims, ids, 16, 0, skip))
+    assert eng.counters()["copied_while_verifying"] == 1
+    # a payload of another size is hashed but never copied
+    fresh = make_cache(dims, seed=6, blocks=24, bs=16, heads=8, hd=128)
+    fkv = kv.PagedKV(fresh, dims)
+    write_chunk_file(tmp_path / "short", payload[:-2])
+    r = eng.map_scatter(str(tmp_path / "short"), 1 << 30, fkv.host_layout, dids.data_ptr(), 4, 0, len(payload)).result()
+    assert not r.scattered and r.payload_hash == _C.xxh64(payload[:-2])
+    assert torch.equal(reference(fresh, dims, dids, 16, 0, 64), before)
+    (tmp_path / "nohdr").write_bytes(b"\xff" * 7)
+    r = eng.map_scatter(str(tmp_path / "nohdr"), 1 << 30, fkv.host_layout, dids.data_ptr(), 4, 0, len(payload)).result()
+    assert not r.scattered and r.payload_hash is None
+
+
+@pytest.mark.parametrize("offset_elems", [0, 1, 8])
+@pytest.mark.parametrize("heads,hd", [(8, 128), (3, 85)])
+def test_streamed_stores_land_where_plain_copies_do(offset_elems, heads, hd):
+    """Scatter writes large aligned runs with non-temporal stores and the rest with memcpy;
+    a misaligned base (1 element = 2 bytes) or a run that is not whole cache lines
+    (3 x 85 channels: 8,160 bytes) takes memcpy."""
+    shape = (2, 24, 16, heads, hd)  # 2BTHD: a run is one (plane, block)
+    src = make_cache("2BTHD", seed=8, blocks=24, bs=16, heads=heads, hd=hd, layers=2)
+    dst = []
+    for _ in range(2):
+        flat = torch.zeros(int(np.prod(shape)) + offset_elems, dtype=torch.bfloat16)
+        dst.append(flat[offset_elems:].view(shape))
+    ids = torch.as_tensor(block_table(6, 24, 9), dtype=torch.int64)
+    dids = torch.as_tensor(block_table(6, 24, 10), dtype=torch.int64)
+    pkv, dkv = kv.PagedKV(src, "2BTHD"), kv.PagedKV(dst, "2BTHD")
+    chunk = torch.empty(pkv.geometry.chunk_shape(96), dtype=pkv.geometry.view_dtype)
+    pkv.gather(ids, chunk)
+    dkv.scatter(dids, chunk, 3)
+    for a, b in zip(dst, src):
+        want = torch.zeros_like(a)
+        want[:, dids] = b[:, ids]
+        want[:, dids[0], :3] = 0  # tokens before skip are not written
+        assert torch.equal(a.view(torch.int16), want.view(torch.int16))  # bit patterns: random bits hold NaNs
 
 
 @pytest.mark.parametrize("dims", ["2BTHD", "B2THD", "BHTC", "BTHC", "BTD", "LB2THD"])

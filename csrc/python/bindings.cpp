@@ -123,6 +123,14 @@ PYBIND11_MODULE(_C, m) {
       },
       py::arg("buffer"), py::arg("offset") = 0, py::arg("length") = -1,
       "XXH64 (seed 0) of buffer[offset:offset+length].");
+  py::class_<Xxh64>(m, "Xxh64", "XXH64 (seed 0) fed in pieces.")
+      .def(py::init<>())
+      .def("update",
+           [](Xxh64& h, const py::buffer& b) {
+             auto [p, n] = span(b, 0, -1);
+             h.update(p, n);
+           })
+      .def("digest", &Xxh64::digest);
 
   py::class_<MappedFile, std::shared_ptr<MappedFile>>(m, "MappedFile", py::buffer_protocol())
       .def(py::init<std::string, std::size_t, bool>(), py::arg("path"), py::arg("max_size"),
@@ -138,7 +146,8 @@ PYBIND11_MODULE(_C, m) {
       .def_property_readonly("payload_hash", [](const MapResult& r) -> py::object {
         if (!r.has_hash) return py::none();
         return py::int_(r.payload_hash);
-      });
+      })
+      .def_readonly("scattered", &MapResult::scattered);
 
   py::class_<ReadResult>(m, "ReadResult")
       .def_readonly("buffer", &ReadResult::buffer)
@@ -273,6 +282,18 @@ PYBIND11_MODULE(_C, m) {
           },
           py::arg("path"), py::arg("max_size"), py::arg("hash_payload") = false,
           "Maps a whole file on an I/O thread (pages brought in, payload hashed there).")
+      .def(
+          "map_scatter",
+          [](FileEngine& e, std::string path, std::size_t max_size, const PagedLayout& layout, std::uintptr_t ids,
+             std::size_t n, std::int64_t skip, std::size_t payload_bytes) {
+            const auto* p = reinterpret_cast<const std::int64_t*>(ids);
+            return MapFuture{e.map_scatter(std::move(path), max_size, layout, std::vector<std::int64_t>(p, p + n),
+                                           skip, payload_bytes)};
+          },
+          py::arg("path"), py::arg("max_size"), py::arg("layout"), py::arg("block_ids_ptr"), py::arg("num_blocks"),
+          py::arg("skip"), py::arg("payload_bytes"),
+          "Maps a chunk file on an I/O thread and scatters its payload into the blocks while hashing it\n"
+          "(when it is payload_bytes long). The blocks are written before the hash is checked.")
       .def("set_pool", &FileEngine::set_pool, py::arg("pool"), "Read buffers come from this HostPool (None: heap).")
       .def(
           "inject_faults",
@@ -294,6 +315,7 @@ PYBIND11_MODULE(_C, m) {
         d["bytes_read"] = c.bytes_read.load();
         d["errors"] = c.errors.load();
         d["mapped_reads"] = c.mapped_reads.load();
+        d["copied_while_verifying"] = c.copied_while_verifying.load();
         d["injected_faults"] = c.injected_faults.load();
         return d;
       });

@@ -16,8 +16,12 @@ import socket
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .. import _C
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger("pykvstore")
 HOST = socket.gethostname()
@@ -63,6 +67,15 @@ class DiskTier:
     def map(self, rel: str, max_size: int) -> "_C.MapFuture":
         """Starts mapping a whole file; the I/O thread brings its pages in and checksums its payload."""
         return self.engine.map(self.abspath(rel), max_size, True)
+
+    def map_scatter(self, rel: str, max_size: int, layout: _C.PagedLayout, ids: torch.Tensor, skip: int,
+                    payload_bytes: int) -> _C.MapFuture:
+        """Maps a chunk and copies it into host blocks on an I/O thread, hashing as it goes.
+
+        The blocks are written before the checksum is known.
+        """
+        return self.engine.map_scatter(self.abspath(rel), max_size, layout, ids.data_ptr(), len(ids), skip,
+                                       payload_bytes)
 
     def remove(self, rel: str) -> None:
         """Deletes a chunk file; a file already gone is fine, and a failure is logged, not raised."""

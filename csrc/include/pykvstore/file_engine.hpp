@@ -11,8 +11,10 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <vector>
 
 #include "pykvstore/aligned_buffer.hpp"
+#include "pykvstore/block_copy.hpp"
 #include "pykvstore/host_pool.hpp"
 #include "pykvstore/mapped_file.hpp"
 #include "pykvstore/thread_pool.hpp"
@@ -32,6 +34,7 @@ struct IoCounters {
   std::atomic<std::uint64_t> bytes_written{0};
   std::atomic<std::uint64_t> bytes_read{0};
   std::atomic<std::uint64_t> mapped_reads{0};
+  std::atomic<std::uint64_t> copied_while_verifying{0};  // map_scatter loads that copied on the I/O thread
   std::atomic<std::uint64_t> injected_faults{0};
   std::atomic<std::uint64_t> errors{0};
 };
@@ -53,6 +56,7 @@ struct MapResult {
   std::shared_ptr<MappedFile> file;
   std::uint64_t payload_hash = 0;
   bool has_hash = false;
+  bool scattered = false;  // map_scatter copied the payload into the engine's blocks
 };
 
 class FileEngine {
@@ -69,6 +73,14 @@ class FileEngine {
                                       bool hash_payload);
 
   std::shared_future<MapResult> map(std::string path, std::size_t max_size, bool hash_payload);
+  // Maps a chunk file and, when its payload is exactly payload_bytes long,
+  // scatters it into the engine's blocks on the I/O thread while hashing it
+  // (scatter_verified): the load's copy and its verification read the bytes
+  // once, on the I/O threads' cores. Otherwise it only hashes (scattered is
+  // false). The layout's memory must outlive the future.
+  std::shared_future<MapResult> map_scatter(std::string path, std::size_t max_size, PagedLayout layout,
+                                            std::vector<std::int64_t> block_ids, std::int64_t skip,
+                                            std::size_t payload_bytes);
 
   // Read buffers come from this pool when it has room (the heap otherwise).
   void set_pool(std::shared_ptr<HostPool> pool);
@@ -83,6 +95,9 @@ class FileEngine {
   ReadResult read_now(const std::string& path, DirectMode mode, std::size_t max_size,
                       bool hash_payload);
   MapResult map_now(const std::string& path, std::size_t max_size, bool hash_payload);
+  MapResult map_scatter_now(const std::string& path, std::size_t max_size, const PagedLayout& layout,
+                            const std::vector<std::int64_t>& block_ids, std::int64_t skip,
+                            std::size_t payload_bytes);
 
   const IoCounters& counters() const noexcept { return counters_; }
   std::size_t num_threads() const noexcept { return pool_.size(); }
@@ -95,6 +110,9 @@ class FileEngine {
     // errno to fail this operation with, or 0
     int next();
   };
+  // Maps a whole file on the calling thread, counted (and failed when a fault is injected).
+  std::shared_ptr<MappedFile> map_file(const std::string& path, std::size_t max_size);
+
   IoCounters counters_;
   Fault write_fault_, read_fault_;
   std::mutex pool_mutex_;

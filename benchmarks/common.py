@@ -22,6 +22,18 @@ def best(fn: Callable[[], object], repeat: int) -> float:
     return min(times)
 
 
+def best_interleaved(fns: list[Callable[[], object]], repeat: int) -> list[float]:
+    """Fastest run of each function, the functions taking turns: a figure and its
+    baseline then see the same phases of a noisy machine."""
+    times = [[] for _ in fns]
+    for _ in range(repeat):
+        for fn, ts in zip(fns, times):
+            t0 = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t0)
+    return [min(ts) for ts in times]
+
+
 def llama_cache(dims: str, blocks: int, device: str = "cpu") -> list[torch.Tensor]:
     """Llama-3-8B-shaped paged KV, one tensor per layer, random bf16."""
     shape = {"2BTHD": (2, blocks, BLOCK, HEADS, HEAD_DIM), "BHTC": (blocks, HEADS, BLOCK, 2 * HEAD_DIM),

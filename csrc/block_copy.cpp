@@ -215,7 +215,7 @@ std::uint64_t scatter_verified(const PagedLayout& layout, const std::int64_t* bl
   auto* src = const_cast<unsigned char*>(static_cast<const unsigned char*>(chunk));
   const std::size_t units = layout.layer_bases.size() * layout.planes.size();
   const std::size_t unit_bytes = num_blocks * layout.block_size * layout.heads * layout.head_dim * layout.itemsize;
-  Xxh64 hash;
+  Xxh3 hash;
   for (std::size_t u = 0; u < units; ++u) {
     hash.update(src + u * unit_bytes, unit_bytes);  // brings the unit into cache: the copy reads it from there
     copy_units(layout, u, u + 1, block_ids, num_blocks, src, skip, false);

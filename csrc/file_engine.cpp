@@ -90,11 +90,11 @@ bool payload_offset_of(const std::uint8_t* data, std::size_t size, std::size_t* 
   return true;
 }
 
-// XXH64 of a safetensors payload; false when the length prefix is impossible.
+// The checksum (XXH3-64) of a safetensors payload; false when the length prefix is impossible.
 bool hash_payload_of(const std::uint8_t* data, std::size_t size, std::uint64_t* out) {
   std::size_t offset;
   if (!payload_offset_of(data, size, &offset)) return false;
-  *out = xxh64(data + offset, size - offset);
+  *out = xxh3_64(data + offset, size - offset);
   return true;
 }
 
@@ -305,7 +305,7 @@ MapResult FileEngine::map_scatter_now(const std::string& path, std::size_t max_s
   std::size_t offset;
   if (!payload_offset_of(data, size, &offset)) return result;  // no payload: the caller finds it unsound
   if (size - offset != payload_bytes) {  // another shape: hash only, never copy a wrong-sized payload
-    result.payload_hash = xxh64(data + offset, size - offset);
+    result.payload_hash = xxh3_64(data + offset, size - offset);
   } else {
     result.payload_hash = scatter_verified(layout, block_ids.data(), block_ids.size(), data + offset, skip);
     result.scattered = true;

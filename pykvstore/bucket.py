@@ -22,7 +22,7 @@ from typing import Any, Optional, Union
 
 from . import _C, defaults
 from .catalog import ALIVE, READY, WRITING, Catalog, ChunkRow
-from .chunk_file import decode_header, format_checksum
+from .chunk_file import decode_header, payload_checksum_ok
 from .errors import ChunkError, InputError
 from .keys import FORMAT_VERSION
 from .policy import EvictionPolicy, make_policy
@@ -585,7 +585,7 @@ class Bucket:
                 hdr = decode_header(res.buffer, len(res.buffer))
                 if hdr.metadata.get("key") != row.key or hdr.metadata.get("namespace") != row.namespace:
                     raise ChunkError("holds another chunk")
-                if res.payload_hash is None or format_checksum(res.payload_hash) != hdr.metadata.get("checksum"):
+                if res.payload_hash is None or not payload_checksum_ok(hdr, res.buffer, res.payload_hash):
                     raise ChunkError("checksum mismatch")
                 report["ok"] += 1
             except (ChunkError, OSError) as e:

@@ -7,7 +7,11 @@ allows trailing spaces in the header), which lets O_DIRECT and mmap read the
 payload in place. The tensor has the canonical chunk shape
 (layers, planes, tokens, heads, head_dim); `__metadata__` carries the format
 version, model, namespace, chunk key and parent key, token count, chunk index,
-payload checksum (XXH64), creation time, tag and the namespace parameters.
+payload checksum, creation time, tag and the namespace parameters.
+
+The checksum is XXH3-64 of the payload, named by `checksum_algo`; a header
+without that field is from before it and holds XXH64. The I/O threads compute
+XXH3-64 as they read; an XXH64 chunk is verified again here, more slowly.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from __future__ import annotations
 import json
 import struct
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Optional
 
 from . import _C
 from .errors import ChunkError
@@ -28,13 +32,32 @@ _CHECKSUM_PLACEHOLDER = "0" * 16
 _ST_ITEMSIZE = {"BF16": 2, "F16": 2, "F32": 4, "F64": 8, "F8_E4M3": 1, "F8_E5M2": 1, "U8": 1, "I8": 1}
 
 
+CHECKSUM_ALGO = "xxh3-64"  # what the native engine computes while it reads
+_LEGACY_ALGO = "xxh64"
+
+
 def checksum(payload: Any) -> str:
-    """XXH64 of the payload as 16 hex digits (fixed width: the header length never changes)."""
-    return format_checksum(_C.xxh64(payload))
+    """XXH3-64 of the payload as 16 hex digits (fixed width: the header length never changes)."""
+    return format_checksum(_C.xxh3_64(payload))
 
 
 def format_checksum(value: int) -> str:
     return f"{value:016x}"
+
+
+def payload_checksum_ok(hdr: "ChunkHeader", image: Any, engine_hash: Optional[int]) -> bool:
+    """Whether the payload of the chunk image `image` matches its header's checksum.
+
+    engine_hash is the XXH3-64 an I/O thread computed (None: compute it here).
+    """
+    algo = hdr.metadata.get("checksum_algo", _LEGACY_ALGO)
+    if algo == CHECKSUM_ALGO:
+        value = _C.xxh3_64(image, hdr.payload_offset) if engine_hash is None else engine_hash
+    elif algo == _LEGACY_ALGO:
+        value = _C.xxh64(image, hdr.payload_offset)
+    else:
+        return False  # written by a newer pykvstore: not ours to trust
+    return format_checksum(value) == hdr.metadata.get("checksum")
 
 
 def encode_header(metadata: dict[str, str], st_dtype: str, shape: tuple[int, ...], nbytes: int) -> bytes:

@@ -25,7 +25,8 @@ import torch
 from . import _C, defaults
 from .bucket import _UNSET, TTL_MODES, Bucket, BucketStats, Removed, row_from_metadata
 from .catalog import WRITING, Catalog, ChunkRow
-from .chunk_file import PAYLOAD_ALIGN, ChunkHeader, checksum, decode_header, encode_header, format_checksum, header_length
+from .chunk_file import (CHECKSUM_ALGO, PAYLOAD_ALIGN, ChunkHeader, checksum, decode_header, encode_header,
+                         header_length, payload_checksum_ok)
 from .errors import ChunkError, InputError
 from .keys import FORMAT_VERSION, HASH_ALGORITHMS, as_tokens, chunk_keys, namespace_digest, salt_digest
 from .layout import Geometry, PagedKV
@@ -660,6 +661,7 @@ class KVStore:
                     "parent": parents[i], "tokens": str(ct), "index": str(i), "created": f"{now:.6f}",
                     "tag": tag or "", "params": json.dumps(ns.params, sort_keys=True, separators=(",", ":")),
                     "ttl": "" if ttl is None else repr(ttl), "ttl_mode": mode or "",
+                    "checksum_algo": CHECKSUM_ALGO,
                 }
                 off = header_length(meta, g.safetensors_dtype, shape, nbytes)
                 if staged is not None and i not in staged:
@@ -841,9 +843,7 @@ class KVStore:
             raise ChunkError("it holds another chunk (key or namespace differ)")
         if hdr.shape != shape or hdr.dtype != g.safetensors_dtype:
             raise ChunkError(f"shape {hdr.shape} {hdr.dtype} does not match the cache's {shape} {g.safetensors_dtype}")
-        if payload_hash is None:
-            payload_hash = _C.xxh64(buf, hdr.payload_offset)
-        if format_checksum(payload_hash) != m.get("checksum"):
+        if not payload_checksum_ok(hdr, buf, payload_hash):
             raise ChunkError("payload checksum mismatch")
         return hdr
 

@@ -66,6 +66,49 @@ def test_a_damaged_chunk_is_a_miss(bucket, how, caplog, read_path):
     assert len(warnings) == 1
 
 
+def rewrite_checksum(path: Path, algo, value) -> None:
+    """Rewrites a chunk's header as another pykvstore would have written it (same length)."""
+    from pykvstore.chunk_file import decode_header, encode_header
+
+    data = path.read_bytes()
+    hdr = decode_header(data, len(data))
+    meta = {k: v for k, v in hdr.metadata.items() if k != "checksum_algo"}
+    if algo is not None:
+        meta["checksum_algo"] = algo
+    meta["checksum"] = value(data[hdr.payload_offset:])
+    head = encode_header(meta, hdr.dtype, hdr.shape, hdr.nbytes)
+    assert len(head) == hdr.payload_offset
+    path.write_bytes(head + data[hdr.payload_offset:])
+
+
+@pytest.mark.parametrize("case", ["xxh64_sound", "xxh64_flipped", "unknown_algo"])
+def test_chunks_checksummed_with_xxh64_still_load(bucket, case, read_path):
+    """Chunks from before XXH3-64 name no algorithm and hold XXH64: they load (verified
+    again off the I/O thread), are misses when damaged, and an algorithm this version
+    does not know is a miss rather than a trusted load."""
+    from pykvstore import _C
+
+    toks, paths = put_three(bucket)
+    if case == "unknown_algo":
+        rewrite_checksum(paths[1], "sha3-512", lambda p: "0" * 16)
+    else:
+        rewrite_checksum(paths[1], None, lambda p: f"{_C.xxh64(p):016x}")
+    if case == "xxh64_flipped":
+        data = bytearray(paths[1].read_bytes())
+        data[-100] ^= 0x01
+        paths[1].write_bytes(bytes(data))
+    with kv.KVStore(bucket, model="m", chunk_tokens=32) as s:
+        dst = make_cache("BHTC", seed=9)
+        ids = block_table(12, 24, 4)
+        want = 96 if case == "xxh64_sound" else 32
+        assert s.get(toks, kv.PagedKV(dst, "BHTC"), ids) == want
+        _, src, src_ids = sequence(1)
+        assert torch.equal(reference(dst, "BHTC", ids, 8, 0, want), reference(src, "BHTC", src_ids, 8, 0, want))
+        assert s.stats().corrupt_chunks == (0 if case == "xxh64_sound" else 1)
+    report = kv.Bucket(bucket).fsck()
+    assert report["damaged"] == [] and report["ok"] == (3 if case == "xxh64_sound" else 1)
+
+
 def test_a_vanished_file_is_a_quiet_miss(bucket, caplog):
     toks, paths = put_three(bucket)
     paths[2].unlink()

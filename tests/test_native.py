@@ -112,17 +112,29 @@ def test_xxh64_matches_the_reference_implementation(n):
         _C.xxh64(data, n + 1)
 
 
-def test_xxh64_fed_in_pieces_equals_one_shot():
+def test_xxh3_matches_the_reference_implementation():
+    """Every length class (0, 1-3, 4-8, 9-16, 17-128, 129-240, then stripes and
+    1,024-byte blocks with a partial last stripe or none) against the xxhash package."""
+    xxhash = pytest.importorskip("xxhash")
+    sizes = list(range(0, 1100)) + [2047, 2048, 2049, 4096 + 63, 65536, (1 << 20) + 5]
+    blob = os.urandom(max(sizes) + 3)
+    for n in sizes:
+        data = blob[3 : 3 + n]  # unaligned start
+        assert _C.xxh3_64(data) == xxhash.xxh3_64_intdigest(data), n
+    assert _C.xxh3_64(blob, 3, 100) == xxhash.xxh3_64_intdigest(blob[3:103])
+
+
+def test_xxh3_fed_in_pieces_equals_one_shot():
     """A load hashes a chunk (layer, plane) by (layer, plane): any split must give the file's checksum."""
     rng = np.random.default_rng(7)
-    for n in [0, 5, 31, 32, 33, 64, 95, 1000, 70001]:
+    for n in [0, 5, 63, 64, 65, 128, 240, 241, 1000, 1024, 1025, 4096, 70001]:
         data = os.urandom(n)
         for _ in range(25):
             cuts = sorted(int(c) for c in rng.integers(0, n + 1, rng.integers(0, 8)))
-            h = _C.Xxh64()
+            h = _C.Xxh3()
             for lo, hi in zip([0] + cuts, cuts + [n]):
                 h.update(data[lo:hi])
-            assert h.digest() == _C.xxh64(data), (n, cuts)
+            assert h.digest() == _C.xxh3_64(data), (n, cuts)
 
 
 def test_reads_hash_the_safetensors_payload(tmp_path):
@@ -133,7 +145,7 @@ def test_reads_hash_the_safetensors_payload(tmp_path):
     (tmp_path / "bad").write_bytes(struct.pack("<Q", 1 << 40) + payload)
     eng = _C.FileEngine(2)
     r = eng.read(str(tmp_path / "f"), 0, 1 << 20, True).result()
-    assert r.payload_hash == _C.xxh64(payload)
+    assert r.payload_hash == _C.xxh3_64(payload)
     assert eng.read(str(tmp_path / "bad"), 0, 1 << 20, True).result().payload_hash is None
     assert eng.read(str(tmp_path / "f"), 0, 1 << 20).result().payload_hash is None
 

@@ -123,14 +123,23 @@ PYBIND11_MODULE(_C, m) {
       },
       py::arg("buffer"), py::arg("offset") = 0, py::arg("length") = -1,
       "XXH64 (seed 0) of buffer[offset:offset+length].");
-  py::class_<Xxh64>(m, "Xxh64", "XXH64 (seed 0) fed in pieces.")
+  m.def(
+      "xxh3_64",
+      [](const py::buffer& b, std::size_t offset, std::ptrdiff_t length) {
+        auto [p, n] = span(b, offset, length);
+        py::gil_scoped_release release;
+        return xxh3_64(p, n);
+      },
+      py::arg("buffer"), py::arg("offset") = 0, py::arg("length") = -1,
+      "XXH3-64 (seed 0, default secret) of buffer[offset:offset+length]: the chunk payload checksum.");
+  py::class_<Xxh3>(m, "Xxh3", "XXH3-64 fed in pieces.")
       .def(py::init<>())
       .def("update",
-           [](Xxh64& h, const py::buffer& b) {
+           [](Xxh3& h, const py::buffer& b) {
              auto [p, n] = span(b, 0, -1);
              h.update(p, n);
            })
-      .def("digest", &Xxh64::digest);
+      .def("digest", &Xxh3::digest);
 
   py::class_<MappedFile, std::shared_ptr<MappedFile>>(m, "MappedFile", py::buffer_protocol())
       .def(py::init<std::string, std::size_t, bool>(), py::arg("path"), py::arg("max_size"),

@@ -35,7 +35,7 @@ void gather_blocks(const PagedLayout& layout, const std::int64_t* block_ids, std
 void scatter_blocks(const PagedLayout& layout, const std::int64_t* block_ids, std::size_t num_blocks,
                     const void* chunk, std::int64_t skip, unsigned max_threads = 0);
 
-// Scatter fused with verification, on one thread: the XXH64 of the whole chunk
+// Scatter fused with verification, on one thread: the XXH3-64 of the whole chunk
 // (every token, skipped or not) is computed unit by unit, each (layer, plane)
 // hashed just before it is copied while it is still in cache, so the chunk is
 // read from memory once. The blocks are written before the hash is known: a

@@ -1,5 +1,8 @@
-// XXH64 (the published xxHash 64-bit algorithm, seed 0): the payload checksum
-// of chunk files, computed where the bytes are (an I/O thread after a read).
+// The payload checksums of chunk files, computed where the bytes are (an I/O
+// thread after a read, or while it copies a mapped chunk into the blocks).
+// XXH3-64 is the format's checksum; XXH64 is kept to verify chunks written
+// before it (their headers name no algorithm). Both are the published
+// xxHash algorithms with seed 0 (XXH3 with its default secret).
 #pragma once
 
 #include <cstddef>
@@ -9,20 +12,27 @@ namespace pykvstore {
 
 std::uint64_t xxh64(const void* data, std::size_t len, std::uint64_t seed = 0) noexcept;
 
-// The same hash fed in pieces, so a load can verify each piece of a chunk
-// while it is still in cache from being copied. Any split gives the one-shot value.
-class Xxh64 {
+std::uint64_t xxh3_64(const void* data, std::size_t len) noexcept;
+
+// XXH3-64 fed in pieces, so a load can verify a chunk section by section
+// while each section is still in cache from being copied. Any split gives
+// the one-shot value.
+class Xxh3 {
  public:
-  explicit Xxh64(std::uint64_t seed = 0) noexcept;
+  Xxh3() noexcept;
   void update(const void* data, std::size_t len) noexcept;
   std::uint64_t digest() const noexcept;
 
  private:
-  std::uint64_t v_[4];
-  std::uint64_t seed_;
-  std::uint64_t total_ = 0;
-  unsigned char tail_[32];
-  std::size_t tail_len_ = 0;  // bytes in tail_ not yet folded into v_
+  void consume(const unsigned char* p, std::size_t stripes) noexcept;
+
+  alignas(16) std::uint64_t acc_[8];
+  std::size_t stripe_ = 0;   // stripes of the current block consumed
+  std::uint64_t total_ = 0;  // bytes fed
+  std::size_t pending_ = 0;  // bytes in buf_: the input's end, not consumed yet
+  unsigned char buf_[64];
+  unsigned char last_[64];   // the last stripe consumed
+  unsigned char head_[240];  // the first bytes: inputs of 240 bytes or less hash differently
 };
 
 }  // namespace pykvstore

@@ -42,7 +42,7 @@ struct IoCounters {
 using BufferPtr = std::shared_ptr<AlignedBuffer>;
 
 // A whole file in aligned memory. When asked, the reading thread also hashes
-// (XXH64) the payload of a safetensors file: the bytes after its 8-byte
+// (XXH3-64) the payload of a safetensors file: the bytes after its 8-byte
 // length prefix and header. has_hash is false when the prefix is impossible.
 struct ReadResult {
   BufferPtr buffer;

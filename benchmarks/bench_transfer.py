@@ -11,7 +11,7 @@ GPU, where a CUDA device exists:
   cudaMemcpyAsync per block; and the time to load 32K tokens of Llama-3-8B KV
   (4 GiB) into paged blocks from the host tier and from a warm page cache.
 
-    python benchmarks/bench_transfer.py [--chunks 16] [--dir /tmp] [--gpu-only]
+    python benchmarks/bench_transfer.py [--chunks 16] [--dir /tmp] [--gpu-only | --cpu-only]
 """
 
 from __future__ import annotations
@@ -201,7 +201,9 @@ def main() -> None:
     ap.add_argument("--chunks", type=int, default=16)
     ap.add_argument("--dir", default=tempfile.gettempdir())
     ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--gpu-only", action="store_true")
+    only = ap.add_mutually_exclusive_group()
+    only.add_argument("--gpu-only", action="store_true")
+    only.add_argument("--cpu-only", action="store_true")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="pykvstore-transfer-", dir=args.dir))
     out: dict = {"bench": "transfer", "machine": platform.machine(), "cpus": os.cpu_count(),
@@ -209,7 +211,9 @@ def main() -> None:
     try:
         if not args.gpu_only:
             out["cpu"] = cpu_figures(args.chunks, work, args.repeat)
-        if kv.cuda_available():
+        if args.cpu_only:
+            pass
+        elif kv.cuda_available():
             out["gpu"] = gpu_figures(work, args.repeat)
         else:
             out["gpu"] = "no CUDA device here: GPU figures come from benchmarks/gpu_check.sh"

@@ -237,9 +237,11 @@ std::vector<CopyRun> block_runs(const PagedLayout& layout, const std::int64_t* b
     }
     runs.push_back({reinterpret_cast<std::uintptr_t>(e), reinterpret_cast<std::uintptr_t>(c), n});
   };
-  for_each_block(layout, 0, layout.layer_bases.size() * layout.planes.size(), block_ids, num_blocks, reinterpret_cast<unsigned char*>(chunk),
-                 skip, [&](const PlaneStrides& P, unsigned char* e, unsigned char* c, std::int64_t t0,
-                           std::int64_t t1) { for_each_run(layout, P, e, c, t0, t1, add); });
+  const std::size_t units = layout.layer_bases.size() * layout.planes.size();
+  for_each_block(layout, 0, units, block_ids, num_blocks, reinterpret_cast<unsigned char*>(chunk), skip,
+                 [&](const PlaneStrides& P, unsigned char* e, unsigned char* c, std::int64_t t0, std::int64_t t1) {
+                   for_each_run(layout, P, e, c, t0, t1, add);
+                 });
   return runs;
 }
 

@@ -36,6 +36,15 @@ inline std::uint64_t round(std::uint64_t acc, std::uint64_t lane) {
   return acc * kP1;
 }
 
+// XXH64's final mix; XXH3 ends its shortest inputs with it too.
+inline std::uint64_t avalanche64(std::uint64_t h) {
+  h ^= h >> 33;
+  h *= kP2;
+  h ^= h >> 29;
+  h *= kP3;
+  return h ^ (h >> 32);
+}
+
 inline std::uint64_t merge(std::uint64_t acc, std::uint64_t v) {
   acc ^= round(0, v);
   return acc * kP1 + kP4;
@@ -79,12 +88,7 @@ std::uint64_t xxh64(const void* data, std::size_t len, std::uint64_t seed) noexc
     h ^= (*p) * kP5;
     h = rotl(h, 11) * kP1;
   }
-  h ^= h >> 33;
-  h *= kP2;
-  h ^= h >> 29;
-  h *= kP3;
-  h ^= h >> 32;
-  return h;
+  return avalanche64(h);
 }
 
 // ---------------------------------------------------------------------------
@@ -128,14 +132,6 @@ inline std::uint64_t fold_mul(std::uint64_t a, std::uint64_t b) {  // 64x64->128
 inline std::uint64_t avalanche3(std::uint64_t h) {
   h ^= h >> 37;
   h *= kPrimeMx1;
-  return h ^ (h >> 32);
-}
-
-inline std::uint64_t avalanche64(std::uint64_t h) {
-  h ^= h >> 33;
-  h *= kP2;
-  h ^= h >> 29;
-  h *= kP3;
   return h ^ (h >> 32);
 }
 
@@ -276,6 +272,5 @@ std::uint64_t xxh3_64(const void* data, std::size_t len) noexcept {
   h.update(data, len);
   return h.digest();
 }
-
 
 }  // namespace pykvstore

@@ -303,15 +303,14 @@ MapResult FileEngine::map_scatter_now(const std::string& path, std::size_t max_s
   const std::uint8_t* data = result.file->data();
   const std::size_t size = result.file->size();
   std::size_t offset;
-  if (!payload_offset_of(data, size, &offset)) return result;  // no payload: the caller finds it unsound
-  if (size - offset != payload_bytes) {  // another shape: hash only, never copy a wrong-sized payload
-    result.payload_hash = xxh3_64(data + offset, size - offset);
-  } else {
-    result.payload_hash = scatter_verified(layout, block_ids.data(), block_ids.size(), data + offset, skip);
-    result.scattered = true;
-    counters_.copied_while_verifying.fetch_add(1, std::memory_order_relaxed);
+  if (!payload_offset_of(data, size, &offset) || size - offset != payload_bytes) {
+    // no payload, or another shape: hash only (the caller finds it unsound), never copy it
+    result.has_hash = hash_payload_of(data, size, &result.payload_hash);
+    return result;
   }
-  result.has_hash = true;
+  result.payload_hash = scatter_verified(layout, block_ids.data(), block_ids.size(), data + offset, skip);
+  result.has_hash = result.scattered = true;
+  counters_.copied_while_verifying.fetch_add(1, std::memory_order_relaxed);
   return result;
 }
 

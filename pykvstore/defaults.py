@@ -46,7 +46,6 @@ _SPEC: dict[str, tuple[str, str, Any]] = {
 _values: dict[str, Any] = {}
 
 
-
 def _check(name: str, value: Any) -> Any:
     if name in ("direct_write", "direct_read") and value not in _MODES:
         raise InputError(f"{name} must be one of off/auto/on, got {value!r}")

@@ -114,24 +114,22 @@ PYBIND11_MODULE(_C, m) {
                                {b.size()}, {std::size_t{1}});
       });
 
-  m.def(
-      "xxh64",
-      [](const py::buffer& b, std::size_t offset, std::ptrdiff_t length) {
-        auto [p, n] = span(b, offset, length);
-        py::gil_scoped_release release;
-        return xxh64(p, n);
-      },
-      py::arg("buffer"), py::arg("offset") = 0, py::arg("length") = -1,
-      "XXH64 (seed 0) of buffer[offset:offset+length].");
-  m.def(
-      "xxh3_64",
-      [](const py::buffer& b, std::size_t offset, std::ptrdiff_t length) {
-        auto [p, n] = span(b, offset, length);
-        py::gil_scoped_release release;
-        return xxh3_64(p, n);
-      },
-      py::arg("buffer"), py::arg("offset") = 0, py::arg("length") = -1,
-      "XXH3-64 (seed 0, default secret) of buffer[offset:offset+length]: the chunk payload checksum.");
+  // hash(buffer, offset=0, length=-1) over buffer[offset:offset+length], the GIL released.
+  auto def_hash = [&m](const char* name, std::uint64_t (*hash)(const void*, std::size_t), const char* doc) {
+    m.def(
+        name,
+        [hash](const py::buffer& b, std::size_t offset, std::ptrdiff_t length) {
+          auto [p, n] = span(b, offset, length);
+          py::gil_scoped_release release;
+          return hash(p, n);
+        },
+        py::arg("buffer"), py::arg("offset") = 0, py::arg("length") = -1, doc);
+  };
+  def_hash(
+      "xxh64", [](const void* p, std::size_t n) { return xxh64(p, n); },
+      "XXH64 (seed 0) of buffer[offset:offset+length]: the checksum of chunks written before XXH3.");
+  def_hash("xxh3_64", xxh3_64,
+           "XXH3-64 (seed 0, default secret) of buffer[offset:offset+length]: the chunk payload checksum.");
   py::class_<Xxh3>(m, "Xxh3", "XXH3-64 fed in pieces.")
       .def(py::init<>())
       .def("update",

@@ -7,7 +7,8 @@ from pykvstore.chunk_file import PAYLOAD_ALIGN, checksum, decode_header, encode_
 from pykvstore.errors import ChunkError
 from pykvstore.keys import FORMAT_VERSION
 
-META = {"format": FORMAT_VERSION, "model": "m", "key": "ab" * 16, "checksum": "0" * 16}
+META = {"format": FORMAT_VERSION, "model": "m", "namespace": "cd" * 16, "key": "ab" * 16, "parent": "cd" * 16,
+        "tokens": "16", "index": "0", "created": "1700000000.0", "params": "{}", "checksum": "0" * 16}
 
 
 def test_payload_starts_at_an_aligned_offset_and_safetensors_reads_it(tmp_path):

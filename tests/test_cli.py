@@ -97,7 +97,7 @@ def test_cost_reproduces_the_motivating_figures():
     assert a["recompute_cost_per_month"] == pytest.approx(288.0)
     assert a["kv_bytes"] == 32000 * 32 * 2 * 8 * 128 * 2  # 4 GB of Llama-3-8B KV
     b = json.loads(cli("cost", "--tokens", 24000, "--reuses-per-day", 150000, "--bytes-per-token", 131072, "--json").stdout)
-    assert b["recompute_cost_per_month"] > 15000
+    assert b["recompute_cost_per_month"] == pytest.approx(16200.0)  # 24,000 x 150,000 x 30 x $0.15/M
     text = cli("cost", "--tokens", 32000, "--reuses-per-day", 2000, "--layers", 61, "--latent-dim", 576).stdout
     assert "$288.00 a month" in text
 

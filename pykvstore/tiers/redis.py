@@ -11,8 +11,18 @@ off); reads are one pipelined round trip per batch (a cluster pipeline groups
 by node). Every failure — server down, timeout, cluster slot down — turns
 into misses and dropped writes with counters, never an exception in the
 serving path; after one, the tier rests for `retry_after` seconds, then
-reconnects by itself. The server's `maxmemory` with an LRU policy is the
-tier's capacity.
+reconnects by itself. A key of the wrong type (WRONGTYPE) is a miss for that
+key only. The server's `maxmemory` with an LRU policy is the tier's capacity.
+
+Nothing read back is trusted: a value longer than the caller's cap is never
+transferred whole (GETRANGE), a malformed namespace index is left out, and
+with a shared secret (`secret`, or $PYKVSTORE_REMOTE_SECRET) every value is
+signed and verified (redis_values.py). A server that lost its data is
+refilled: `touch` re-publishes local hits whose remote copy is gone
+(rate-limited) and carries sliding TTLs over to the remote expiry, on the
+writer thread. Which thread runs what: get_many, held_prefix, namespaces on
+the caller's thread; put, add_namespace and touch only queue; the writer
+thread ("pykvstore-redis") sends.
 """
 
 from __future__ import annotations
@@ -22,10 +32,11 @@ import threading
 import time
 from collections import deque
 from dataclasses import asdict, dataclass
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 from ..errors import InputError
 from ..sizes import parse_size
+from .redis_values import TAG_BYTES, make_signer, parse_namespaces
 
 log = logging.getLogger("pykvstore")
 
@@ -39,6 +50,9 @@ class RemoteStats:
     puts: int = 0  # chunks written
     dropped: int = 0  # chunks not written: server unavailable or queue full
     errors: int = 0  # failed round trips
+    rejected: int = 0  # values refused: over the size cap, wrong type, bad or missing signature
+    refreshed: int = 0  # remote expiries extended by local hits (sliding TTL)
+    republished: int = 0  # local hits written again because the server had lost them
 
     def to_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -64,12 +78,28 @@ class RedisTier:
         timeout: seconds for connecting and for each round trip.
         queue_bytes: chunk bytes waiting to be written; beyond it, puts are dropped.
         retry_after: seconds the tier rests after a failure before trying again.
+        secret: shared secret (>= 16 bytes) with which replicas sign and verify
+            every value; default $PYKVSTORE_REMOTE_SECRET, else values are unsigned.
+        max_value_bytes: the largest value read when the caller gives no cap.
+        republish_bytes_per_s: budget for re-publishing local hits the server lost.
+        touch_interval: seconds between two checks of the same key by `touch`.
     """
 
     def __init__(self, url: Union[str, Sequence[str]], *, prefix: str = "pykvstore", username: Optional[str] = None,
                  password: Optional[str] = None, ssl: bool = False, timeout: float = 1.0,
-                 queue_bytes: Union[int, str] = "512MiB", retry_after: float = 1.0) -> None:
+                 queue_bytes: Union[int, str] = "512MiB", retry_after: float = 1.0, secret: Any = None,
+                 max_value_bytes: Union[int, str] = "1GiB", republish_bytes_per_s: Union[int, str] = "64MiB",
+                 touch_interval: float = 30.0) -> None:
         redis = _redis()
+        self._signer = make_signer(secret)
+        self._max_value = parse_size(max_value_bytes, "max_value_bytes")
+        self._republish_rate = parse_size(republish_bytes_per_s, "republish_bytes_per_s")
+        self._republish_budget = float(self._republish_rate)
+        self._republish_at = time.monotonic()
+        self._touch_interval = float(touch_interval)
+        self._touched: dict[str, float] = {}  # chunk key -> when touch last queued it
+        self._touches: deque = deque()  # (chunk key, ttl, loader)
+        self._pending_ns: dict[tuple[str, str], str] = {}  # (model, digest) -> params, sent by the writer
         self._errors_t = (redis.exceptions.RedisError, redis.exceptions.RedisClusterException, OSError)
         if not isinstance(prefix, str) or not prefix or "{" in prefix or "}" in prefix:
             raise InputError(f"remote prefix must be a non-empty string without braces, got {prefix!r}")
@@ -159,12 +189,12 @@ class RedisTier:
 
     # --- namespaces: so a replica with an empty bucket can answer lookup --------
     def add_namespace(self, model: str, digest: str, params: str) -> None:
-        if not self._available():
-            return
-        try:
-            self.client.hset(f"{self.prefix}:namespaces:{{{model}}}", digest, params)
-        except self._errors_t as e:
-            self._failed("namespace", e)
+        """Queues a namespace index entry; the writer thread sends it (a stopped server never blocks a put)."""
+        with self._lock:
+            if self._closed:
+                return
+            self._pending_ns[(model, digest)] = params
+            self._wake.notify()
 
     def namespaces(self, model: str) -> dict[str, str]:
         """digest -> params (JSON) of the namespaces stored under `model` by any replica."""
@@ -179,44 +209,88 @@ class RedisTier:
         except self._errors_t as e:
             self._failed("namespace", e)
             return {}
-        found = {k.decode(): v.decode() for k, v in raw.items()}
+        found = parse_namespaces(raw) if isinstance(raw, dict) else {}
         self._ns_cache[model] = (now, found)
         return found
 
     # --- reads -----------------------------------------------------------------
-    def _round_trip(self, what: str, command: str, keys: Sequence[str]) -> Optional[list]:
-        """One pipelined `command` per key; None when the tier is resting or the round trip fails."""
+    def _round_trip(self, what: str, command: str, keys: Sequence[str], *args: Any) -> Optional[list]:
+        """One pipelined `command` per key; None when the tier is resting or the round trip fails.
+
+        A command that fails alone (WRONGTYPE on one key) comes back as its
+        exception in its slot: that key is a miss, the tier does not rest.
+        """
         if not keys or not self._available():
             return None
         try:
             pipe = self.client.pipeline(transaction=False)
             for k in keys:
-                getattr(pipe, command)(self.key(k))
-            return pipe.execute()
+                getattr(pipe, command)(self.key(k), *args)
+            out = pipe.execute(raise_on_error=False)
         except self._errors_t as e:
             self._failed(what, e)
             return None
+        for i, r in enumerate(out):
+            if isinstance(r, Exception):
+                self._warn_once(f"bad:{what}", f"Redis refused a {command} of one key ({r}); a miss for that key")
+                out[i] = None
+        return out
 
-    def get_many(self, keys: Sequence[str]) -> list[Optional[bytes]]:
+    def _warn_once(self, what: str, message: str) -> None:
+        if what not in self._warned:
+            self._warned.add(what)
+            log.warning("%s", message)
+
+    def _accept(self, chunk_key: str, value: Any, cap: int) -> Optional[Any]:
+        """A value as read, unsigned and within `cap`, or None (counted as rejected)."""
+        if not value:
+            return None
+        if isinstance(value, str):
+            value = value.encode("latin-1")
+        if len(value) > cap + (TAG_BYTES if self._signer else 0):
+            self.count(rejected=1)
+            self._warn_once("oversized", f"Redis value under {chunk_key[:16]} is larger than a chunk ({cap} bytes); a miss")
+            return None
+        if self._signer is not None:
+            value = self._signer.verify(self.key(chunk_key), value)
+            if value is None:
+                self.count(rejected=1)
+                self._warn_once("unsigned", f"Redis value under {chunk_key[:16]} has no valid signature; a miss")
+                return None
+        return value
+
+    def get_many(self, keys: Sequence[str], max_bytes: Optional[int] = None) -> list[Optional[Any]]:
         """The values of the leading `keys` the server holds, None from the first miss on.
+
+        Args:
+            keys: chunk keys of a prefix, in order.
+            max_bytes: the largest value that can be a chunk here (the caller
+                knows its geometry); more is never read (GETRANGE stops one byte
+                past it) and is a miss.
 
         One pipelined round trip per batch of about `batch_bytes` (sized from
         the values seen so far), so a long prefix of large chunks never sits in
         one reply; it stops at the first miss, since a prefix ends there.
+        `misses` counts the keys asked for that were absent or refused; none
+        while the tier rests.
         """
-        out: list[Optional[bytes]] = []
+        cap = min(self._max_value, max_bytes) if max_bytes is not None else self._max_value
+        last = cap + (TAG_BYTES if self._signer else 0)  # GETRANGE's end is inclusive: one byte over = too long
+        out: list[Optional[Any]] = []
         while len(out) < len(keys):
             per = max(1, int(self._batch_bytes // self._value_size)) if self._value_size else 1
             batch = keys[len(out) : len(out) + per]
-            values = self._round_trip("get", "get", batch)
+            values = self._round_trip("get", "getrange", batch, 0, last)
             if values is None:
                 break
+            self.count(bytes_read=sum(len(v) for v in values if v))
+            values = [self._accept(k, v, cap) for k, v in zip(batch, values)]
             got = [v for v in values if v is not None]
             if got:
                 self._value_size = max(len(v) for v in got)
-                self.count(bytes_read=sum(len(v) for v in got))
             out += values
             if len(got) < len(values):
+                self.count(misses=len(values) - len(got))
                 break
         out = out[: len(keys)]
         for i, v in enumerate(out):
@@ -232,7 +306,7 @@ class RedisTier:
             n += 1
         return n
 
-    # --- writes ----------------------------------------------------------------
+    # --- writes (queued here, sent by the writer thread) ----------------------
     def put(self, chunk_key: str, value: Any, ttl: Optional[float], meta: dict[str, str], owner: Any = None) -> bool:
         """Queues a chunk for writing; False (and counted as dropped) when the queue is full or closed.
 
@@ -249,11 +323,32 @@ class RedisTier:
             self._wake.notify()
         return True
 
+    def touch(self, keys: Sequence[str], ttl: Optional[float], load: Callable[[str], Optional[tuple]]) -> None:
+        """Local hits: the writer thread checks each key's remote copy (at most once per
+        `touch_interval`), extends its expiry by `ttl` (a sliding TTL), and re-publishes
+        the ones the server lost, reading them with `load(key) -> (value, meta, owner) or None`
+        within `republish_bytes_per_s`. Returns at once; never raises.
+        """
+        now = time.monotonic()
+        interval = self._touch_interval if ttl is None else min(self._touch_interval, ttl / 4)
+        with self._lock:
+            if self._closed:
+                return
+            for k in keys:
+                if now - self._touched.get(k, -1e18) < interval or len(self._touches) >= 4096:
+                    continue
+                self._touched[k] = now
+                self._touches.append((k, ttl, load))
+            if len(self._touched) > 100_000:  # forget old entries; a forgotten key is only checked again
+                self._touched = {k: t for k, t in self._touched.items() if now - t < interval}
+            if self._touches:
+                self._wake.notify()
+
     def flush(self, timeout: float = 30.0) -> bool:
         """Waits until every queued write was sent (or dropped); False on timeout."""
         deadline = time.monotonic() + timeout
         with self._lock:
-            while self._queue or self._writing:
+            while self._queue or self._writing or self._pending_ns or self._touches:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False
@@ -263,9 +358,9 @@ class RedisTier:
     def _run(self) -> None:
         while True:
             with self._lock:
-                while not self._queue and not self._closed:
+                while not (self._queue or self._pending_ns or self._touches) and not self._closed:
                     self._wake.wait()
-                if not self._queue and self._closed:
+                if not (self._queue or self._pending_ns or self._touches) and self._closed:
                     return
                 batch, size = [], 0
                 while self._queue and (not batch or size < (64 << 20)) and len(batch) < 64:
@@ -273,11 +368,43 @@ class RedisTier:
                     batch.append(item)
                     size += len(item[1])
                 self._queued_bytes -= size
-                self._writing = len(batch)
-            self._send(batch, size)
+                namespaces, self._pending_ns = self._pending_ns, {}
+                touches = [self._touches.popleft() for _ in range(min(len(self._touches), 256))]
+                self._writing = len(batch) + len(namespaces) + len(touches)
+            try:
+                if namespaces:
+                    self._send_namespaces(namespaces)
+                if batch:
+                    self._send(batch, size)
+                if touches:
+                    self._refresh(touches)
+            except Exception as e:  # noqa: BLE001 - the writer thread must outlive anything
+                self._warn_once("writer", f"Redis writer: {type(e).__name__}: {e}")
             with self._lock:
                 self._writing = 0
                 self._idle.notify_all()
+
+    def _send_namespaces(self, namespaces: dict[tuple[str, str], str]) -> None:
+        if not self._available():
+            with self._lock:  # kept for the next round: a namespace written late is still useful
+                for k, v in namespaces.items():
+                    self._pending_ns.setdefault(k, v)
+            return
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            for (model, digest), params in namespaces.items():
+                pipe.hset(f"{self.prefix}:namespaces:{{{model}}}", digest, params)
+            for r in pipe.execute(raise_on_error=False):
+                if isinstance(r, Exception):
+                    self._warn_once("namespace-type", f"Redis refused a namespace index write ({r})")
+        except self._errors_t as e:
+            self._failed("namespace", e)
+
+    def _value_out(self, chunk_key: str, value: Any) -> Any:
+        """The value as stored: signed when there is a secret."""
+        if self._signer is None:
+            return value
+        return bytes(value) + self._signer.tag(self.key(chunk_key), value)
 
     def _send(self, batch: list, size: int) -> None:
         if not self._available():
@@ -288,16 +415,71 @@ class RedisTier:
             for chunk_key, value, ttl, meta, _ in batch:
                 k = self.key(chunk_key)
                 px = None if ttl is None else max(1, int(ttl * 1000))
-                pipe.set(k, value, px=px)
+                pipe.set(k, self._value_out(chunk_key, value), px=px)
                 pipe.hset(f"{k}:meta", mapping=meta)
                 if px is not None:
                     pipe.pexpire(f"{k}:meta", px)
-            pipe.execute()
+            results = pipe.execute(raise_on_error=False)
         except self._errors_t as e:
             self._failed("put", e)
             self.count(dropped=len(batch))
             return
+        failed = [r for r in results if isinstance(r, Exception)]
+        if failed:  # a metadata key of another type: the value itself (SET) still went through
+            self._warn_once("put-type", f"Redis refused {len(failed)} write(s) in a batch ({failed[0]})")
         self.count(puts=len(batch), bytes_written=size)
+
+    def _spend(self, n: int) -> bool:
+        """Takes n bytes from the re-publish budget (refilled at republish_bytes_per_s, one second deep)."""
+        now = time.monotonic()
+        self._republish_budget = min(float(self._republish_rate),
+                                     self._republish_budget + (now - self._republish_at) * self._republish_rate)
+        self._republish_at = now
+        if n > self._republish_budget:
+            return False
+        self._republish_budget -= n
+        return True
+
+    def _refresh(self, touches: list) -> None:
+        """Extends remote expiries of touched keys and re-publishes the ones the server lost."""
+        if not self._available():
+            return
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            for chunk_key, ttl, _ in touches:
+                k = self.key(chunk_key)
+                if ttl is None:
+                    pipe.exists(k)
+                else:
+                    pipe.pexpire(k, max(1, int(ttl * 1000)))
+                    pipe.pexpire(f"{k}:meta", max(1, int(ttl * 1000)))
+            results = pipe.execute(raise_on_error=False)
+        except self._errors_t as e:
+            self._failed("touch", e)
+            return
+        lost, i = [], 0
+        for chunk_key, ttl, load in touches:
+            present = results[i]
+            i += 1 if ttl is None else 2
+            if isinstance(present, Exception) or present:
+                self.count(refreshed=0 if ttl is None else 1)
+                continue
+            lost.append((chunk_key, ttl, load))
+        for chunk_key, ttl, load in lost:
+            try:
+                item = load(chunk_key)
+            except Exception as e:  # noqa: BLE001 - a failed local read only skips the re-publish
+                self._warn_once("republish-load", f"could not read a chunk to re-publish: {e}")
+                item = None
+            if item is None:
+                continue
+            value, meta, owner = item
+            if not self._spend(len(value)):
+                with self._lock:
+                    self._touched.pop(chunk_key, None)  # over budget: a later hit tries again
+                continue
+            self._send([(chunk_key, value, ttl, meta, owner)], len(value))
+            self.count(republished=1)
 
     def close(self, timeout: float = 10.0) -> None:
         self.flush(timeout)

@@ -74,6 +74,9 @@ class Profile:
     model: np.ndarray  # index into `models`
     models: list[str]
     tokens_by_model: dict[str, int]
+    tag: np.ndarray  # index into `tags` ((model, tag) pairs)
+    tags: list[tuple[str, str]]
+    tokens_by_tag: dict[tuple[str, str], int]
     chunk_accesses: int
     puts: int
     sample_rate: float
@@ -83,15 +86,20 @@ class Profile:
 
     def hit_tokens(self, capacities: Sequence[float]) -> dict[str, np.ndarray]:
         """model -> hit tokens at each capacity, plus "*" for all models."""
-        caps = np.minimum(np.asarray(capacities, dtype=float), np.finfo(float).max)  # inf: everything seen
-        out: dict[str, np.ndarray] = {}
-        for i, m in enumerate(self.models + ["*"]):
-            sel = self.model == i if m != "*" else slice(None)
-            d, w = self.distance[sel], self.weight[sel]
-            order = np.argsort(d, kind="stable")
-            cum = np.concatenate([[0.0], np.cumsum(w[order])])
-            out[m] = cum[np.searchsorted(d[order], caps, side="right")]
+        out = {m: self._hits(self.model == i, capacities) for i, m in enumerate(self.models)}
+        out["*"] = self._hits(slice(None), capacities)
         return out
+
+    def hit_tokens_by_tag(self, capacities: Sequence[float]) -> dict[tuple[str, str], np.ndarray]:
+        """(model, tag) -> hit tokens at each capacity."""
+        return {t: self._hits(self.tag == i, capacities) for i, t in enumerate(self.tags)}
+
+    def _hits(self, sel: Any, capacities: Sequence[float]) -> np.ndarray:
+        caps = np.minimum(np.asarray(capacities, dtype=float), np.finfo(float).max)  # inf: everything seen
+        d, w = self.distance[sel], self.weight[sel]
+        order = np.argsort(d, kind="stable")
+        cum = np.concatenate([[0.0], np.cumsum(w[order])])
+        return cum[np.searchsorted(d[order], caps, side="right")]
 
 
 class _Fenwick:
@@ -123,15 +131,21 @@ def lru_profile(accesses: Iterable[Access], exact_limit: int = EXACT_LIMIT) -> P
     threshold = rate * _HASH_SPACE
     models: dict[str, int] = {}
     tokens_by_model: dict[str, int] = {}
+    tags: dict[tuple[str, str], int] = {}
+    tokens_by_tag: dict[tuple[str, str], int] = {}
     for a in acc:
         models.setdefault(a.stream.model, len(models))
         tokens_by_model[a.stream.model] = tokens_by_model.get(a.stream.model, 0) + a.tokens
+        mt = (a.stream.model, a.stream.tag)
+        tags.setdefault(mt, len(tags))
+        tokens_by_tag[mt] = tokens_by_tag.get(mt, 0) + a.tokens
     cap = int(total * rate * 1.5) + 16 if rate < 1 else total + 1
     fen = _Fenwick(cap)
     last: dict[bytes, tuple[int, float]] = {}
     dist: list[float] = []
     weight: list[float] = []
     model: list[int] = []
+    tag: list[int] = []
     held = 0.0  # bytes at latest positions = sum of the tree
     pos = 0
     inf = math.inf
@@ -144,6 +158,7 @@ def lru_profile(accesses: Iterable[Access], exact_limit: int = EXACT_LIMIT) -> P
         size = a.stream.chunk_bytes / rate
         w = float(a.stream.chunk_tokens)
         mi = models[a.stream.model]
+        ti = tags[(a.stream.model, a.stream.tag)]
         run = 0.0
         for k in keys:  # root first: the running maximum makes residency prefix-closed
             prev = last.get(k)
@@ -152,6 +167,7 @@ def lru_profile(accesses: Iterable[Access], exact_limit: int = EXACT_LIMIT) -> P
             dist.append(run)
             weight.append(w)
             model.append(mi)
+            tag.append(ti)
         for k in reversed(keys):  # tail first: the root ends up most recent
             prev = last.get(k)
             if prev is not None:
@@ -167,14 +183,15 @@ def lru_profile(accesses: Iterable[Access], exact_limit: int = EXACT_LIMIT) -> P
     first = min((a.t for a in acc), default=0.0)
     end = max((a.t for a in acc), default=0.0)
     w_arr, m_arr = np.asarray(weight, dtype=float), np.asarray(model, dtype=np.int32)
-    if rate < 1:  # ratio estimator (SHARDS-adj): the sample stands for every chunk token of its model
-        for name, mi in models.items():
-            full = sum(a.n * a.stream.chunk_tokens for a in acc if a.stream.model == name)
-            got = w_arr[m_arr == mi].sum()
+    t_arr = np.asarray(tag, dtype=np.int32)
+    if rate < 1:  # ratio estimator (SHARDS-adj): the sample stands for every chunk token of its (model, tag)
+        for mt, ti in tags.items():
+            full = sum(a.n * a.stream.chunk_tokens for a in acc if (a.stream.model, a.stream.tag) == mt)
+            got = w_arr[t_arr == ti].sum()
             if got > 0:
-                w_arr[m_arr == mi] *= full / got
-    return Profile(np.asarray(dist, dtype=float), w_arr, m_arr,
-                   list(models), tokens_by_model, total, len(acc), rate, held, first, end)
+                w_arr[t_arr == ti] *= full / got
+    return Profile(np.asarray(dist, dtype=float), w_arr, m_arr, list(models), tokens_by_model,
+                   t_arr, list(tags), tokens_by_tag, total, len(acc), rate, held, first, end)
 
 
 def _relay(last: dict[bytes, tuple[int, float]], n: int) -> tuple[_Fenwick, dict[bytes, tuple[int, float]], int]:
@@ -379,15 +396,28 @@ def size(accesses: Iterable[Access], *, capacities: Optional[Sequence[int]] = No
                         {m: float(hit[m][i]) / prof.tokens_by_model[m] if prof.tokens_by_model[m] else 0.0
                          for m in prof.models},
                         recompute, storage, recompute - storage, float(lru["*"][i]) / tokens if tokens else 0.0, marks))
-    full = prof.hit_tokens([math.inf])
-    served = {"tokens": float(full["*"][0]), "cost": float(full["*"][0]) * price_per_mtok / 1e6,
-              "by_model": {m: {"tokens": float(full[m][0]), "hit_rate": float(full[m][0]) / prof.tokens_by_model[m]
-                               if prof.tokens_by_model[m] else 0.0} for m in prof.models}}
+    served = would_have_served(prof, price_per_mtok)
     return SizingReport(policy if isinstance(policy, str) else getattr(policy, "name", "custom"),
                         prof.puts, prof.chunk_accesses, tokens, window, prof.sample_rate, ws,
-                        float(full["*"][0]) / tokens if tokens else 0.0, served, price_per_mtok, storage_price,
+                        served["hit_rate"], served, price_per_mtok, storage_price,
                         current_capacity, recommended, rows,
                         [(int(c), float(h) / tokens if tokens else 0.0) for c, h in zip(grid, lru_all)])
+
+
+def would_have_served(prof: Profile, price_per_mtok: float, capacity: float = math.inf) -> dict[str, Any]:
+    """What a bucket of `capacity` (default: room for everything seen) would have served: tokens, rate, $."""
+    def one(hit: float, tokens: int) -> dict[str, float]:
+        return {"tokens": hit, "prompt_tokens": tokens, "hit_rate": hit / tokens if tokens else 0.0,
+                "cost": hit * price_per_mtok / 1e6}
+
+    by_model = prof.hit_tokens([capacity])
+    by_tag = prof.hit_tokens_by_tag([capacity])
+    total = sum(prof.tokens_by_model.values())
+    out = one(float(by_model["*"][0]), total)
+    out["by_model"] = {m: one(float(by_model[m][0]), prof.tokens_by_model[m]) for m in prof.models}
+    out["by_tag"] = [dict(model=m, tag=t, **one(float(by_tag[(m, t)][0]), prof.tokens_by_tag[(m, t)]))
+                     for m, t in prof.tags]
+    return out
 
 
 def format_report(r: SizingReport) -> str:

@@ -219,6 +219,8 @@ def simulate(accesses: Iterable[Access], capacity: int, policy: Any = "cost",
 
     pol = make_policy(policy)
     acc = list(accesses)
+    if capacity <= 0:
+        return {**{a.stream.model: 0.0 for a in acc}, "*": 0.0}
     total = sum(a.n for a in acc)
     rate = 1.0 if total <= simulate_limit else simulate_limit / total
     threshold = rate * _HASH_SPACE
@@ -373,13 +375,15 @@ def size(accesses: Iterable[Access], *, capacities: Optional[Sequence[int]] = No
     lru_all = prof.hit_tokens(grid)["*"]
     k = knee(np.concatenate([[0.0], grid]), np.concatenate([[0.0], lru_all]))
     recommended = nice_size(grid[max(k - 1, 0)]) if k > 0 else nice_size(grid[0])
+    if lru_all[-1] <= 0:
+        recommended = 0  # no prefix was ever reused: a bucket would serve nothing
     if capacities is None:
         caps = {nice_size(ws * f) for f in (0.05, 0.1, 0.25, 0.5, 1.0)} | {recommended}
     else:
         caps = set(int(c) for c in capacities)
-    if current_capacity:
+    if current_capacity is not None:
         caps.add(int(current_capacity))
-    caps_l = sorted(c for c in caps if c > 0)
+    caps_l = sorted(c for c in caps if c >= 0)
     lru = prof.hit_tokens(caps_l)
     if policy == "lru":
         hit = lru
@@ -391,7 +395,7 @@ def size(accesses: Iterable[Access], *, capacities: Optional[Sequence[int]] = No
         h = float(hit["*"][i])
         recompute = h * per_month * price_per_mtok / 1e6
         storage = c / 1e9 * storage_price
-        marks = (["knee"] if c == recommended else []) + (["current"] if current_capacity and c == current_capacity else [])
+        marks = (["knee"] if c == recommended and recommended else []) + (["current"] if c == current_capacity else [])
         rows.append(Row(c, h / tokens if tokens else 0.0, h,
                         {m: float(hit[m][i]) / prof.tokens_by_model[m] if prof.tokens_by_model[m] else 0.0
                          for m in prof.models},
@@ -434,6 +438,8 @@ def format_report(r: SizingReport) -> str:
         mark = "  <- " + ", ".join("recommended (knee)" if m == "knee" else "current" for m in row.marks) if row.marks else ""
         lines.append(f"{format_size(row.capacity):>12}  {row.hit_rate:>8.1%}  {_money(row.recompute_per_month):>17}  "
                      f"{_money(row.storage_per_month):>10}  {_money(row.net_per_month):>11}{mark}")
+    if not r.recommended:
+        lines.append("no prompt reused a prefix recorded before it: a bucket would serve nothing yet")
     if len({m for row in r.rows for m in row.by_model}) > 1:
         lines.append("")
         for m in sorted({m for row in r.rows for m in row.by_model}):

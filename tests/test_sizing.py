@@ -174,3 +174,22 @@ def test_history_ages_out_within_its_budget(tmp_path):
     kept = list(recorder.read_accesses(tmp_path))
     assert 900 <= sum(a.n for a in kept) <= 1000
     assert kept[-1].t == 499.0 and kept[0].t >= 400  # the newest are the ones kept
+
+
+def test_no_reuse_recommends_nothing_and_zero_is_a_row():
+    rng = np.random.default_rng(5)
+    acc = [Access(float(i), STREAM, 4 * CT, chain(rng.integers(0, 32000, 4 * CT))) for i in range(20)]
+    r = sizing.size(acc, current_capacity=0)
+    assert r.recommended == 0 and r.max_hit_rate == 0
+    assert r.rows[0].capacity == 0 and r.rows[0].marks == ["current"]
+    assert "would serve nothing" in sizing.format_report(r)
+
+
+def test_would_have_served_by_tag():
+    acc = trace(6, 120)
+    prof = sizing.lru_profile(acc)
+    w = sizing.would_have_served(prof, 0.15)
+    assert {(t["model"], t["tag"]) for t in w["by_tag"]} == {("m/a", "bot"), ("m/b", "")}
+    assert sum(t["tokens"] for t in w["by_tag"]) == pytest.approx(w["tokens"])
+    assert w["cost"] == pytest.approx(w["tokens"] * 0.15 / 1e6)
+    assert 0 < w["hit_rate"] < 1

@@ -46,4 +46,9 @@ $(VLLM_VENV)/.installed:
 	-$(VLLM_VENV)/bin/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec
 	touch $@
 
-vllm-env: $(VLLM_VENV)/.installed
+# The connector's vLLM plugin entry point, for this checkout (no build: metadata and a .pth only).
+$(VLLM_VENV)/.plugin: $(VLLM_VENV)/.installed pykvstore/integrations/vllm_plugin.py
+	$(VLLM_VENV)/bin/python pykvstore/integrations/vllm_plugin.py --install $(CURDIR)
+	touch $@
+
+vllm-env: $(VLLM_VENV)/.plugin

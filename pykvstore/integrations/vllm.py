@@ -16,6 +16,10 @@ Two halves, in two processes:
   hard-coded shape), loads before the forward pass and stores a prompt's
   chunks once its prefill is complete (after the step, from the blocks).
 A request's `cache_salt` enters the namespace: tenants never share chunks.
+Every tenant goes through one store per process (one bucket handle, one host
+pool, one pair of put/get threads); a salt only picks the namespace, so a
+process holds the same threads, files and reserved memory for 1 tenant or
+10,000 (see `_salted`).
 A load that comes up short reports its blocks as failed, so vLLM recomputes
 them instead of using bad KV.
 
@@ -41,7 +45,9 @@ the same setup share them, and nothing else can load them by mistake.
 
 from __future__ import annotations
 
+import copy
 import logging
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Optional
 
@@ -53,6 +59,7 @@ from vllm.distributed.kv_transfer.kv_connector.v1.base import (
 )
 
 from ..defaults import parse_flag
+from ..keys import salt_digest
 from ..layout import Geometry, PagedKV
 from ..store import Handle, KVStore
 
@@ -82,6 +89,7 @@ class PyKVStoreMetadata(KVConnectorMetadata):
 
 
 _IDLE_WAIT = 0.02  # seconds an empty step may wait for a background load
+_SALT_VIEWS = 4096  # tenants whose namespace objects are kept; a view owns no resource, so more only costs a rebuild
 
 
 def _log_store_errors(rid: str, handle: Handle) -> None:
@@ -89,6 +97,21 @@ def _log_store_errors(rid: str, handle: Handle) -> None:
         handle.wait(check=True)
     except Exception as e:  # the store is a future miss; the request already has its answer
         log.warning("pykvstore store for %s met a fault: %r", rid, e)
+
+
+def _salted(base: KVStore, salt: str) -> KVStore:
+    """`base` seen by another tenant: the same bucket handle, host pool, host tier and threads.
+
+    A store's salt enters only the namespace digest (which every chunk key
+    chains from), so a view differs from its base in the salt and the
+    namespaces derived from it; everything that holds a resource is shared.
+    Keys differ per salt, so the shared host tier and catalog never hand one
+    tenant's chunk to another. Only the connector's base store is ever closed.
+    """
+    view = copy.copy(base)  # shallow: shares the bucket, pool, executors, host tier, stats
+    view._salt = salt_digest(salt)
+    view._namespaces = {}
+    return view
 
 
 def cpu_plane_strides(block_size: int, head_dim: int, dtype: torch.dtype) -> Optional[list[tuple[int, int, int, int]]]:
@@ -182,7 +205,8 @@ class PyKVStoreConnector(KVConnectorBase_V1):
             self._revision = rev  # canonical chunks: any engine with these weights may load them
         else:
             self._revision = f"{rev + '|' if rev else ''}vllm-{current_platform.device_type}-block{self._block_size}"
-        self._stores: dict[Optional[str], KVStore] = {}
+        self._base: Optional[KVStore] = None  # the one store this process opens (no salt)
+        self._views: OrderedDict[Optional[str], KVStore] = OrderedDict()  # salt -> view of _base, recent last
         # scheduler side
         self._local: dict[str, int] = {}  # req -> tokens vLLM's own cache had
         self._salt: dict[str, Optional[str]] = {}
@@ -195,14 +219,28 @@ class PyKVStoreConnector(KVConnectorBase_V1):
         self._loading: dict[str, tuple[Handle, _Transfer]] = {}
         self._saving: list[tuple[str, Handle]] = []  # writes in flight (their KV already copied out)
         self._idle_step = False
+        self._kv_caches: Optional[dict[str, torch.Tensor]] = None  # kept for restore_kv_caches
 
     def _store(self, salt: Optional[str]) -> KVStore:
-        s = self._stores.get(salt)
-        if s is None:
-            s = KVStore(self._bucket, model=self._model, salt=salt, geometry=self._geometry, revision=self._revision,
-                        tp_rank=self._tp[0], tp_size=self._tp[1], **self._options)
-            self._stores[salt] = s
+        """The store for a tenant (the scheduler's thread or the worker's): a view of the one base store."""
+        s = self._views.get(salt)
+        if s is not None:
+            self._views.move_to_end(salt)
+            return s
+        if self._base is None:
+            self._base = KVStore(self._bucket, model=self._model, geometry=self._geometry, revision=self._revision,
+                                 tp_rank=self._tp[0], tp_size=self._tp[1], **self._options)
+        s = self._base if salt is None else _salted(self._base, salt)
+        self._views[salt] = s
+        if len(self._views) > _SALT_VIEWS:
+            self._views.popitem(last=False)  # handles in flight keep their view alive until they finish
         return s
+
+    def _close_stores(self) -> None:
+        if self._base is not None:
+            self._base.close()  # waits for stores in flight: what was promised lands
+        self._base = None
+        self._views.clear()
 
     # ---- scheduler side -------------------------------------------------------
     def get_num_new_matched_tokens(self, request: "Request", num_computed_tokens: int) -> tuple[int, bool]:
@@ -279,12 +317,13 @@ class PyKVStoreConnector(KVConnectorBase_V1):
         first = next(iter(kv_caches.values()))
         dims = infer_dims(first, self._block_size, self._head_dim)
         strides = self._plane_strides if dims == "BHTC" and first.device.type == "cpu" else None
-        self._paged = PagedKV(dict(kv_caches), dims=dims, plane_strides=strides)
+        self._kv_caches = dict(kv_caches)
+        self._paged = PagedKV(self._kv_caches, dims=dims, plane_strides=strides)
         if self._paged.geometry != self._geometry:
             log.warning("vLLM's KV tensors are %s but the model config implies %s; using the tensors",
                         self._paged.geometry, self._geometry)
             self._geometry = self._paged.geometry
-            self._stores.clear()
+            self._close_stores()  # reopened for the geometry the tensors have
 
     def start_load_kv(self, forward_context: Any, **kwargs: Any) -> None:
         # A step without a forward pass: every request waits (for loads, say).
@@ -367,7 +406,36 @@ class PyKVStoreConnector(KVConnectorBase_V1):
         errors, self._load_errors = self._load_errors, set()
         return errors
 
+    # ---- sleep mode (vLLM >= 0.33 asks before it unmaps the KV cache) --------
+    @classmethod
+    def supports_sleep_mode(cls, *args: Any) -> bool:
+        """Yes: the connector lets go of vLLM's KV tensors while they are unmapped."""
+        return True
+
+    def unregister_kv_caches(self) -> None:
+        """Before vLLM unmaps (or frees) its KV cache: no transfer touches those tensors after this returns.
+
+        Stores copied their KV out at the end of their step, so only loads
+        still write into vLLM's blocks: wait for them, and report their blocks
+        as failed (the KV they wrote is about to be discarded), so vLLM
+        recomputes what it still needs. The bucket keeps everything.
+        """
+        for rid, (h, t) in list(self._loading.items()):
+            if h is not None:
+                try:
+                    h.wait()
+                except Exception as e:  # noqa: BLE001 - a cache never fails the engine
+                    log.warning("pykvstore load for %s failed: %r", rid, e)
+            self._loading[rid] = (None, t)  # finished, every block failed; reported by get_finished
+        self._paged = None
+
+    release_kv_caches = unregister_kv_caches  # the name some vLLM versions call
+
+    def restore_kv_caches(self, kv_caches: Optional[dict[str, torch.Tensor]] = None) -> None:
+        """After vLLM maps its KV cache again: rebuild the view of it (the tensors may have moved)."""
+        caches = kv_caches if kv_caches is not None else self._kv_caches
+        if caches is not None:
+            self.register_kv_caches(caches)
+
     def shutdown(self) -> None:
-        for s in self._stores.values():
-            s.close()  # waits for stores in flight: what was promised lands
-        self._stores.clear()
+        self._close_stores()

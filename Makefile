@@ -29,8 +29,39 @@ demo: $(BUILT) $(VLLM_VENV)/.installed
 demo-store: $(BUILT)
 	$(PY) -m pykvstore.demo --bucket ./demo-store-bucket
 
-test: $(BUILT)
+test: $(BUILT) cpp-test
 	$(PY) -m pytest -q
+
+# --- C++ unit tests, sanitizers (issue 19) -----------------------------------
+# Each builds into its own directory under build/ (never over pykvstore/_C*.so).
+CMAKE_PY = -G Ninja -DPython_EXECUTABLE=$(abspath $(PY)) -Dpybind11_DIR=$$($(PY) -m pybind11 --cmakedir) \
+	-DPYKVSTORE_CUDA=OFF -DPYKVSTORE_BUILD_TESTS=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo
+CTEST_DIR := build/ctest
+SAN_DIR := build/sanitize
+# The native core's own tests and the Python tests that drive it hardest; a few
+# minutes under ASan on two cores.
+SAN_TESTS := tests/test_native.py tests/test_transfer.py tests/test_store.py tests/test_faults.py \
+	tests/test_multiprocess.py
+
+.PHONY: cpp-test sanitize sanitize-address sanitize-thread
+cpp-test: $(DEPS)
+	cmake -S . -B $(CTEST_DIR) $(CMAKE_PY) >/dev/null
+	cmake --build $(CTEST_DIR) --target pykvstore_cpp_tests
+	cd $(CTEST_DIR) && ctest --output-on-failure
+
+# ASan+UBSan: the C++ tests (poisoning cases included), then the Python tests
+# against the sanitized _C. TSan: the C++ tests of the threaded paths.
+sanitize: sanitize-address sanitize-thread
+sanitize-address: $(DEPS)
+	cmake -S . -B $(SAN_DIR)-address $(CMAKE_PY) -DPYKVSTORE_SANITIZE=address \
+		-DCMAKE_LIBRARY_OUTPUT_DIRECTORY=$(abspath $(SAN_DIR)-address)/lib >/dev/null
+	cmake --build $(SAN_DIR)-address
+	cd $(SAN_DIR)-address && ctest --output-on-failure
+	tests/run_sanitized.sh address $(SAN_DIR)-address $(abspath $(PY)) -q $(addprefix $(CURDIR)/,$(SAN_TESTS))
+sanitize-thread: $(DEPS)
+	cmake -S . -B $(SAN_DIR)-thread $(CMAKE_PY) -DPYKVSTORE_SANITIZE=thread >/dev/null
+	cmake --build $(SAN_DIR)-thread --target pykvstore_cpp_tests
+	cd $(SAN_DIR)-thread && TSAN_OPTIONS=halt_on_error=1 ctest --output-on-failure
 
 bench: $(BUILT)
 	$(PY) benchmarks/bench_store.py

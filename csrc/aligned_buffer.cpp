@@ -1,5 +1,6 @@
 #include "pykvstore/aligned_buffer.hpp"
 
+#include "pykvstore/detail/asan.hpp"
 #include "pykvstore/host_pool.hpp"
 
 #include <cstdlib>
@@ -27,12 +28,14 @@ struct BufferCache {
     void* p = it->second.back();
     it->second.pop_back();
     bytes -= capacity;
+    PYKVSTORE_ASAN_UNPOISON(p, capacity);
     return p;
   }
 
   bool keep(void* p, std::size_t capacity) {
     std::lock_guard<std::mutex> lock(mutex);
     if (bytes + capacity > limit) return false;
+    PYKVSTORE_ASAN_POISON(p, capacity);  // kept, not owned: any access until taken again is a bug
     free_blocks[capacity].push_back(p);
     bytes += capacity;
     return true;
@@ -43,6 +46,7 @@ struct BufferCache {
     limit = new_limit;
     for (auto& [cap, blocks] : free_blocks) {
       while (bytes > limit && !blocks.empty()) {
+        PYKVSTORE_ASAN_UNPOISON(blocks.back(), cap);
         std::free(blocks.back());
         blocks.pop_back();
         bytes -= cap;

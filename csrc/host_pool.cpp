@@ -10,6 +10,7 @@
 
 #include "pykvstore/aligned_buffer.hpp"
 #include "pykvstore/cuda_runtime_info.hpp"
+#include "pykvstore/detail/asan.hpp"
 
 namespace pykvstore {
 
@@ -34,9 +35,11 @@ HostPool::HostPool(std::size_t capacity, bool pin, bool huge_pages)
   }
   add_free(0, capacity_);
   free_bytes_ = capacity_;
+  PYKVSTORE_ASAN_POISON(base_, capacity_);  // free ranges are poisoned until allocated
 }
 
 HostPool::~HostPool() {
+  PYKVSTORE_ASAN_UNPOISON(base_, capacity_);  // the addresses may be mapped again
   if (pinned_)
     cuda_host_free(base_);
   else
@@ -89,6 +92,7 @@ std::uint8_t* HostPool::allocate(std::size_t bytes) {
   free_bytes_ -= want;
   ++live_;
   ++allocations_;
+  PYKVSTORE_ASAN_UNPOISON(base_ + offset, want);
   return base_ + offset;
 }
 
@@ -97,6 +101,7 @@ void HostPool::release(std::uint8_t* p, std::size_t bytes) {
   if (!contains(p) || p + length > base_ + capacity_)
     throw std::invalid_argument("HostPool::release: the range is not from this pool");
   std::lock_guard<std::mutex> lock(mutex_);
+  PYKVSTORE_ASAN_POISON(p, length);  // a use after release, or an overflow into it, is reported
   add_free(static_cast<std::size_t>(p - base_), length);
   free_bytes_ += length;
   --live_;

@@ -2,12 +2,19 @@
 CMakeLists.txt; this file only drives it.
 
 Environment: PYKVSTORE_CUDA=AUTO|ON|OFF, CMAKE_ARGS, CMAKE_BUILD_PARALLEL_LEVEL.
+
+Each Python environment builds in its own directory, build/cmake-<hash of
+its prefix and ABI>, kept between installs (a rebuild recompiles what
+changed). A cache whose cmake or ninja is gone, as pip's temporary build
+environments are after each install, is set up again instead of failing.
 """
 
+import hashlib
 import os
 import shutil
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 from setuptools import Extension, setup
@@ -18,6 +25,31 @@ class CMakeExtension(Extension):
     def __init__(self, name: str, source_dir: str = ".") -> None:
         super().__init__(name, sources=[])
         self.source_dir = str(Path(source_dir).resolve())
+
+
+def build_dir_of_this_python(source_dir: str) -> Path:
+    """The CMake build directory of the running interpreter's environment: CMake
+    caches the interpreter it found, so environments never share one."""
+    ident = f"{sys.prefix}\0{sys.executable}\0{sysconfig.get_config_var('SOABI')}"
+    return Path(source_dir) / "build" / f"cmake-{hashlib.sha256(ident.encode()).hexdigest()[:12]}"
+
+
+def drop_stale_cache(build_dir: Path, generator: str) -> None:
+    """Forgets a CMake cache that names another generator, or a cmake or make
+    program that no longer exists (pip deletes its build environment after
+    each install); the compiled objects stay for the next build to reuse."""
+    cache = build_dir / "CMakeCache.txt"
+    if not cache.exists():
+        return
+    entries = {}
+    for line in cache.read_text(errors="replace").splitlines():
+        name, sep, value = line.partition("=")
+        if sep and not line.startswith(("#", "//")):
+            entries[name.split(":")[0]] = value
+    if entries.get("CMAKE_GENERATOR", generator) != generator:
+        shutil.rmtree(build_dir)
+    elif any(entries.get(k) and not Path(entries[k]).exists() for k in ("CMAKE_COMMAND", "CMAKE_MAKE_PROGRAM")):
+        cache.unlink()
 
 
 class CMakeBuild(build_ext):
@@ -33,10 +65,12 @@ class CMakeBuild(build_ext):
             f"-DCMAKE_BUILD_TYPE={build_type}",
             f"-DPYKVSTORE_CUDA={os.environ.get('PYKVSTORE_CUDA', 'AUTO').upper()}",
         ]
-        if shutil.which("ninja"):
-            args.append("-GNinja")
+        ninja = shutil.which("ninja")
+        generator = "Ninja" if ninja else "Unix Makefiles"
+        args += [f"-G{generator}"] + ([f"-DCMAKE_MAKE_PROGRAM={ninja}"] if ninja else [])
         args += [a for a in os.environ.get("CMAKE_ARGS", "").split() if a]
-        build_dir = Path(self.build_temp) / ext.name
+        build_dir = build_dir_of_this_python(ext.source_dir)
+        drop_stale_cache(build_dir, generator)
         build_dir.mkdir(parents=True, exist_ok=True)
         subprocess.run(["cmake", ext.source_dir, *args], cwd=build_dir, check=True)
         jobs = os.environ.get("CMAKE_BUILD_PARALLEL_LEVEL", str(os.cpu_count() or 1))

@@ -1,11 +1,18 @@
 #include "pykvstore/file_engine.hpp"
 
 #include <fcntl.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
+#include <mutex>
+#include <unordered_map>
+#include <vector>
 
 #include "pykvstore/checksum.hpp"
 #include "pykvstore/error.hpp"
@@ -98,7 +105,83 @@ bool hash_payload_of(const std::uint8_t* data, std::size_t size, std::uint64_t* 
   return true;
 }
 
+// Asks for each run of missing pages in slices of at most slice_pages; returns the pages asked for.
+std::size_t will_need(int fd, const std::vector<unsigned char>& resident, std::size_t slice_pages, std::size_t page) {
+  std::size_t asked = 0;
+  for (std::size_t i = 0; i < resident.size();) {
+    if (resident[i] & 1) {
+      ++i;
+      continue;
+    }
+    std::size_t j = i;
+    while (j < resident.size() && !(resident[j] & 1) && j - i < slice_pages) ++j;
+    ::posix_fadvise(fd, static_cast<off_t>(i * page), static_cast<off_t>((j - i) * page), POSIX_FADV_WILLNEED);
+    asked += j - i;
+    i = j;
+  }
+  return asked;
+}
+
+// A queue setting of a block device in KiB, from sysfs (a partition's queue is its disk's); 0 when unknown.
+std::size_t queue_kb(unsigned major, unsigned minor, const char* name) {
+  for (const char* fmt : {"/sys/dev/block/%u:%u/queue/%s", "/sys/dev/block/%u:%u/../queue/%s"}) {
+    char path[128];
+    std::snprintf(path, sizeof path, fmt, major, minor, name);
+    if (FILE* f = std::fopen(path, "re")) {
+      unsigned long kb = 0;
+      int n = std::fscanf(f, "%lu", &kb);
+      std::fclose(f);
+      if (n == 1) return kb;
+    }
+  }
+  return 0;
+}
+
+// The most one WILLNEED call reads on a file's device: the kernel trims a call
+// to max(read_ahead_kb, max_sectors_kb) of its queue. 128 KiB (the kernel's
+// default window) where sysfs does not say (no block device behind the file).
+std::size_t readahead_window(dev_t dev) {
+  static std::mutex mutex;
+  static std::unordered_map<dev_t, std::size_t> known;
+  std::lock_guard<std::mutex> lock(mutex);
+  auto it = known.find(dev);
+  if (it != known.end()) return it->second;
+  std::size_t kb = 0;
+  if (major(dev) != 0) kb = std::max(queue_kb(major(dev), minor(dev), "read_ahead_kb"),
+                                     queue_kb(major(dev), minor(dev), "max_sectors_kb"));
+  std::size_t bytes = kb > 0 ? std::min<std::size_t>(kb << 10, 16u << 20) : (128u << 10);
+  known.emplace(dev, bytes);
+  return bytes;
+}
+
 }  // namespace
+
+bool FileEngine::readahead(const std::string& path) noexcept {
+  if (!readahead_on_.load(std::memory_order_relaxed)) return false;
+  Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK));
+  struct stat st;
+  if (fd.get() < 0 || ::fstat(fd.get(), &st) != 0 || !S_ISREG(st.st_mode) || st.st_size <= 0) return false;
+  const auto size = static_cast<std::size_t>(st.st_size);
+  const auto page = static_cast<std::size_t>(::sysconf(_SC_PAGESIZE));
+  // Which pages the page cache holds: mincore over a mapping that is never touched.
+  void* map = ::mmap(nullptr, size, PROT_READ, MAP_SHARED, fd.get(), 0);
+  if (map == MAP_FAILED) return false;
+  std::vector<unsigned char> resident((size + page - 1) / page);
+  int rc = ::mincore(map, size, resident.data());
+  ::munmap(map, size);
+  if (rc != 0) return false;
+  std::size_t slice = 0;
+  try {
+    slice = std::max(readahead_window(st.st_dev), page) / page;
+  } catch (...) {  // no memory for the cache entry: the kernel's own readahead does it
+    return false;
+  }
+  std::size_t missing = will_need(fd.get(), resident, slice, page);
+  if (missing == 0) return false;
+  counters_.cold_reads.fetch_add(1, std::memory_order_relaxed);
+  counters_.readahead_bytes.fetch_add(std::min(missing * page, size), std::memory_order_relaxed);
+  return true;
+}
 
 int FileEngine::Fault::next() {
   std::uint64_t n = every.load(std::memory_order_relaxed);
@@ -315,6 +398,7 @@ MapResult FileEngine::map_scatter_now(const std::string& path, std::size_t max_s
 }
 
 std::shared_future<MapResult> FileEngine::map(std::string path, std::size_t max_size, bool hash_payload) {
+  readahead(path);
   return pool_.submit([this, path = std::move(path), max_size, hash_payload] {
     return map_now(path, max_size, hash_payload);
   });
@@ -323,6 +407,7 @@ std::shared_future<MapResult> FileEngine::map(std::string path, std::size_t max_
 std::shared_future<MapResult> FileEngine::map_scatter(std::string path, std::size_t max_size, PagedLayout layout,
                                                       std::vector<std::int64_t> block_ids, std::int64_t skip,
                                                       std::size_t payload_bytes) {
+  readahead(path);
   return pool_.submit([this, path = std::move(path), max_size, layout = std::move(layout),
                        block_ids = std::move(block_ids), skip, payload_bytes] {
     return map_scatter_now(path, max_size, layout, block_ids, skip, payload_bytes);
@@ -340,6 +425,7 @@ std::shared_future<std::size_t> FileEngine::write(std::string final_path, std::s
 
 std::shared_future<ReadResult> FileEngine::read(std::string path, DirectMode mode,
                                                 std::size_t max_size, bool hash_payload) {
+  if (mode == DirectMode::Off) readahead(path);  // O_DIRECT reads skip the page cache and queue deep already
   return pool_.submit([this, path = std::move(path), mode, max_size, hash_payload] {
     return read_now(path, mode, max_size, hash_payload);
   });

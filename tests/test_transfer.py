@@ -5,7 +5,10 @@ test_gpu.py."""
 import ctypes
 import errno
 import gc
+import os
+import pathlib
 import time
+import uuid
 
 import numpy as np
 import pytest
@@ -301,3 +304,70 @@ def test_put_async_stores_what_fits_the_pool(bucket):
             assert s.put(tokens(192), kv.PagedKV(src, "BHTC"), block_table(24, 48, 1)) == 192  # put copies as it goes
     finally:
         kv.defaults.set(host_pool=before)
+
+
+def _cold_dir(tmp_path):
+    """A directory whose files leave the page cache when told to (not tmpfs):
+    tmp_path, else one under the checkout's test-artifacts/."""
+
+    for d in (tmp_path, pathlib.Path(__file__).resolve().parents[1] / "test-artifacts" / uuid.uuid4().hex):
+        d.mkdir(parents=True, exist_ok=True)
+        probe = d / "probe"
+        probe.write_bytes(b"\1" * (1 << 20))
+        engine = _C.FileEngine(1)
+        _drop_page_cache([probe])
+        if engine.readahead(str(probe)):
+            return d
+    pytest.skip("no file system here drops pages from its cache (tmpfs only)")
+
+
+def _drop_page_cache(paths):
+    for p in paths:
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def test_readahead_asks_for_a_cold_files_pages_once(tmp_path):
+    """A file out of the page cache is asked for when a load is submitted; one
+    that is in it (or on its way) is not, and what cannot be looked at is no error."""
+    d = _cold_dir(tmp_path)
+    engine = _C.FileEngine(2)
+    src = _C.AlignedBuffer(3 * MiB + 4096)
+    np.frombuffer(src, dtype=np.uint8)[:] = np.random.default_rng(3).integers(0, 256, len(src), dtype=np.uint8)
+    path = d / "chunk"
+    engine.write(str(path), str(d / "tmp"), src, len(src), 0).result()
+    _drop_page_cache([path])
+    assert engine.readahead(str(path))
+    c = engine.counters()
+    assert c["cold_reads"] == 1 and c["readahead_bytes"] == len(src)
+    # (the read may count the file again: pages still on their way are not in the cache yet)
+    assert bytes(engine.read(str(path), 0, 8 * MiB).result().buffer) == bytes(src)
+    assert not engine.readahead(str(path))  # every page is in the cache now
+    cold = engine.counters()["cold_reads"]
+    engine.readahead_enabled = False
+    _drop_page_cache([path])
+    assert not engine.readahead(str(path)) and engine.counters()["cold_reads"] == cold
+    engine.readahead_enabled = True
+    fifo = d / "fifo"
+    os.mkfifo(fifo)
+    assert not any(engine.readahead(str(p)) for p in (d / "missing", d, fifo))  # never blocks on the FIFO
+    assert engine.counters()["cold_reads"] == cold
+
+
+def test_a_cold_get_asks_for_every_chunk_ahead_and_loads_them_exactly(tmp_path, read_path):
+    d = _cold_dir(tmp_path)
+    src, dst = make_cache("BHTC", seed=1), make_cache("BHTC", seed=2)
+    toks, a, b = tokens(160), block_table(20, 24, 1), block_table(20, 24, 2)
+    with kv.KVStore(d / "bucket", model="m", chunk_tokens=32) as s:
+        assert s.put(toks, kv.PagedKV(src, "BHTC"), a) == 160
+    _drop_page_cache(list((d / "bucket" / "data").rglob("*.safetensors")))
+    with kv.KVStore(d / "bucket", model="m", chunk_tokens=32, host_capacity=1) as s:
+        assert s.get(toks, kv.PagedKV(dst, "BHTC"), b) == 160
+        assert s.stats().io["cold_reads"] == 5
+        assert s.get(toks, kv.PagedKV(dst, "BHTC"), b) == 160  # warm now: nothing asked for
+        assert s.stats().io["cold_reads"] == 5
+    assert torch.equal(reference(dst, "BHTC", b, 8, 0, 160), reference(src, "BHTC", a, 8, 0, 160))

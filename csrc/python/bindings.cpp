@@ -281,13 +281,15 @@ PYBIND11_MODULE(_C, m) {
           [](FileEngine& e, std::string path, int mode, std::size_t max_size, bool hash_payload) {
             return ReadFuture{e.read(std::move(path), to_mode(mode), max_size, hash_payload)};
           },
-          py::arg("path"), py::arg("direct"), py::arg("max_size"), py::arg("hash_payload") = false)
+          py::arg("path"), py::arg("direct"), py::arg("max_size"), py::arg("hash_payload") = false,
+          py::call_guard<py::gil_scoped_release>())  // a cold file's readahead is asked for on this thread
       .def(
           "map",
           [](FileEngine& e, std::string path, std::size_t max_size, bool hash_payload) {
             return MapFuture{e.map(std::move(path), max_size, hash_payload)};
           },
           py::arg("path"), py::arg("max_size"), py::arg("hash_payload") = false,
+          py::call_guard<py::gil_scoped_release>(),
           "Maps a whole file on an I/O thread (pages brought in, payload hashed there).")
       .def(
           "map_scatter",
@@ -298,10 +300,14 @@ PYBIND11_MODULE(_C, m) {
                                            skip, payload_bytes)};
           },
           py::arg("path"), py::arg("max_size"), py::arg("layout"), py::arg("block_ids_ptr"), py::arg("num_blocks"),
-          py::arg("skip"), py::arg("payload_bytes"),
+          py::arg("skip"), py::arg("payload_bytes"), py::call_guard<py::gil_scoped_release>(),
           "Maps a chunk file on an I/O thread and scatters its payload into the blocks while hashing it\n"
           "(when it is payload_bytes long). The blocks are written before the hash is checked.")
       .def("set_pool", &FileEngine::set_pool, py::arg("pool"), "Read buffers come from this HostPool (None: heap).")
+      .def("readahead", &FileEngine::readahead, py::arg("path"), py::call_guard<py::gil_scoped_release>(),
+           "Starts reading the pages of a file the page cache lacks; True when some were missing.")
+      .def_property("readahead_enabled", &FileEngine::readahead_enabled, &FileEngine::set_readahead,
+                    "Whether loads ask for a cold file's pages when they are submitted (on by default).")
       .def(
           "inject_faults",
           [](FileEngine& e, const std::string& op, std::uint64_t every, int err) {
@@ -324,6 +330,8 @@ PYBIND11_MODULE(_C, m) {
         d["mapped_reads"] = c.mapped_reads.load();
         d["copied_while_verifying"] = c.copied_while_verifying.load();
         d["injected_faults"] = c.injected_faults.load();
+        d["cold_reads"] = c.cold_reads.load();
+        d["readahead_bytes"] = c.readahead_bytes.load();
         return d;
       });
 }

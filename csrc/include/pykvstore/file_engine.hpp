@@ -35,6 +35,8 @@ struct IoCounters {
   std::atomic<std::uint64_t> bytes_read{0};
   std::atomic<std::uint64_t> mapped_reads{0};
   std::atomic<std::uint64_t> copied_while_verifying{0};  // map_scatter loads that copied on the I/O thread
+  std::atomic<std::uint64_t> cold_reads{0};       // files asked for while not wholly in the page cache
+  std::atomic<std::uint64_t> readahead_bytes{0};  // bytes of theirs the readahead asked the disk for
   std::atomic<std::uint64_t> injected_faults{0};
   std::atomic<std::uint64_t> errors{0};
 };
@@ -82,6 +84,19 @@ class FileEngine {
                                             std::vector<std::int64_t> block_ids, std::int64_t skip,
                                             std::size_t payload_bytes);
 
+  // Asks the kernel to start reading the pages of `path` the page cache lacks
+  // (posix_fadvise WILLNEED over every missing run) and returns at once; true
+  // when some were missing (a cold file, counted in cold_reads). map, map_scatter
+  // and buffered reads call it on the submitting thread, so every file a load has
+  // in flight is on its way from the disk while the I/O threads verify the
+  // earlier ones: the queue is as deep as the files in flight, not one
+  // readahead window per I/O thread. Never throws: a file it cannot look at is
+  // left to the read that follows, which reports it.
+  bool readahead(const std::string& path) noexcept;
+  // On by default; off leaves each file to the kernel's own readahead (for comparisons).
+  void set_readahead(bool on) noexcept { readahead_on_.store(on, std::memory_order_relaxed); }
+  bool readahead_enabled() const noexcept { return readahead_on_.load(std::memory_order_relaxed); }
+
   // Read buffers come from this pool when it has room (the heap otherwise).
   void set_pool(std::shared_ptr<HostPool> pool);
   // Fault injection for tests of the error paths: from now on every `every`-th
@@ -115,6 +130,7 @@ class FileEngine {
 
   IoCounters counters_;
   Fault write_fault_, read_fault_;
+  std::atomic<bool> readahead_on_{true};
   std::mutex pool_mutex_;
   std::shared_ptr<HostPool> buffer_pool_;
   ThreadPool pool_;  // last: joined before the counters go away

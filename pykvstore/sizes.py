@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 from .errors import SizeError
+
+MAX_SIZE = 1 << 60  # one exbibyte: a larger size is a typo, not a bucket
+MAX_DURATION = 100 * 365 * 86400.0  # a century: longer is "forever", say None
 
 _UNITS = {
     "": 1, "b": 1,
@@ -34,11 +38,15 @@ def parse_size(value: int | str, what: str = "size") -> int:
                 f"{what} {value!r} does not parse: use bytes or a number with a unit "
                 f"such as '512MiB', '20GiB' or '1TB'"
             )
+        if len(m.group(1)) > 30:
+            raise SizeError(f"{what} {value[:40]!r}... is too long to be a size")
         n = int(float(m.group(1)) * _UNITS[unit])
     else:
         raise SizeError(f"{what} must be an int or a string like '20GiB', got {type(value).__name__}")
     if n <= 0:
         raise SizeError(f"{what} must be positive, got {value!r}")
+    if n > MAX_SIZE:
+        raise SizeError(f"{what} {value!r} is larger than the {MAX_SIZE} bytes allowed")
     return n
 
 
@@ -64,6 +72,8 @@ def parse_duration(value: int | float | str, what: str = "duration") -> float:
     if isinstance(value, bool):
         raise SizeError(f"{what} must be seconds or a string like '30m', got {value!r}")
     if isinstance(value, (int, float)):
+        if isinstance(value, int) and abs(value) > MAX_DURATION:
+            raise SizeError(f"{what} must be at most {MAX_DURATION:.0f} seconds (a century), got a larger integer")
         seconds = float(value)
     elif isinstance(value, str):
         m = _DURATION.match(value)
@@ -71,11 +81,17 @@ def parse_duration(value: int | float | str, what: str = "duration") -> float:
             raise SizeError(f"{what} {value!r} does not parse: use seconds or a number with s, m, h, d or w "
                             f"such as '90s', '30m', '24h', '7d'")
         unit = m.group(2).lower() if m.group(2) else None
+        if len(m.group(1)) > 30:
+            raise SizeError(f"{what} {value[:40]!r}... is too long to be a duration")
         seconds = float(m.group(1)) * _SECONDS[unit]
     else:
         raise SizeError(f"{what} must be seconds or a string like '24h', got {type(value).__name__}")
+    if not math.isfinite(seconds):
+        raise SizeError(f"{what} must be a finite number of seconds, got {value!r}")
     if seconds <= 0:
         raise SizeError(f"{what} must be positive, got {value!r}")
+    if seconds > MAX_DURATION:
+        raise SizeError(f"{what} must be at most {MAX_DURATION:.0f} seconds (a century), got {value!r}")
     return seconds
 
 

@@ -79,3 +79,30 @@ def test_bad_tokens_are_named(bad, match):
 
 def test_empty_tokens_have_no_keys():
     assert chunk_keys(ROOT, as_tokens([]), 256) == []
+
+
+def test_lists_and_tuples_convert_natively_to_the_same_tokens():
+    """The native path for plain ints gives what the generic path gives, at every width boundary."""
+    rng = np.random.default_rng(7)
+    values = [0, 1, 255, 256, 65535, 65536, 2**31 - 1, 2**31, 2**32 - 1] + rng.integers(0, 2**32, 5000).tolist()
+    want = np.asarray(values, dtype=np.int64).astype("<u4")
+    for form in (values, tuple(values)):
+        got = as_tokens(form)
+        assert got.dtype == np.dtype("<u4") and got.flags.writeable and np.array_equal(got, want)
+    assert kv._C.tokens_u32(values) == want.tobytes()
+    assert as_tokens([]).size == 0 and as_tokens(()).size == 0
+
+
+@pytest.mark.parametrize("bad", [[1, -1], [2**32], [1, 2**70], [1, 2.0], [True, 1], [1, np.int64(2)], [[1, 2]], [1, "2"]])
+def test_lists_the_native_path_declines_take_the_generic_one(bad):
+    """Anything but plain ints in [0, 2**32) is left to the generic path: the same answer or error as before."""
+    assert kv._C.tokens_u32(bad) is None
+    try:
+        want = np.asarray(bad)
+    except ValueError:
+        want = None
+    if want is not None and want.dtype.kind in "iu" and want.ndim == 1 and want.min() >= 0 and want.max() < 2**32:
+        assert np.array_equal(as_tokens(bad), want)  # e.g. numpy ints in a list still work
+    else:
+        with pytest.raises(kv.TokensError):
+            as_tokens(bad)

@@ -57,6 +57,33 @@ DirectMode to_mode(int m) {
   return static_cast<DirectMode>(m);
 }
 
+// Token ids of a list or tuple of plain ints as little-endian uint32 bytes, or
+// None when an item is anything else (not an int, a bool, out of [0, 2**32)):
+// the caller's generic path then names the problem. The scheduler asks for
+// lookups of long prompts every step; this reads each int once, where
+// np.asarray builds an int64 array first.
+py::object tokens_u32(py::handle seq) {
+  PyObject* o = seq.ptr();
+  if (!PyList_Check(o) && !PyTuple_Check(o)) return py::none();
+  const Py_ssize_t n = PySequence_Fast_GET_SIZE(o);
+  PyObject** items = PySequence_Fast_ITEMS(o);  // the GIL is held and no Python code runs below
+  py::object out = py::reinterpret_steal<py::object>(PyByteArray_FromStringAndSize(nullptr, n * 4));
+  if (!out) throw py::error_already_set();
+  auto* dst = reinterpret_cast<unsigned char*>(PyByteArray_AS_STRING(out.ptr()));
+  for (Py_ssize_t i = 0; i < n; ++i) {
+    if (!PyLong_CheckExact(items[i])) return py::none();
+    int overflow = 0;
+    long long v = PyLong_AsLongLongAndOverflow(items[i], &overflow);
+    if (overflow != 0 || v < 0 || v > 0xFFFFFFFFLL) return py::none();
+    const auto u = static_cast<std::uint32_t>(v);
+    dst[4 * i] = static_cast<unsigned char>(u);
+    dst[4 * i + 1] = static_cast<unsigned char>(u >> 8);
+    dst[4 * i + 2] = static_cast<unsigned char>(u >> 16);
+    dst[4 * i + 3] = static_cast<unsigned char>(u >> 24);
+  }
+  return out;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -75,6 +102,8 @@ PYBIND11_MODULE(_C, m) {
   });
 
   m.attr("DIRECT_ALIGNMENT") = kDirectAlignment;
+  m.def("tokens_u32", &tokens_u32, py::arg("tokens"),
+        "A list or tuple of ints in [0, 2**32) as little-endian uint32 bytes (a bytearray); None otherwise.");
   m.def("set_buffer_cache_limit", &set_buffer_cache_limit, py::arg("bytes"),
         "Bytes of freed aligned buffers kept for reuse (process-wide).");
   m.def("buffer_cache_bytes", &buffer_cache_bytes, "Bytes of freed aligned buffers held for reuse now.");

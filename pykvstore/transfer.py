@@ -9,11 +9,16 @@ so the engine's next kernels see the KV without the host blocking.
 
 Used for layouts where each (layer, plane, block) is one contiguous run (every
 vLLM CUDA layout); other layouts go through the Triton gather/scatter kernels.
+
+Every chunk copy is counted by the path that moved it (`copy_counts()`), on
+whichever thread ran the copy: the paths fall back on one another and move the
+same bytes, so only the count shows which one really ran.
 """
 
 from __future__ import annotations
 
 import threading
+from collections import Counter
 from typing import Optional
 
 import torch
@@ -22,6 +27,33 @@ from . import _C
 
 _engines: dict[int, Optional["_C.CopyEngine"]] = {}
 _lock = threading.Lock()
+_copies: Counter = Counter()
+_copies_lock = threading.Lock()
+
+# How a chunk moved between an engine's blocks and host memory.
+COPY_PATHS = (
+    "native",      # host blocks: the C++ block copier (memcpy over runs)
+    "dma",         # CUDA blocks: this module's copy engine
+    "kernels",     # device blocks: the Triton gather/scatter kernels
+    "torch",       # device blocks: torch indexing (no triton, or layers with different strides)
+    "torch_host",  # host blocks whose layers do not share strides: torch indexing
+)
+
+
+def count_copy(direction: str, path: str) -> None:
+    """Records one chunk moved (direction "gather" or "scatter") by `path`."""
+    with _copies_lock:
+        _copies[f"{direction}_{path}"] += 1
+
+
+def copy_counts() -> dict[str, int]:
+    """Chunks gathered and scattered through PagedKV in this process, per path:
+    {"gather_dma": 3, ...}. Every direction x path key is present (0 when that
+    path never ran). Loads the I/O threads copy into host blocks while they
+    verify are counted by the file engine instead (io "copied_while_verifying").
+    """
+    with _copies_lock:
+        return {f"{d}_{p}": _copies[f"{d}_{p}"] for d in ("gather", "scatter") for p in COPY_PATHS}
 
 
 def copy_engine(device: torch.device) -> Optional["_C.CopyEngine"]:
@@ -51,6 +83,7 @@ def gather(engine: "_C.CopyEngine", layout: "_C.PagedLayout", ids: torch.Tensor,
     """Device blocks `ids` (a host int64 tensor) -> host chunk `out`; returns when the bytes are there."""
     stream = torch.cuda.current_stream(device).cuda_stream
     engine.copy_blocks(layout, ids.data_ptr(), len(ids), out.data_ptr(), 0, True, stream).wait()
+    count_copy("gather", "dma")
 
 
 def scatter(engine: "_C.CopyEngine", layout: "_C.PagedLayout", ids: torch.Tensor, src: torch.Tensor, skip: int,
@@ -61,4 +94,5 @@ def scatter(engine: "_C.CopyEngine", layout: "_C.PagedLayout", ids: torch.Tensor
     stream = torch.cuda.current_stream(device).cuda_stream
     ticket = engine.copy_blocks(layout, ids.data_ptr(), len(ids), src.data_ptr(), skip, False, stream)
     engine.order_after(ticket, stream)
+    count_copy("scatter", "dma")
     return ticket

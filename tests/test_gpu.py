@@ -5,6 +5,7 @@ import torch
 
 import pykvstore as kv
 from helpers import block_table, make_cache, reference, tokens
+from pykvstore.transfer import copy_counts
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
@@ -30,11 +31,16 @@ def test_cuda_round_trip_matches_the_cpu_path(bucket, dims, dtype):
     host_src = make_cache(dims, dtype=dtype, seed=1, blocks=64, bs=16)
     src, dst = to_cuda(host_src), to_cuda(make_cache(dims, dtype=dtype, seed=2, blocks=64, bs=16))
     toks, a, b = tokens(200), block_table(13, 64, 1), block_table(13, 64, 2)
+    path = "dma" if kv.PagedKV(src, dims)._dma is not None else "kernels"
+    before = copy_counts()
     with kv.KVStore(bucket, model="gpu", chunk_tokens=64) as s:
         assert s.put(toks, kv.PagedKV(src, dims), a) == 192
     with kv.KVStore(bucket, model="gpu", chunk_tokens=64) as s:  # from disk
         assert s.get(toks, kv.PagedKV(dst, dims), b, start=70) == 192
     torch.cuda.synchronize()
+    # the path meant for this layout moved every chunk (chunk 0 lies before start=70)
+    moved = {k: v - before[k] for k, v in copy_counts().items() if v != before[k]}
+    assert moved == {f"gather_{path}": 3, f"scatter_{path}": 2}
     got = reference(to_cpu(dst), dims, b, 16, 70, 192)
     assert torch.equal(got, reference(host_src, dims, a, 16, 70, 192))
     # and a CPU engine reads what the GPU engine stored
@@ -50,6 +56,7 @@ def test_block_contiguous_layouts_move_by_dma_and_the_rest_by_kernels():
     dma = kv.PagedKV(to_cuda(make_cache("2BTHD", blocks=8)), "2BTHD")
     kernels = kv.PagedKV(to_cuda(make_cache("BHTC", blocks=8)), "BHTC")
     assert dma._dma is not None and kernels._dma is None
+    assert {"dma", "kernels"} <= set(kv.transfer.COPY_PATHS)
     assert dma.block_ids([1, 2], 2).device.type == "cpu" and kernels.block_ids([1, 2], 2).device.type == "cuda"
 
 

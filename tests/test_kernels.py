@@ -14,7 +14,7 @@ if not torch.cuda.is_available():
 triton = pytest.importorskip("triton")
 
 import pykvstore as kv  # noqa: E402
-from helpers import block_table, make_cache, reference  # noqa: E402
+from helpers import block_table, make_cache, reference, tokens  # noqa: E402
 from pykvstore.kernels import gather, scatter  # noqa: E402
 
 GPU = torch.cuda.is_available()
@@ -81,20 +81,39 @@ def test_scatter_from_skip_and_the_identity(bs, skip):
         assert torch.equal(again.cpu()[c, :, :, lo:], staging.cpu()[c, :, :, lo:])
 
 
-def test_the_store_routes_device_tensors_through_the_kernels():
-    """Device tensors take _device_gather/_device_scatter; on CPU we drive them directly."""
+def copies_since(before):
+    from pykvstore.transfer import copy_counts
+
+    return {k: v - before[k] for k, v in copy_counts().items() if v != before[k]}
+
+
+def test_the_store_routes_device_tensors_through_the_kernels(bucket):
+    """Device tensors take _device_gather/_device_scatter, and there the kernels, not the
+    torch fallback (which moves the same bytes): counted per path. On CPU we drive them
+    directly; on a GPU the store does, for a layout DMA cannot take (head-major BHTC)."""
     from pykvstore import layout
+    from pykvstore.transfer import copy_counts
 
     host = make_cache("BHTC", blocks=16, bs=8)
     p = kv.PagedKV(on_device(host), "BHTC")
     ids = p.block_ids(block_table(4, 16), 4)
     out = torch.empty(p.geometry.chunk_shape(32), dtype=p.geometry.view_dtype)
+    before = copy_counts()
     layout._device_gather(p._views, ids, out)
     assert torch.equal(out, reference(host, "BHTC", ids.cpu(), 8, 0, 32))
     dst_host = make_cache("BHTC", blocks=16, bs=8, seed=4)
     q = kv.PagedKV(on_device(dst_host), "BHTC")
     layout._device_scatter(q._views, ids, out, 3)
     assert torch.equal(reference([t.cpu() for t in q.tensors], "BHTC", ids.cpu(), 8, 3, 32), out[:, :, 3:])
+    assert copies_since(before) == {"gather_kernels": 1, "scatter_kernels": 1}
+    if GPU:
+        assert p._dma is None
+        toks, ids_a = tokens(64), block_table(8, 16, 1)
+        before = copy_counts()
+        with kv.KVStore(bucket, model="k", chunk_tokens=32) as s:
+            assert s.put(toks, p, ids_a) == 64
+            assert s.get(toks, q, ids_a) == 64
+        assert copies_since(before) == {"gather_kernels": 2, "scatter_kernels": 2}
 
 
 def test_bad_arguments_are_named():
@@ -111,3 +130,31 @@ def test_bad_arguments_are_named():
     if mixed[1].stride() != mixed[0].stride():
         with pytest.raises(ValueError, match="share shape, dtype and strides"):
             gather(mixed, ids, good, 4)
+
+
+@pytest.mark.parametrize("rows", [1, 2, 8, 128])
+@pytest.mark.parametrize("dims", ["B2THD", "BHTC", "BTD"])
+def test_any_rows_per_program_moves_the_same_bytes(dims, rows):
+    """ROWS is a launch choice only: tails (15 tokens a chunk), the skip and every layout give the same bytes."""
+    bs, n = 3, 10  # 30 tokens in 2 chunks: no rows count above 1 divides them evenly into programs
+    src_host = make_cache(dims, blocks=16, bs=bs, seed=5)
+    dst_host = make_cache(dims, blocks=16, bs=bs, seed=6)
+    src, dst = kv.PagedKV(on_device(src_host), dims), kv.PagedKV(on_device(dst_host), dims)
+    a, b = block_table(n, 16, 3), block_table(n, 16, 4)
+    staging = torch.empty((2,) + src.geometry.chunk_shape(n // 2 * bs), dtype=src.geometry.view_dtype, device=DEVICE)
+    gather(src._views, src.block_ids(a, n), staging, n // 2, rows=rows)
+    assert torch.equal(staging.cpu(), staged_reference(src_host, dims, a, bs, 2))
+    before = reference([t.cpu() for t in dst.tensors] if isinstance(dst.tensors, list) else dst.tensors.cpu(),
+                       dims, b, bs, 0, 7)
+    scatter(dst._views, dst.block_ids(b, n), staging, n // 2, 7, rows=rows)
+    after = [t.cpu() for t in dst.tensors] if isinstance(dst.tensors, list) else dst.tensors.cpu()
+    assert torch.equal(reference(after, dims, b, bs, 7, 30), reference(src_host, dims, a, bs, 7, 30))
+    assert torch.equal(reference(after, dims, b, bs, 0, 7), before)
+
+
+def test_rows_must_be_a_power_of_two():
+    p = kv.PagedKV(make_cache("BHTC", blocks=16, bs=4), "BHTC")
+    ids = p.block_ids(block_table(4, 16), 4)
+    staging = torch.empty((1,) + p.geometry.chunk_shape(16), dtype=p.geometry.view_dtype)
+    with pytest.raises(ValueError, match="power of two"):
+        gather(p._views, ids, staging, 4, rows=3)

@@ -4,6 +4,7 @@ import torch
 
 import pykvstore as kv
 from pykvstore.layout import Geometry
+from pykvstore.transfer import copy_counts
 from helpers import INT_VIEW, block_table, make_cache, reference
 
 FORMS = ["2BTHD", "B2THD", "BHTC", "BTHC", "BTD", "BTC", "LB2THD", "BL2THD", "LBHTC", "BLTHC", "LBTD"]
@@ -126,6 +127,7 @@ def test_layers_with_different_strides_take_the_torch_path(dims):
     p = kv.PagedKV(mixed, dims)
     assert p._native is None and kv.PagedKV(a, dims)._native is not None
     ids = block_table(4, 24)
+    before = copy_counts()
     assert torch.equal(gather_chunk(mixed, dims, ids), gather_chunk(a, dims, ids))
     dst = [t.clone() for t in make_cache(dims, seed=4)]
     dst[1] = make_cache(dims, seed=4, noncontiguous=True)[1]
@@ -133,6 +135,8 @@ def test_layers_with_different_strides_take_the_torch_path(dims):
     chunk = gather_chunk(a, dims, ids)
     q.scatter(q.block_ids(ids, 4), chunk, 5)
     assert torch.equal(reference(dst, dims, ids, 8, 5, 32), chunk[:, :, 5:])
+    moved = {k: v - before[k] for k, v in copy_counts().items() if v != before[k]}
+    assert moved == {"gather_torch_host": 1, "gather_native": 2, "scatter_torch_host": 1}
 
 
 def test_chunk_buffers_are_checked_before_native_code_touches_them():

@@ -1,12 +1,17 @@
 """Triton gather/scatter on a GPU: prints one JSON object, each figure beside its baselines.
 
 Shapes: Llama-3-8B (32 layers, 8 kv heads, head dim 128, bf16, block 16,
-2,048 scattered blocks) and DeepSeek-V3 MLA (61 layers, latent 576, bf16,
-block 64). Baselines in the same run: (a) one device-to-device copy_ of a
-contiguous buffer of the same size — the practical limit — and (b) a
-per-layer torch.index_select / index_copy_ loop. GB/s counts bytes moved
-once. Also: the SMs the launch can occupy and the time for 16 blocks, where
-launch overhead dominates. Without a CUDA device it says so and exits.
+2,048 scattered blocks), one tensor-parallel shard of Llama-3-70B (80 layers,
+1 kv head, vLLM's head-major BHTC) and DeepSeek-V3 MLA (61 layers, latent
+576, bf16, block 64). Baselines in the same run: (a) one device-to-device
+copy_ of a contiguous buffer of the same size — the practical limit — (b) a
+per-layer torch.index_select / index_copy_ loop and (c) the same kernel with
+one row per program (rows=1, the grid before ROWS). GB/s counts bytes moved
+once. Also: the time for 16 blocks, where launch overhead dominates, and the
+registers and spills of the kernel the launch compiled beside what
+pykvstore.kernels.aot predicted for this GPU without one (benchmarks/README.md
+lists the figures this run must confirm). Without a CUDA device it says so
+and exits.
 
     python benchmarks/bench_kernels.py
 """
@@ -32,6 +37,21 @@ def timed(fn, repeat: int = 20) -> float:
         times.append(start.elapsed_time(end) / 1e3)
     times.sort()
     return times[len(times) // 2]
+
+
+def compiled_vs_predicted(views, ids, staging, per_chunk: int) -> dict:
+    """Registers and spills of the gather kernel as launched here, and as compiled ahead of time."""
+    from pykvstore.kernels import aot, paged_copy
+
+    args, kwargs, grid = aot.launch(views, ids, staging, per_chunk, True)
+    k = paged_copy._paged_copy_kernel[grid](*args, **kwargs)
+    major, minor = torch.cuda.get_device_capability(0)
+    out = {"rows": kwargs["ROWS"], "registers": k.n_regs, "spills": k.n_spills}
+    if major * 10 + minor in aot.GPUS:
+        c = aot.compile_args(args, kwargs, major * 10 + minor)
+        out.update(aot_registers=c.registers, aot_spill_bytes=c.spill_store_bytes + c.spill_load_bytes,
+                   aot_programs_per_sm=c.programs_per_sm(), aot_engine_widths=sorted(c.engine_widths()))
+    return out
 
 
 def case(name: str, layers: int, dims: str, shape: tuple, blocks: int, block_size: int, per_chunk: int) -> dict:
@@ -64,22 +84,28 @@ def case(name: str, layers: int, dims: str, shape: tuple, blocks: int, block_siz
     t_copy = timed(lambda: flat_dst.copy_(flat_src))
     t_gather = timed(lambda: gather(views, ids, staging, per_chunk))
     t_scatter = timed(lambda: scatter(views, ids, staging, per_chunk))
+    t_gather1 = timed(lambda: gather(views, ids, staging, per_chunk, rows=1), 10)
+    t_scatter1 = timed(lambda: scatter(views, ids, staging, per_chunk, rows=1), 10)
     t_loop_g, t_loop_s = timed(loop_gather, 5), timed(loop_scatter, 5)
     small_ids = ids[:16 - 16 % per_chunk or per_chunk]
     small = torch.empty((len(small_ids) // per_chunk,) + g.chunk_shape(per_chunk * block_size), dtype=g.view_dtype,
                         device="cuda")
     t_small = timed(lambda: gather(views, small_ids, small, per_chunk))
     sms = torch.cuda.get_device_properties(0).multi_processor_count
-    programs = blocks * block_size * layers * g.planes
     gbps = lambda t: nbytes / t / 1e9  # noqa: E731
+    kernel = compiled_vs_predicted(views, ids, staging, per_chunk)
     return {
         "case": name, "bytes": nbytes, "blocks": blocks, "block_size": block_size,
         "gather_GBps": gbps(t_gather), "scatter_GBps": gbps(t_scatter), "copy_GBps": gbps(t_copy),
+        "rows1_gather_GBps": gbps(t_gather1), "rows1_scatter_GBps": gbps(t_scatter1),
         "loop_gather_GBps": gbps(t_loop_g), "loop_scatter_GBps": gbps(t_loop_s),
         "gather_vs_copy": t_copy / t_gather, "scatter_vs_copy": t_copy / t_scatter,
+        "gather_vs_rows1": t_gather1 / t_gather, "scatter_vs_rows1": t_scatter1 / t_scatter,
         "gather_vs_loop": t_loop_g / t_gather, "scatter_vs_loop": t_loop_s / t_scatter,
-        "targets": {"vs_copy": 0.85, "vs_loop": 2.0},
-        "programs": programs, "sms": sms, "sms_occupied": min(sms, programs),
+        "targets": {"vs_copy": 0.85, "vs_loop": 2.0, "vs_rows1": 1.0},
+        "programs": -(-blocks * block_size // kernel["rows"]) * layers * g.planes,
+        "programs_rows1": blocks * block_size * layers * g.planes, "sms": sms,
+        "kernel": kernel,
         "small_16_blocks_us": t_small * 1e6,
     }
 
@@ -90,6 +116,7 @@ def main() -> None:
         return
     out = {"bench": "kernels", "gpu": torch.cuda.get_device_name(0), "torch": torch.__version__, "cases": [
         case("llama-3-8b", 32, "2BTHD", (2, 2048 + 64, 16, 8, 128), 2048, 16, 16),
+        case("llama-3-70b-tp8-shard", 80, "BHTC", (2048 + 64, 1, 16, 256), 2048, 16, 16),
         case("deepseek-v3-mla", 61, "BTD", (512 + 64, 64, 576), 512, 64, 4),
     ]}
     print(json.dumps(out, indent=2))

@@ -144,10 +144,9 @@ def test_any_rows_per_program_moves_the_same_bytes(dims, rows):
     staging = torch.empty((2,) + src.geometry.chunk_shape(n // 2 * bs), dtype=src.geometry.view_dtype, device=DEVICE)
     gather(src._views, src.block_ids(a, n), staging, n // 2, rows=rows)
     assert torch.equal(staging.cpu(), staged_reference(src_host, dims, a, bs, 2))
-    before = reference([t.cpu() for t in dst.tensors] if isinstance(dst.tensors, list) else dst.tensors.cpu(),
-                       dims, b, bs, 0, 7)
+    before = reference([t.cpu() for t in dst.tensors], dims, b, bs, 0, 7)
     scatter(dst._views, dst.block_ids(b, n), staging, n // 2, 7, rows=rows)
-    after = [t.cpu() for t in dst.tensors] if isinstance(dst.tensors, list) else dst.tensors.cpu()
+    after = [t.cpu() for t in dst.tensors]
     assert torch.equal(reference(after, dims, b, bs, 7, 30), reference(src_host, dims, a, bs, 7, 30))
     assert torch.equal(reference(after, dims, b, bs, 0, 7), before)
 

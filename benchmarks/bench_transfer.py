@@ -4,7 +4,9 @@ CPU, every run (Llama-3-8B KV, 32 MiB chunks):
   put through the pipeline (gather into pool buffers -> write threads) vs
   write+fsync of the same bytes; get from a warm page cache, mapped and through
   read buffers, vs reading the same bytes; a mapped load into engine blocks vs
-  one memcpy of the same bytes.
+  one memcpy of the same bytes; a cold get (page cache dropped) vs the disk's
+  limit: parallel O_DIRECT reads, eight buffered readers, and fio at QD32
+  where fio is installed.
 GPU, where a CUDA device exists:
   D2H and H2D of 2,048 scattered 32 KiB blocks through the copy engine vs
   (a) one copy of a contiguous pinned buffer of the same size and (b) one
@@ -115,6 +117,118 @@ def cpu_figures(n: int, work: Path, repeat: int) -> dict:
     return out
 
 
+def parallel_direct_read(files: list[str], threads: int = 16, request: int = 1 << 20) -> None:
+    """The disk's limit without fio: every file read with O_DIRECT in `request`-byte
+    pieces by `threads` threads (a queue `threads` deep), into buffers faulted in
+    beforehand, so only the device's time is measured."""
+    import mmap
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    local = threading.local()
+    jobs = [(f, off) for f in files for off in range(0, -(-os.path.getsize(f) // 4096) * 4096, request)]
+    fds = {f: os.open(f, os.O_RDONLY | os.O_DIRECT) for f in files}
+
+    def one(job):
+        buf = getattr(local, "buf", None)
+        if buf is None:
+            buf = local.buf = mmap.mmap(-1, request)
+            buf.write(b"\1" * request)
+        os.preadv(fds[job[0]], [buf], job[1])
+
+    try:
+        with ThreadPoolExecutor(threads) as ex:
+            list(ex.map(one, jobs))
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+
+
+def parallel_buffered_read(files: list[str], readers: int = 8, request: int = 1 << 20) -> None:
+    """Eight readers through the page cache, each reading whole files in order (`cat` in parallel)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(f):
+        buf = bytearray(request)
+        with open(f, "rb", buffering=0) as fh:
+            while fh.readinto(buf):
+                pass
+
+    with ThreadPoolExecutor(readers) as ex:
+        list(ex.map(one, files))
+
+
+def fio_read_GBps(files: list[str]) -> float | None:
+    """fio's sequential O_DIRECT read of the same files at queue depth 32, where fio is installed."""
+    import subprocess
+
+    if shutil.which("fio") is None:
+        return None
+    r = subprocess.run(["fio", "--name=seq", "--readonly", "--rw=read", "--bs=1M", "--iodepth=32", "--direct=1",
+                        "--ioengine=libaio", "--filename=" + ":".join(files), "--output-format=json"],
+                       capture_output=True, text=True, timeout=300)
+    if r.returncode != 0:
+        return None
+    return json.loads(r.stdout)["jobs"][0]["read"]["bw_bytes"] / 1e9
+
+
+def cold_figures(n: int, work: Path, repeat: int) -> dict:
+    """A cold get (every chunk file dropped from the page cache with fadvise
+    DONTNEED) against the disk's limit measured in the same run: parallel
+    O_DIRECT reads of the same files at queue depth 16, and eight buffered
+    readers. Each round drops the cache and runs every figure once, in turn, so
+    a noisy phase of the shared machine hits all of them; the ratio compares
+    the fastest runs, and the spread of each figure is its noise."""
+    from common import drop_file_cache
+
+    tokens = np.random.default_rng(0).integers(0, 128000, n * CHUNK)  # what cpu_figures stored
+    blocks = n * CHUNK // BLOCK
+    dst = kv.PagedKV(llama_cache("2BTHD", blocks + 8), "2BTHD")
+    dst_ids = np.random.default_rng(3).permutation(blocks + 8)[:blocks]
+    files = sorted(str(p) for p in (work / "bucket" / "data").rglob("*.safetensors"))
+    total = sum(os.path.getsize(f) for f in files)
+    store = kv.KVStore(work / "bucket", model=MODEL, host_capacity=1)  # no host tier: every get reads the files
+    engine = store.bucket.engine
+
+    def get(readahead: bool):
+        def run():
+            engine.readahead_enabled = readahead
+            before = store.stats().io["cold_reads"]
+            assert store.get(tokens, dst, dst_ids) == n * CHUNK
+            if readahead:  # the cache was cold for every file
+                assert store.stats().io["cold_reads"] - before == n
+        return run
+
+    figures = {"disk_direct_qd16": lambda: parallel_direct_read(files),
+               "disk_buffered_8_readers": lambda: parallel_buffered_read(files),
+               "store_get_cold": get(True), "store_get_cold_without_readahead": get(False)}
+    times: dict[str, list[float]] = {k: [] for k in figures}
+    try:
+        for _ in range(repeat):
+            for name, fn in figures.items():
+                drop_file_cache(files)
+                t0 = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - t0)
+    finally:
+        engine.readahead_enabled = True
+        store.close()
+    out: dict = {"bytes": total, "files": len(files), "rounds": repeat, "io_threads": kv.defaults.get("io_threads"),
+                 "inflight": kv.defaults.get("inflight")}
+    for name, ts in times.items():
+        out[name] = {"best_GBps": round(total / min(ts) / 1e9, 3), "median_GBps": round(total / sorted(ts)[len(ts) // 2] / 1e9, 3),
+                     "all_GBps": [round(total / t / 1e9, 3) for t in ts]}
+    drop_file_cache(files)
+    fio = fio_read_GBps(files)
+    out["disk_fio_qd32_GBps"] = fio if fio is not None else "fio not installed: the O_DIRECT baseline stands in"
+    limit = max(out["disk_direct_qd16"]["best_GBps"], out["disk_buffered_8_readers"]["best_GBps"], fio or 0)
+    out["disk_limit_GBps"] = limit
+    for name in ("store_get_cold", "store_get_cold_without_readahead"):
+        out[name]["ratio_to_disk_limit"] = round(out[name]["best_GBps"] / limit, 3)
+    out["store_get_cold"]["target"] = 0.9
+    return out
+
+
 def timed_cuda(fn, repeat: int) -> float:
     """Fastest of `repeat` runs, synchronised, after a warm-up."""
     fn()
@@ -201,6 +315,8 @@ def main() -> None:
     ap.add_argument("--chunks", type=int, default=16)
     ap.add_argument("--dir", default=tempfile.gettempdir())
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--cold-rounds", dest="cold_rounds", type=int, default=7,
+                    help="rounds of the cold-read figures (each drops the page cache)")
     only = ap.add_mutually_exclusive_group()
     only.add_argument("--gpu-only", action="store_true")
     only.add_argument("--cpu-only", action="store_true")
@@ -211,6 +327,7 @@ def main() -> None:
     try:
         if not args.gpu_only:
             out["cpu"] = cpu_figures(args.chunks, work, args.repeat)
+            out["cpu"]["cold_get"] = cold_figures(args.chunks, work, max(args.repeat, args.cold_rounds))
         if not args.cpu_only:
             out["gpu"] = (gpu_figures(work, args.repeat) if kv.cuda_available()
                           else "no CUDA device here: GPU figures come from benchmarks/gpu_check.sh")

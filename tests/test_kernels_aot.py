@@ -11,11 +11,14 @@ keep HBM busy. Compiles are cached per process (and on disk by triton).
 """
 
 import functools
+import os
 import shutil
 
 import pytest
 import torch
 
+if not torch.cuda.is_available():  # as tests/test_kernels.py: whichever runs first sets how the kernels load
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 triton = pytest.importorskip("triton")
 aot = pytest.importorskip("pykvstore.kernels.aot")
 

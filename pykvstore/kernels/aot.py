@@ -187,6 +187,11 @@ class Compiled:
         by_regs = REGS_PER_SM // per_warp // warps
         return min(PROGRAMS_PER_SM, THREADS_PER_SM // (32 * warps), by_regs)
 
+    def steps(self) -> int:
+        """Tiles a row takes: each step's loads are issued before its stores."""
+        c = self.constexprs
+        return -(-c["HEADS"] * c["HEAD_DIM"] // c["TILE"])
+
     def step_bytes(self, item: int) -> int:
         """Data bytes one program loads per step: ROWS rows of min(row, tile) elements."""
         c = self.constexprs
@@ -257,6 +262,7 @@ def hbm_need_per_sm(gpu: Gpu) -> float:
 MODELS: dict[str, tuple[str, tuple, int, torch.dtype, int]] = {
     "llama-3-8b 2BTHD bf16": ("2BTHD", (2, 8, 16, 8, 128), 32, torch.bfloat16, 16),
     "llama-3-8b BHTC bf16 (vLLM)": ("BHTC", (8, 8, 16, 256), 32, torch.bfloat16, 16),
+    "llama-2-7b MHA 2BTHD bf16": ("2BTHD", (2, 8, 16, 32, 128), 32, torch.bfloat16, 16),  # 4 steps of 1024
     "llama-3-70b TP8 shard BHTC bf16": ("BHTC", (8, 1, 16, 256), 80, torch.bfloat16, 16),
     "deepseek-v3 MLA BTD bf16": ("BTD", (8, 64, 576), 61, torch.bfloat16, 64),
     "llama-3-8b 2BTHD fp8": ("2BTHD", (2, 8, 16, 8, 128), 32, torch.float8_e4m3fn, 16),
@@ -292,7 +298,7 @@ def report(capabilities=(80, 90, 100), rows_options=(1, None)) -> list[dict[str,
                     tokens = 2048 * bs if "MLA" not in name else 512 * bs
                     out.append({
                         "model": name, "target": f"sm_{cap}", "gpu": gpu.name,
-                        "op": "gather" if to_staging else "scatter", "rows": c.constexprs["ROWS"],
+                        "op": "gather" if to_staging else "scatter", "rows": c.constexprs["ROWS"], "steps": c.steps(),
                         "registers": c.registers, "spill_bytes": c.spill_store_bytes + c.spill_load_bytes,
                         "engine_widths": sorted(c.engine_widths()), "staging_widths": sorted(c.staging_widths()),
                         "wide_loads_before_first_store": f"{before}/{total}",

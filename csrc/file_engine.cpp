@@ -154,22 +154,45 @@ std::size_t readahead_window(dev_t dev) {
   return bytes;
 }
 
+// Which pages of an open regular file the page cache holds (mincore over a
+// mapping that is never touched); false when it is no such file or the kernel will not say.
+bool resident_pages(int fd, struct stat* st, std::vector<unsigned char>& resident) {
+  if (::fstat(fd, st) != 0 || !S_ISREG(st->st_mode) || st->st_size <= 0) return false;
+  const auto size = static_cast<std::size_t>(st->st_size);
+  const auto page = static_cast<std::size_t>(::sysconf(_SC_PAGESIZE));
+  void* map = ::mmap(nullptr, size, PROT_READ, MAP_SHARED, fd, 0);
+  if (map == MAP_FAILED) return false;
+  try {
+    resident.resize((size + page - 1) / page);
+  } catch (...) {
+    ::munmap(map, size);
+    return false;
+  }
+  int rc = ::mincore(map, size, resident.data());
+  ::munmap(map, size);
+  return rc == 0;
+}
+
 }  // namespace
+
+bool FileEngine::is_cold(const std::string& path) noexcept {
+  Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK));
+  struct stat st;
+  std::vector<unsigned char> resident;
+  if (fd.get() < 0 || !resident_pages(fd.get(), &st, resident)) return false;
+  std::size_t held = 0;
+  for (unsigned char r : resident) held += r & 1;
+  return 2 * held < resident.size();
+}
 
 bool FileEngine::readahead(const std::string& path) noexcept {
   if (!readahead_on_.load(std::memory_order_relaxed)) return false;
   Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK));
   struct stat st;
-  if (fd.get() < 0 || ::fstat(fd.get(), &st) != 0 || !S_ISREG(st.st_mode) || st.st_size <= 0) return false;
+  std::vector<unsigned char> resident;
+  if (fd.get() < 0 || !resident_pages(fd.get(), &st, resident)) return false;
   const auto size = static_cast<std::size_t>(st.st_size);
   const auto page = static_cast<std::size_t>(::sysconf(_SC_PAGESIZE));
-  // Which pages the page cache holds: mincore over a mapping that is never touched.
-  void* map = ::mmap(nullptr, size, PROT_READ, MAP_SHARED, fd.get(), 0);
-  if (map == MAP_FAILED) return false;
-  std::vector<unsigned char> resident((size + page - 1) / page);
-  int rc = ::mincore(map, size, resident.data());
-  ::munmap(map, size);
-  if (rc != 0) return false;
   std::size_t slice = 0;
   try {
     slice = std::max(readahead_window(st.st_dev), page) / page;
@@ -290,25 +313,26 @@ ReadResult FileEngine::read_now(const std::string& path, DirectMode mode, std::s
                                bool hash_payload) {
   Fd fd;
   bool direct = false;
+  // Regular files only, never through a final symbolic link, never blocking on a FIFO.
   if (mode != DirectMode::Off) {
-    int d = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_DIRECT);
-    if (d >= 0) {
-      fd.reset(d);
+    try {
+      fd.reset(open_regular_file(path, O_DIRECT));
       direct = true;
-    } else if (errno != EINVAL || mode == DirectMode::On) {
-      counters_.errors.fetch_add(1, std::memory_order_relaxed);
-      PYKVSTORE_THROW_ERRNO("open(O_DIRECT)", path);
-    } else {
+    } catch (const IoError& e) {
+      if (e.error_number() != EINVAL || mode == DirectMode::On) {
+        counters_.errors.fetch_add(1, std::memory_order_relaxed);
+        throw;
+      }
       counters_.direct_fallbacks.fetch_add(1, std::memory_order_relaxed);
     }
   }
   if (!direct) {
-    int b = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-    if (b < 0) {
+    try {
+      fd.reset(open_regular_file(path));
+    } catch (const IoError&) {
       counters_.errors.fetch_add(1, std::memory_order_relaxed);
-      PYKVSTORE_THROW_ERRNO("open", path);
+      throw;
     }
-    fd.reset(b);
   }
   struct stat st;
   if (::fstat(fd.get(), &st) != 0) {

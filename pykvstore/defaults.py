@@ -42,6 +42,18 @@ _SPEC: dict[str, tuple[str, str, Any]] = {
     # (the page cache) into the engine's blocks: "auto" (when direct_read is off) or "off".
     "mmap_read": ("PYKVSTORE_MMAP_READ", "auto", str.lower),
     "fsync": ("PYKVSTORE_FSYNC", "1", parse_flag),
+    # A chunk file mostly out of the page cache (a cold restart; or a chunk just
+    # written with O_DIRECT): "cache" reads it through the page cache like a warm
+    # one, which then serves the next loads; "direct" reads it with O_DIRECT into
+    # a pool buffer, which spends no CPU filling the page cache (twice the cold
+    # speed on a shared 2-core VM) but leaves it cold (only the host tier keeps
+    # what was loaded): for replicas that restart onto a disk and load once.
+    "cold_read": ("PYKVSTORE_COLD_READ", "cache", str.lower),
+    # Reads through the page cache ask, when submitted, for the missing pages of
+    # every file in flight (a deep disk queue where the device's readahead
+    # window is small). Off: on the machine it was measured on it cost CPU and
+    # gained nothing (benchmarks/bench_transfer.py, cold_get).
+    "readahead": ("PYKVSTORE_READAHEAD", "0", parse_flag),
 }
 _values: dict[str, Any] = {}
 
@@ -49,6 +61,8 @@ _values: dict[str, Any] = {}
 def _check(name: str, value: Any) -> Any:
     if name in ("direct_write", "direct_read") and value not in _MODES:
         raise InputError(f"{name} must be one of off/auto/on, got {value!r}")
+    if name == "cold_read" and value not in ("direct", "cache"):
+        raise InputError(f"cold_read must be direct or cache, got {value!r}")
     if name == "mmap_read" and value not in ("off", "auto"):
         raise InputError(f"mmap_read must be off or auto, got {value!r}")
     if name in ("io_threads", "inflight") and (not isinstance(value, int) or value < 1):

@@ -314,9 +314,8 @@ def _cold_dir(tmp_path):
         d.mkdir(parents=True, exist_ok=True)
         probe = d / "probe"
         probe.write_bytes(b"\1" * (1 << 20))
-        engine = _C.FileEngine(1)
         _drop_page_cache([probe])
-        if engine.readahead(str(probe)):
+        if _C.FileEngine(1).is_cold(str(probe)):
             return d
     pytest.skip("no file system here drops pages from its cache (tmpfs only)")
 
@@ -336,6 +335,8 @@ def test_readahead_asks_for_a_cold_files_pages_once(tmp_path):
     that is in it (or on its way) is not, and what cannot be looked at is no error."""
     d = _cold_dir(tmp_path)
     engine = _C.FileEngine(2)
+    assert not engine.readahead_enabled  # stores turn it on with defaults' readahead
+    engine.readahead_enabled = True
     src = _C.AlignedBuffer(3 * MiB + 4096)
     np.frombuffer(src, dtype=np.uint8)[:] = np.random.default_rng(3).integers(0, 256, len(src), dtype=np.uint8)
     path = d / "chunk"
@@ -358,7 +359,16 @@ def test_readahead_asks_for_a_cold_files_pages_once(tmp_path):
     assert engine.counters()["cold_reads"] == cold
 
 
-def test_a_cold_get_asks_for_every_chunk_ahead_and_loads_them_exactly(tmp_path, read_path):
+@pytest.fixture
+def cold_through_the_page_cache():
+    before = kv.defaults.get("cold_read"), kv.defaults.get("readahead")
+    kv.defaults.set(cold_read="cache", readahead=True)  # the default cold_read, readahead on
+    yield
+    kv.defaults.set(cold_read=before[0], readahead=before[1])
+
+
+def test_a_cold_get_asks_for_every_chunk_ahead_and_loads_them_exactly(tmp_path, read_path,
+                                                                     cold_through_the_page_cache):
     d = _cold_dir(tmp_path)
     src, dst = make_cache("BHTC", seed=1), make_cache("BHTC", seed=2)
     toks, a, b = tokens(160), block_table(20, 24, 1), block_table(20, 24, 2)
@@ -371,3 +381,43 @@ def test_a_cold_get_asks_for_every_chunk_ahead_and_loads_them_exactly(tmp_path, 
         assert s.get(toks, kv.PagedKV(dst, "BHTC"), b) == 160  # warm now: nothing asked for
         assert s.stats().io["cold_reads"] == 5
     assert torch.equal(reference(dst, "BHTC", b, 8, 0, 160), reference(src, "BHTC", a, 8, 0, 160))
+
+
+@pytest.fixture
+def cold_direct():
+    before = kv.defaults.get("cold_read")
+    kv.defaults.set(cold_read="direct")
+    yield
+    kv.defaults.set(cold_read=before)
+
+
+def test_a_cold_get_reads_with_o_direct_and_a_warm_one_through_the_page_cache(tmp_path, read_path, cold_direct):
+    """cold_read="direct": a chunk file mostly out of the page cache is read with O_DIRECT
+    (hashed on an I/O thread like any read); once the files are cached, loads use the cache again."""
+    d = _cold_dir(tmp_path)
+    src, dst = make_cache("BHTC", seed=1), make_cache("BHTC", seed=2)
+    toks, a, b = tokens(160), block_table(20, 24, 1), block_table(20, 24, 2)
+    with kv.KVStore(d / "bucket", model="m", chunk_tokens=32) as s:
+        assert s.put(toks, kv.PagedKV(src, "BHTC"), a) == 160
+    files = list((d / "bucket" / "data").rglob("*.safetensors"))
+    _drop_page_cache(files)
+    with kv.KVStore(d / "bucket", model="m", chunk_tokens=32, host_capacity=1) as s:
+        assert s.get(toks, kv.PagedKV(dst, "BHTC"), b) == 160
+        io = s.stats().io
+        assert io["direct_reads"] + io["direct_fallbacks"] == 5 and io["mapped_reads"] == 0
+        assert torch.equal(reference(dst, "BHTC", b, 8, 0, 160), reference(src, "BHTC", a, 8, 0, 160))
+        for f in files:  # into the page cache
+            f.read_bytes()
+        dst2 = make_cache("BHTC", seed=3)
+        assert s.get(toks, kv.PagedKV(dst2, "BHTC"), b) == 160
+        io2 = s.stats().io
+        assert io2["direct_reads"] == io["direct_reads"]
+        assert io2["mapped_reads" if read_path == "auto" else "buffered_reads"] - io[
+            "mapped_reads" if read_path == "auto" else "buffered_reads"] == 5
+    assert torch.equal(reference(dst2, "BHTC", b, 8, 0, 160), reference(src, "BHTC", a, 8, 0, 160))
+
+
+def test_cold_read_and_readahead_settings_are_checked():
+    with pytest.raises(kv.InputError, match="cold_read"):
+        kv.defaults.set(cold_read="fast")
+    assert kv.defaults.get("cold_read") in ("cache", "direct")

@@ -335,8 +335,10 @@ PYBIND11_MODULE(_C, m) {
       .def("set_pool", &FileEngine::set_pool, py::arg("pool"), "Read buffers come from this HostPool (None: heap).")
       .def("readahead", &FileEngine::readahead, py::arg("path"), py::call_guard<py::gil_scoped_release>(),
            "Starts reading the pages of a file the page cache lacks; True when some were missing.")
+      .def("is_cold", &FileEngine::is_cold, py::arg("path"), py::call_guard<py::gil_scoped_release>(),
+           "True when most of a file's pages are not in the page cache.")
       .def_property("readahead_enabled", &FileEngine::readahead_enabled, &FileEngine::set_readahead,
-                    "Whether loads ask for a cold file's pages when they are submitted (on by default).")
+                    "Whether loads ask for a cold file's pages when they are submitted (off by default).")
       .def(
           "inject_faults",
           [](FileEngine& e, const std::string& op, std::uint64_t every, int err) {

@@ -4,6 +4,18 @@ Layout: data/<model-slug>/<namespace>/<k0k1>/<k2k3>/<key>.safetensors. Writes
 go to <root>/tmp under a name that records host and pid, then are renamed
 into place, so a killed writer leaves only temp files the next open removes.
 Damaged files are moved to <root>/quarantine for inspection.
+
+Paths: every chunk path is checked against that layout and nothing inside the
+bucket is followed through a symbolic link (safe_paths.py has the rule).
+
+Reads go through the page cache (mapped, or read into buffers). With
+defaults' cold_read="direct", a file mostly out of it (a cold restart) is read
+with O_DIRECT into a pool buffer instead: measured on a shared 2-core machine,
+filling the page cache held cold loads to about half the disk's speed
+(benchmarks/bench_transfer.py, cold_get), but a direct read leaves the file
+cold for the next load. With readahead on, the engine asks for the missing
+pages of every file a load has in flight when it is submitted. The check and the submission run on
+the caller's thread; the reads, checksums and copies on the I/O threads.
 """
 
 from __future__ import annotations
@@ -18,7 +30,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .. import _C
+from . import safe_paths
+from .safe_paths import UnsafePath, check_chunk_rel, check_digest, open_dir, open_regular
+from .. import _C, defaults
 
 if TYPE_CHECKING:
     import torch
@@ -27,11 +41,27 @@ log = logging.getLogger("pykvstore")
 HOST = socket.gethostname()
 _SLUG = re.compile(r"[^A-Za-z0-9._-]+")
 _seq = itertools.count()
+# What a scan of data/ may yield: any plain relative path below data/ (checked again before use).
+_SCAN_REL = re.compile(r"^data(?:/(?!\.\.?(?:/|$))[A-Za-z0-9._-]+)+$")
 
 
 def model_slug(model: str) -> str:
-    """A directory name for a model id: "Qwen/Qwen3-8B" -> "Qwen--Qwen3-8B"."""
-    return _SLUG.sub("_", model.replace("/", "--"))[:120] or "_"
+    """A directory name for a model id: "Qwen/Qwen3-8B" -> "Qwen--Qwen3-8B" ("." and ".." become "_", "__")."""
+    slug = _SLUG.sub("_", model.replace("/", "--"))[:120] or "_"
+    return "_" * len(slug) if slug in (".", "..") else slug
+
+
+class _Failed:
+    """A read that could not start (an unsafe path): a future whose result raises, as a failed read's does."""
+
+    def __init__(self, err: OSError) -> None:
+        self._err = err
+
+    def result(self):
+        raise self._err
+
+    def done(self) -> bool:
+        return True
 
 
 class DiskTier:
@@ -41,60 +71,119 @@ class DiskTier:
         self.tmp = root / "tmp"
         self.quarantine_dir = root / "quarantine"
         for d in (self.data, self.tmp, self.quarantine_dir):
+            if d.is_symlink():
+                raise UnsafePath(40, f"{d.name}/ is a symbolic link: nothing inside a bucket is followed through a "
+                                 "link; link or mount the bucket directory itself instead", str(d))
             d.mkdir(parents=True, exist_ok=True)
+        self.base = os.path.realpath(root)  # the root is resolved once; below it, no link is followed
         self.engine = engine
         self.direct_write = direct_write
         self.direct_read = direct_read
         self.sync = sync
+        self.cold_direct = defaults.get("cold_read") == "direct"
+        engine.readahead_enabled = defaults.get("readahead")
+
+    def _read_cold(self, path: str, max_size: int) -> "_C.ReadFuture | None":
+        """An O_DIRECT read, hashed on the I/O thread, when the file is cold and cold reads go direct."""
+        if self.cold_direct and self.engine.is_cold(path):
+            return self.engine.read(path, max(self.direct_read, 1), max_size, True)
+        return None
 
     def relpath(self, model: str, namespace: str, key: str) -> str:
+        """The one place a chunk's path comes from: (model, namespace, key), each component checked."""
+        check_digest(namespace, "namespace")
+        check_digest(key, "chunk key")
         return f"data/{model_slug(model)}/{namespace}/{key[0:2]}/{key[2:4]}/{key}.safetensors"
 
     def abspath(self, rel: str) -> str:
-        return str(self.root / rel)
+        """The absolute path of `rel` under the resolved root. The native engine opens only
+        that exact file (a path with `..`, a link or a doubled slash fails its check)."""
+        return f"{self.base}/{rel}"
+
+    def _root_fd(self) -> int:
+        return os.open(self.base, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
 
     def write(self, rel: str, buf: "_C.AlignedBuffer", size: int) -> "_C.WriteFuture":
         """Starts a crash-safe write of buf[0:size] to `rel`."""
-        final = self.root / rel
-        final.parent.mkdir(parents=True, exist_ok=True)
+        final = Path(self.abspath(rel))
+        root = self._root_fd()
+        try:
+            os.close(open_dir(root, os.path.dirname(rel), create=True))  # no link on the way, made if missing
+        finally:
+            os.close(root)
         tmp = self.tmp / f"{HOST}.{os.getpid()}.{next(_seq)}.{final.name}"
         return self.engine.write(str(final), str(tmp), buf, size, self.direct_write, self.sync)
 
     def read(self, rel: str, max_size: int, hash_payload: bool = False) -> "_C.ReadFuture":
         """Starts reading a whole file; hash_payload also checksums its payload on the I/O thread."""
-        return self.engine.read(self.abspath(rel), self.direct_read, max_size, hash_payload)
+        path = self.abspath(rel)
+        cold = self._read_cold(path, max_size) if hash_payload and self.direct_read == 0 else None
+        return cold or self.engine.read(path, self.direct_read, max_size, hash_payload)
 
-    def map(self, rel: str, max_size: int) -> "_C.MapFuture":
-        """Starts mapping a whole file; the I/O thread brings its pages in and checksums its payload."""
-        return self.engine.map(self.abspath(rel), max_size, True)
+    def map(self, rel: str, max_size: int) -> "_C.MapFuture | _C.ReadFuture":
+        """Starts mapping a whole file; the I/O thread brings its pages in and checksums its payload.
+        A cold file is read instead (a ReadFuture)."""
+        path = self.abspath(rel)
+        return self._read_cold(path, max_size) or self.engine.map(path, max_size, True)
 
     def map_scatter(self, rel: str, max_size: int, layout: _C.PagedLayout, ids: torch.Tensor, skip: int,
-                    payload_bytes: int) -> _C.MapFuture:
+                    payload_bytes: int) -> "_C.MapFuture | _C.ReadFuture":
         """Maps a chunk and copies it into host blocks on an I/O thread, hashing as it goes.
 
-        The blocks are written before the checksum is known.
+        The blocks are written before the checksum is known. A cold file is
+        read instead (a ReadFuture: the caller copies it after the check).
         """
-        return self.engine.map_scatter(self.abspath(rel), max_size, layout, ids.data_ptr(), len(ids), skip,
-                                       payload_bytes)
+        path = self.abspath(rel)
+        return self._read_cold(path, max_size) or self.engine.map_scatter(
+            path, max_size, layout, ids.data_ptr(), len(ids), skip, payload_bytes)
 
     def remove(self, rel: str) -> None:
-        """Deletes a chunk file; a file already gone is fine, and a failure is logged, not raised."""
+        """Deletes a chunk file; a file already gone is fine, and a failure is logged, not raised.
+
+        Only a chunk path inside data/, reached without following a link; the
+        entry itself is unlinked (a link or FIFO there goes, never its target).
+        """
         try:
-            os.unlink(self.root / rel)
+            check_chunk_rel(rel)
+            root = self._root_fd()
+            try:
+                parent = open_dir(root, os.path.dirname(rel))
+            finally:
+                os.close(root)
+            try:
+                os.unlink(os.path.basename(rel), dir_fd=parent)
+            finally:
+                os.close(parent)
         except FileNotFoundError:
             pass
         except OSError as e:
-            log.warning("could not remove %s: %s", rel, e)
+            log.warning("could not remove %s: %s", str(rel)[:200], e)
 
     def quarantine(self, rel: str) -> None:
-        """Moves a damaged file aside (kept for inspection, out of the bucket's data)."""
-        src = self.root / rel
-        dst = self.quarantine_dir / f"{int(time.time() * 1000)}.{src.name}"
+        """Moves a damaged file (or link, or FIFO) aside for inspection, out of the bucket's data.
+
+        Scan results may name a link to a directory (data/<model> as a link):
+        that entry itself is moved, never what it points to.
+        """
+        name = os.path.basename(str(rel))
         try:
-            os.replace(src, dst)
+            if not _SCAN_REL.match(str(rel)):
+                check_chunk_rel(rel)
+            root = self._root_fd()
+            try:
+                parent = open_dir(root, os.path.dirname(rel))
+                qdir = open_dir(root, "quarantine")
+            finally:
+                os.close(root)
+            try:
+                os.rename(name, f"{int(time.time() * 1000)}.{name}", src_dir_fd=parent, dst_dir_fd=qdir)
+            finally:
+                os.close(parent)
+                os.close(qdir)
         except FileNotFoundError:
             pass
-        except OSError:
+        except OSError as e:
+            log.warning("could not move %s aside (%s); removing it", str(rel)[:200], e)
             self.remove(rel)
 
     def clean_tmp(self, alive: Callable[[int], bool]) -> int:
@@ -112,14 +201,28 @@ class DiskTier:
         return removed
 
     def chunk_files(self) -> Iterator[str]:
-        """Relative paths of every chunk file (for a catalog rebuild)."""
-        for dirpath, _, files in os.walk(self.data):
+        """Relative paths of every chunk file (for a catalog rebuild and fsck).
+
+        Links are not followed; a link to a directory inside data/ is yielded
+        too, so a scan reports it (and a rebuild sets it aside) like any other
+        entry that is not a chunk file.
+        """
+        for dirpath, dirs, files in os.walk(self.data):
+            for d in dirs:
+                if os.path.islink(os.path.join(dirpath, d)):
+                    yield os.path.relpath(os.path.join(dirpath, d), self.root)
             for f in files:
                 if f.endswith(".safetensors"):
                     yield os.path.relpath(os.path.join(dirpath, f), self.root)
 
     def read_head(self, rel: str, limit: int = 1 << 20) -> tuple[bytes, int]:
-        """The first bytes of a file (enough for its header) and its size."""
-        with open(self.root / rel, "rb") as f:
+        """The first bytes of a chunk file (enough for its header) and its size.
+
+        Regular files reached without links only (UnsafePath otherwise); a FIFO never blocks.
+        """
+        if not _SCAN_REL.match(str(rel)):
+            check_chunk_rel(rel)
+        fd = open_regular(f"{self.base}/{rel}")
+        with os.fdopen(fd, "rb") as f:
             size = os.fstat(f.fileno()).st_size
             return f.read(min(size, limit)), size

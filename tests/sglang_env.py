@@ -79,12 +79,12 @@ _torchvision_placeholder()
 import torch  # noqa: E402
 from sglang.srt.managers.cache_controller import HiCacheController, PrefetchOperation, StorageOperation  # noqa: E402
 from sglang.srt.mem_cache.device_pool_info import KVBufferLayout, KVBuffers, MHABufferInfo  # noqa: E402
-from sglang.srt.mem_cache.hicache_storage import HiCacheFile, HiCacheStorageConfig  # noqa: E402
+from sglang.srt.mem_cache.hicache_storage import HiCacheFile, HiCacheStorage, HiCacheStorageConfig  # noqa: E402
 from sglang.srt.mem_cache.pool_host.mha import MHATokenToKVPoolHost  # noqa: E402
 from sglang.srt.mem_cache.storage import StorageBackendFactory  # noqa: E402
 from sglang.srt.mem_cache.utils import get_storage_hash_str  # noqa: E402
 
-__all__ = ["HiCacheController", "HiCacheFile", "HiCacheStorageConfig", "PrefetchOperation", "StorageBackendFactory",
+__all__ = ["HiCacheController", "HiCacheFile", "HiCacheStorage", "HiCacheStorageConfig", "PrefetchOperation", "StorageBackendFactory",
            "StorageOperation", "backend", "controller", "mha_pool", "page_hashes", "storage_config"]
 
 

@@ -47,16 +47,19 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, List, Optional
 
+import numpy as np
 import torch
 from sglang.srt.mem_cache.hicache_storage import HiCacheStorage, HiCacheStorageConfig, HiCacheStorageExtraInfo
 
 from ..bucket import _UNSET
+from ..catalog import READY
 from ..defaults import parse_flag
 from ..errors import InputError
-from ..keys import HASH_ALGORITHMS, chunk_keys
+from ..keys import HASH_ALGORITHMS, TOKEN_DTYPE
+from ..keys import _hasher as hasher  # the chunk-key hash by name (keys.py has no public one)
 from ..sizes import parse_duration, parse_size
 from ..store import KVStore
-from .sglang_layout import MIN_PAGE_SIZE, HostPoolView, host_pool_view, page_block_ids, page_tokens
+from .sglang_layout import MIN_PAGE_SIZE, HostPoolView, host_pool_view, page_block_ids, page_token_bytes, page_tokens
 
 log = logging.getLogger("pykvstore")
 
@@ -64,6 +67,12 @@ _SGLANG_KEYS = ("backend_name", "module_path", "class_name", "interface_v1", "in
                 "hicache_storage_pass_prefix_keys", "tp_lcm_size")
 _OPTIONS = ("bucket", "capacity", "tag", "ttl", "ttl_mode", "pin", "salt", "revision", "hash", "host_capacity",
             "io_threads", "model")
+
+
+# Ready, unexpired chunks among some keys. The unary + keeps SQLite on the key index: with
+# "state = 1" as an index term it scans every ready chunk (Catalog.ready_prefix_len does today).
+_HELD = (f"SELECT key FROM chunks WHERE key IN ({{marks}}) AND +state = {READY} "
+         f"AND (+expires IS NULL OR +expires > ?)")
 
 
 class ConfigError(InputError):
@@ -144,17 +153,38 @@ class PyKVStoreHiCache(HiCacheStorage):
         # Page keys are computed here in bulk (batch_exists answers 128 pages per query);
         # they must be exactly the store's own, which this checks once.
         self._root = store._namespace(view.kv.geometry).digest
-        probe = page_tokens("probe", view.page_size)
-        if self._key(probe, store.hash) != store.hashes(probe)[0]:
+        self._hasher = hasher(store.hash)
+        self._ns_hex = store._namespace(view.kv.geometry).hex
+        self._page_size = view.page_size
+        if self._keys(["probe"])[1][0] != store.hashes(page_tokens("probe", view.page_size))[0]:
             store.close()
             raise RuntimeError("pykvstore's chunk keys changed: the SGLang backend needs updating")
+        disk = store.bucket.disk
+        self._path_of = lambda key: disk.abspath(disk.relpath(self._model, self._ns_hex, key))  # noqa: E731
+        probe_key = "0123456789abcdef" * 2
+        probe, tail = self._path_of(probe_key), f"/01/23/{probe_key}.safetensors"
+        self._dir = probe[: -len(tail) + 1] if probe.endswith(tail) else None  # else: the tier's own, slower
         if self._store is not None:
             self.close()
         self._store, self._view = store, view
         self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="pykvstore-sglang")
 
-    def _key(self, toks, algo: str) -> str:
-        return chunk_keys(self._root, toks, len(toks), algo)[0].hex()
+    def _keys(self, keys: List[str]) -> tuple[list[bytes], list[str]]:
+        """(chunk token bytes, chunk key) of each page key: the store's H(namespace || tokens)."""
+        raw = [page_token_bytes(k, self._page_size) for k in keys]
+        out = []
+        for r in raw:
+            h = self._hasher(self._root)
+            h.update(r)
+            out.append(h.hexdigest())
+        return raw, out
+
+    def _chunk_path(self, key: str) -> str:
+        """Where the disk tier keeps a chunk (its data/<model>/<namespace>/<k0k1>/<k2k3>/ layout,
+        checked against the tier's own path once, at registration)."""
+        if self._dir is None:
+            return self._path_of(key)
+        return f"{self._dir}{key[0:2]}/{key[2:4]}/{key}.safetensors"
 
     def _ready(self) -> bool:
         if self._store is None:
@@ -167,19 +197,28 @@ class PyKVStoreHiCache(HiCacheStorage):
             self._warned.add(what)
             log.warning("%s", message)
 
-    def _page_keys(self, keys: List[str]) -> tuple[list, list[str]]:
-        ps, algo = self._view.page_size, self._store.hash
-        toks = [page_tokens(k, ps) for k in keys]
-        return toks, [self._key(t, algo) for t in toks]
-
     # --- the calls SGLang's controller makes -----------------------------------
     def batch_exists(self, keys: List[str], extra_info: Optional[HiCacheStorageExtraInfo] = None) -> int:
         """How many leading pages of `keys` the bucket holds (ready, not expired): one catalog query."""
         if not keys or not self._ready():
             return 0
         try:
-            _, ckeys = self._page_keys(keys)
-            return self._store.bucket.catalog.ready_prefix_len(ckeys, time.time())
+            _, ckeys = self._keys(keys[:1])
+            # No file for the first page: nothing to load (the catalog is asked only when there may be).
+            if not os.path.exists(self._chunk_path(ckeys[0])):
+                return 0
+            bucket = self._store.bucket
+            _, ckeys = self._keys(keys)
+            now, held = time.time(), 0
+            for i in range(0, len(ckeys), 500):  # SGLang asks 128 at a time; SQLite caps parameters
+                batch = ckeys[i : i + 500]
+                found = {r[0] for r in bucket.catalog.query(_HELD.format(marks=",".join("?" * len(batch))),
+                                                            (*batch, now))}
+                for k in batch:
+                    if k not in found:
+                        return held
+                    held += 1
+            return held
         except Exception as e:  # a cache never crashes its engine
             self._warn("exists", f"pykvstore batch_exists failed, answering 0: {e!r}")
             return 0
@@ -211,7 +250,8 @@ class PyKVStoreHiCache(HiCacheStorage):
             self._warn(f"indices:{op}", f"pykvstore batch_{op}_v1: host indices are not {len(keys)} whole pages "
                                         f"of the host pool; nothing moved")
             return [False] * len(keys)
-        toks, ckeys = self._page_keys(keys)
+        raw, ckeys = self._keys(keys)
+        toks = [np.frombuffer(r, dtype=TOKEN_DTYPE) for r in raw]
         if op == "get":
             def one(i: int) -> bool:
                 return store.get(toks[i], view.kv, ids[i : i + 1]) == view.page_size

@@ -123,15 +123,18 @@ def host_pool_view(pool: Any) -> HostPoolView:
     return HostPoolView(PagedKV(view, dims=dims), dims, page_shape, page_size, layout, mla)
 
 
-def page_tokens(key: str, page_size: int) -> np.ndarray:
-    """The chunk "tokens" standing for an SGLang page key (see the module docstring)."""
+def page_token_bytes(key: str, page_size: int) -> bytes:
+    """The bytes of the chunk "tokens" standing for an SGLang page key (see the module docstring)."""
     if not isinstance(key, str):
         raise InputError(f"an SGLang page key must be a string, got {type(key).__name__}")
-    words = np.frombuffer(hashlib.sha256(_KEY_DOMAIN + key.encode()).digest(), dtype=TOKEN_DTYPE)
-    out = np.zeros(page_size, dtype=TOKEN_DTYPE)
-    n = min(page_size, len(words))
-    out[:n] = words[:n]
-    return out
+    digest = hashlib.sha256(_KEY_DOMAIN + key.encode()).digest()
+    width = TOKEN_DTYPE.itemsize * page_size
+    return digest[:width] + bytes(max(0, width - len(digest)))
+
+
+def page_tokens(key: str, page_size: int) -> np.ndarray:
+    """The chunk "tokens" standing for an SGLang page key, as the store takes them."""
+    return np.frombuffer(page_token_bytes(key, page_size), dtype=TOKEN_DTYPE)
 
 
 def page_block_ids(host_indices: Any, pages: int, page_size: int, num_blocks: int) -> Optional[np.ndarray]:

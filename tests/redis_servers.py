@@ -43,7 +43,9 @@ class RedisServer:
         self.password = password
         self.cluster = cluster
         self.maxmemory = maxmemory
-        self.dir = Path(workdir or tempfile.mkdtemp(prefix="pykvstore-redis-")) / str(self.port)
+        # a directory of our own is removed whole at close(); in a given workdir, only ours
+        self._own = None if workdir else Path(tempfile.mkdtemp(prefix="pykvstore-redis-"))
+        self.dir = Path(workdir or self._own) / str(self.port)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.proc: Optional[subprocess.Popen] = None
         self.start()
@@ -94,7 +96,7 @@ class RedisServer:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGCONT)
         self.stop()
-        shutil.rmtree(self.dir, ignore_errors=True)
+        shutil.rmtree(self._own or self.dir, ignore_errors=True)
 
 
 class RedisCluster:
@@ -107,12 +109,30 @@ class RedisCluster:
         if r.returncode != 0:
             self.close()
             raise RuntimeError(f"redis-cli --cluster create failed: {r.stdout} {r.stderr}")
-        deadline = time.monotonic() + 30
+        try:
+            self.wait_ok()
+        except RuntimeError:
+            self.close()
+            raise
+
+    def wait_ok(self, timeout: float = 30.0) -> None:
+        """Until every node reports cluster_state:ok (after creation, or a node's restart)."""
+        deadline = time.monotonic() + timeout
         while not all("cluster_state:ok" in n.cli("cluster", "info") for n in self.nodes):
             if time.monotonic() > deadline:
-                self.close()
                 raise RuntimeError("the cluster did not come up")
             time.sleep(0.1)
+
+    def holders(self, keys: list[str]) -> list[int]:
+        """For each key, the index of the node whose slots hold it."""
+        out = []
+        for k in keys:
+            slot = self.nodes[0].cli("cluster", "keyslot", k)
+            owners = [i for i, n in enumerate(self.nodes) if n.cli("cluster", "countkeysinslot", slot) != "0"]
+            if len(owners) != 1:
+                raise RuntimeError(f"key {k} is on nodes {owners}")
+            out.append(owners[0])
+        return out
 
     @property
     def url(self) -> str:

@@ -69,58 +69,46 @@ def test_errors_name_the_file_and_operation(tmp_path):
         eng.write(str(tmp_path / "nodir" / "f"), str(tmp_path / "nodir" / ".f"), fill(10), 10, 0, False).result()
 
 
-_WAIT_ON_A_FIFO = r"""
-import errno, os, sys, threading
+_WAIT_ON_A_READ = r"""
+import sys, threading
 from pykvstore import _C
 
-fifo = sys.argv[1]
+sys.setswitchinterval(1000)  # the GIL changes hands only when its holder lets go, never on a timer
+path = sys.argv[1]
 eng = _C.FileEngine(1)
 go = threading.Event()
-opened = []
+seen = []
 
-def writer():  # the only way the engine's read can get past open() on the FIFO
+def watcher():  # runs only once the main thread lets go of the GIL
     go.wait()
-    while True:
-        try:
-            fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
-        except OSError as e:  # ENXIO: the I/O thread has not opened it for reading yet
-            if e.errno != errno.ENXIO:
-                raise
-            continue
-        os.close(fd)
-        opened.append(fd)
-        return
+    seen.append(fut.done())
 
-t = threading.Thread(target=writer, daemon=True)
+t = threading.Thread(target=watcher, daemon=True)
 t.start()
-fut = eng.read(fifo, 0, 1 << 20)  # the I/O thread blocks in open() until a writer comes
+fut = eng.read(path, 0, 1 << 31, True)  # a read (and hash) of 512 MiB: far longer than a thread switch
 go.set()
-try:
-    fut.result()  # must release the GIL: only the writer thread above can complete the read
-except OSError:
-    pass
+fut.result()  # must release the GIL: the watcher then runs while the read is still going
 t.join()
-print("writer ran during the wait:", len(opened))
+print("watcher ran during the wait:", seen == [False])
 """
 
 
 def test_waiting_releases_the_gil(tmp_path):
-    """The engine's read blocks in open() on a FIFO until a Python thread opens its
-    other end, and that thread is only released after the main thread is inside
-    result(). If result() kept the GIL, nothing could finish the read: the child
-    hangs (the timeout is only that hang's guard)."""
+    """The main thread waits in result() on a long read while a watcher thread waits
+    for the GIL; with the switch interval at 1000 s the watcher only runs when
+    result() lets go of it. If result() kept the GIL, the watcher would run only
+    after the read ended and see it done. (The engine opens no FIFO any more, so
+    a FIFO cannot hold the read: a cache never hangs on one.)"""
     import subprocess
     import sys
 
-    fifo = tmp_path / "fifo"
-    os.mkfifo(fifo)
-    try:
-        r = subprocess.run([sys.executable, "-c", _WAIT_ON_A_FIFO, str(fifo)], capture_output=True, text=True,
-                           timeout=120)
-    except subprocess.TimeoutExpired:
-        pytest.fail("result() held the GIL: the thread that completes the read never ran")
+    big = tmp_path / "big"
+    with open(big, "wb") as f:
+        f.truncate(512 << 20)  # sparse: read from the page cache's zero pages, no disk
+    r = subprocess.run([sys.executable, "-c", _WAIT_ON_A_READ, str(big)], capture_output=True, text=True,
+                       timeout=300)
     assert r.returncode == 0, r.stderr
-    assert r.stdout.strip() == "writer ran during the wait: 1"
+    assert r.stdout.strip() == "watcher ran during the wait: True"
 
 
 def test_cuda_build_matches_the_toolkit():

@@ -11,6 +11,13 @@
 
 namespace pykvstore {
 
+// Opens a chunk file for reading the one way every reader does: never through a
+// symbolic link in its last component (O_NOFOLLOW: a link is an error, ELOOP),
+// never blocking on a FIFO or device (O_NONBLOCK), and only a regular file
+// (fstat, else EINVAL "not a regular file"). Extra flags (O_DIRECT) are added.
+// Returns the descriptor; throws IoError on any failure.
+int open_regular_file(const std::string& path, int extra_flags = 0);
+
 class MappedFile {
  public:
   // Maps the whole file (at most max_size bytes, else an EFBIG error).

@@ -140,30 +140,53 @@ def test_the_catalog_is_rebuilt_from_the_files(bucket, how):
         assert sorted(t["tag"] for t in b.stats().by_tag) == ["", "tag-1", "tag-2"]
 
 
-@pytest.mark.parametrize("delay", [0.0, 0.01, 0.05])
-def test_a_writer_killed_mid_put_leaves_a_clean_bucket(bucket, delay):
-    proc = subprocess.Popen([sys.executable, WORKERS, "write_forever", str(bucket)],
+@pytest.mark.parametrize("point", ["reserved", "tmp_partial", "tmp_written", "renamed"])
+def test_a_writer_killed_mid_put_leaves_a_clean_bucket(bucket, point):
+    """The writer is stopped inside a put at a known point, the state that point
+    leaves is checked to be there, then it is killed: the next open reclaims it."""
+    import json
+    import sqlite3
+
+    from workers import STOP_POINTS
+
+    assert point in STOP_POINTS
+    proc = subprocess.Popen([sys.executable, WORKERS, "write_then_stop", str(bucket), point],
                             stdout=subprocess.PIPE, text=True)
-    done = []
     try:
-        while len(done) < 4:
-            line = proc.stdout.readline()
-            assert line, "writer died on its own"
-            done.append(int(line))
-        time.sleep(delay)  # land somewhere inside a later put
+        lines = [proc.stdout.readline() for _ in range(4)]
+        assert lines[:3] == ["0\n", "1\n", "2\n"], lines
+        assert lines[3].startswith("stopped "), lines
+        state = json.loads(lines[3][len("stopped "):])
+        # what a crash at this point leaves, seen before the kill
+        db = sqlite3.connect(f"file:{bucket / 'catalog.sqlite'}?mode=ro", uri=True)
+        try:
+            writing = db.execute("SELECT key, path FROM chunks WHERE state = 0").fetchall()
+        finally:
+            db.close()
+        tmp_files = list((bucket / "tmp").iterdir())
+        if point == "renamed":  # later chunks may be reserved and in flight too
+            rel = dict(writing)[state["key"]]
+            assert (bucket / rel).exists()
+        else:  # stopped at the first chunk's write: the only reservation
+            assert len(writing) == 1 and not (bucket / writing[0][1]).exists()
+            rel = writing[0][1]
+        if point.startswith("tmp_"):
+            assert rel == state["rel"] and [bucket / state["tmp"]] == tmp_files
+            assert tmp_files[0].stat().st_size == state["size"] > 0
+        elif point == "reserved":
+            assert tmp_files == []
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     with open_store(str(bucket)) as s:
         assert s._catalog.writing_rows() == []
         assert list((bucket / "tmp").iterdir()) == []
-        for seed in done:
-            assert check(s, seed) == 96
-        for seed in range(done[-1] + 1, done[-1] + 20):  # puts in progress: whatever lookup reports loads
-            check(s, seed)
+        assert not any((bucket / r).exists() for _, r in writing)  # uncommitted files are not kept
+        assert [check(s, seed) for seed in range(4)] == [96, 96, 96, 0]
         st = s.stats()
-        on_disk = sum(p.stat().st_size for p in (bucket / "data").rglob("*.safetensors"))
-        assert st.used_bytes == on_disk
+        files = list((bucket / "data").rglob("*.safetensors"))
+        assert st.chunks == len(files) == 9
+        assert st.used_bytes == sum(p.stat().st_size for p in files)
 
 
 def test_a_failed_write_stores_the_prefix_and_raises_nothing(bucket, caplog):

@@ -44,6 +44,57 @@ def write_forever(bucket: str) -> None:
             seed += 1
 
 
+STOP_POINTS = ("reserved", "tmp_partial", "tmp_written", "renamed")
+
+
+def write_then_stop(bucket: str, point: str) -> None:
+    """Puts sequences 0-2, then stops inside the put of sequence 3 at `point` and
+    waits to be killed, having printed what it left: a test's pause hook over
+    this process's own store (the store is unchanged; its disk tier and catalog
+    methods are wrapped on this one object).
+
+    reserved: the first chunk's row is reserved (writing), nothing written yet.
+    tmp_partial: half the chunk image is in its temp file.
+    tmp_written: the whole image is in its temp file, synced, not renamed.
+    renamed: the file is in place under data/, its row not yet committed.
+    """
+    import json
+    import os
+    import time
+
+    from pykvstore.tiers import disk as disk_mod
+
+    def stop(**state) -> None:
+        print("stopped", json.dumps(state), flush=True)
+        while True:
+            time.sleep(60)
+
+    with open_store(bucket) as s:
+        for seed in range(3):
+            s.put(*_args(seed))
+            print(seed, flush=True)
+        real_write, real_mark_ready = s._disk.write, s._catalog.mark_ready
+
+        def write(rel, buf, size):
+            if point == "reserved":
+                stop(rel=rel, tmp=None, size=size)
+            if point.startswith("tmp_"):
+                tmp = s._disk.tmp / f"{disk_mod.HOST}.{os.getpid()}.stopped.{os.path.basename(rel)}"
+                part = size if point == "tmp_written" else size // 2
+                s._disk.engine.write(str(tmp), str(tmp) + ".part", buf, part, 0, True).result()
+                stop(rel=rel, tmp=str(tmp.relative_to(s.root)), size=part)
+            return real_write(rel, buf, size)
+
+        def mark_ready(key, now):
+            if point == "renamed":
+                stop(key=key)
+            return real_mark_ready(key, now)
+
+        s._disk.write, s._catalog.mark_ready = write, mark_ready
+        s.put(*_args(3))
+        raise SystemExit(f"the put finished without reaching {point}")
+
+
 def _args(seed: int):
     toks, cache, ids = sequence(seed)
     return toks, kv.PagedKV(cache, "BHTC"), ids
@@ -80,6 +131,8 @@ if __name__ == "__main__":
         write(bucket, int(rest[0]), int(rest[1]), cap, *(rest[3:4] or [None]), *(map(float, rest[4:5])))
     elif role == "write_forever":
         write_forever(bucket)
+    elif role == "write_then_stop":
+        write_then_stop(bucket, rest[0])
     elif role == "check":
         with open_store(bucket) as s:
             print(sum(check(s, int(x)) for x in rest))

@@ -87,11 +87,33 @@ def namespace_digest(params: dict[str, Any], algorithm: str = "xxh3_128") -> byt
     return _hasher(algorithm)(blob).digest()
 
 
+MAX_SALT_BYTES = 4096
+
+
 def salt_digest(salt: str | bytes | None) -> str | None:
-    """The tenant salt enters the namespace as a digest; the salt itself is never stored."""
+    """The tenant salt enters the namespace as a digest; the salt itself is never stored.
+
+    Rules: None is no salt; a str counts as its UTF-8 bytes (so "t1" and b"t1"
+    are one tenant); bytes, bytearray and memoryview count as their bytes; an
+    empty one is no salt (as vLLM treats an empty cache_salt). Any other type
+    (an int would be a byte count to bytes()) and more than 4096 bytes raise
+    InputError.
+    """
     if salt is None:
         return None
-    raw = salt.encode() if isinstance(salt, str) else bytes(salt)
+    if isinstance(salt, str):
+        try:
+            raw = salt.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise InputError(f"salt is not encodable as UTF-8: {e}") from None
+    elif isinstance(salt, (bytes, bytearray, memoryview)):
+        raw = bytes(salt)
+    else:
+        raise InputError(f"salt must be str, bytes or None, got {type(salt).__name__}")
+    if not raw:
+        return None
+    if len(raw) > MAX_SALT_BYTES:
+        raise InputError(f"salt is {len(raw)} bytes; at most {MAX_SALT_BYTES} are allowed (pass a digest)")
     return hashlib.sha256(b"pykvstore-salt\0" + raw).hexdigest()
 
 

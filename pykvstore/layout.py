@@ -273,6 +273,12 @@ class PagedKV:
             raise BlockIdsError(
                 f"block ids must lie in [0, {self.num_blocks}), got values from {arr.min()} to {arr.max()}"
             )
+        used = arr[:needed]
+        if used.size > 1 and np.unique(used).size != used.size:
+            vals, counts = np.unique(used, return_counts=True)
+            raise BlockIdsError(f"block ids repeat among the {needed} used for the tokens: block "
+                                f"{int(vals[counts > 1][0])} appears {int(counts.max())} times (two chunks "
+                                f"cannot share one engine block)")
         # DMA computes addresses on the host; the kernels read ids on the device
         on_host = self._native is not None or self._dma is not None
         return torch.as_tensor(arr.astype(np.int64), device="cpu" if on_host else self.device)

@@ -186,3 +186,19 @@ def test_with_a_shared_secret_a_forged_value_is_a_miss(tmp_path, server):
 def test_a_short_secret_is_refused(tmp_path, server):
     with pytest.raises(InputError, match="at least 16 bytes"):
         open_store(str(tmp_path / "a"), remote=server.url, remote_options={"secret": "short"})
+
+
+def test_crafted_headers_from_redis_are_misses_never_exceptions(tmp_path, server):
+    import random
+
+    from test_trust_headers import mutants
+
+    write_a(tmp_path, server.url, 12)
+    k0 = keys_of(tmp_path, 12)[0]
+    r = redis.Redis.from_url(server.url)
+    original = r.get(f"pykvstore:{{{k0}}}")
+    for i, img in enumerate(mutants(original, random.Random(12), 48)):
+        r.set(f"pykvstore:{{{k0}}}", img)
+        with open_store(str(tmp_path / f"b{i % 3}"), remote=server.url) as b:
+            b.evict(sequence(12)[0])  # nothing local: every get asks Redis
+            assert load_verified(b, 12) in (0, 96)

@@ -12,8 +12,6 @@ import pykvstore as kv
 transformers = pytest.importorskip("transformers")
 from pykvstore.integrations.transformers import load_prefix, save_prefix  # noqa: E402
 
-# generate() renamed past_key_values to cache in transformers 5.x
-CACHE_KWARG = "cache" if int(transformers.__version__.split(".")[0]) >= 5 else "past_key_values"
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +27,8 @@ def model(tmp_path_factory):
 
 def greedy(m, ids, cache=None, n=8):
     with torch.no_grad():
-        kwargs = {CACHE_KWARG: cache} if cache is not None else {}
+        # past_key_values= on every supported version (transformers 5.x refuses cache=)
+        kwargs = {"past_key_values": cache} if cache is not None else {}
         return m.generate(ids, max_new_tokens=n, do_sample=False, **kwargs)[0, ids.shape[1]:].tolist()
 
 

@@ -124,11 +124,10 @@ def test_transformers_continues_from_what_vllm_stored(served):
     for mine, ref in zip(restored.layers, own.layers):  # vLLM's fp32 KV, within float rounding of HF's
         assert torch.allclose(mine.keys, ref.keys, atol=1e-4, rtol=1e-3)
         assert torch.allclose(mine.values, ref.values, atol=1e-4, rtol=1e-3)
-    cache_kwarg = "cache" if int(transformers.__version__.split(".")[0]) >= 5 else "past_key_values"
 
     def greedy(cache=None):
         with torch.no_grad():
-            kwargs = {cache_kwarg: cache} if cache is not None else {}
+            kwargs = {"past_key_values": cache} if cache is not None else {}
             return m.generate(ids, max_new_tokens=8, do_sample=False, **kwargs)[0, ids.shape[1]:].tolist()
 
     assert greedy(restored) == greedy()

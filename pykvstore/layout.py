@@ -259,8 +259,12 @@ class PagedKV:
                 f"block_size={self.block_size}, heads={g.heads}, head_dim={g.head_dim}, "
                 f"dtype={g.dtype}, device={self.device})")
 
-    def block_ids(self, block_ids: Any, needed: int) -> torch.Tensor:
-        """Checks engine block ids (at least `needed`, all in range) -> int64 tensor on the KV device."""
+    def block_ids(self, block_ids: Any, needed: int, distinct: bool = False) -> torch.Tensor:
+        """Checks engine block ids (at least `needed`, all in range) -> int64 tensor on the KV device.
+
+        distinct: the first `needed` ids must not repeat (a load writes them: two
+        chunks in one block would leave the engine holding only the last).
+        """
         arr = as_1d_array(block_ids, "block_ids", BlockIdsError)
         if arr.size and not np.issubdtype(arr.dtype, np.integer):
             raise BlockIdsError(f"block_ids must be integers, got dtype {arr.dtype}")
@@ -274,11 +278,11 @@ class PagedKV:
                 f"block ids must lie in [0, {self.num_blocks}), got values from {arr.min()} to {arr.max()}"
             )
         used = arr[:needed]
-        if used.size > 1 and np.unique(used).size != used.size:
+        if distinct and used.size > 1 and np.unique(used).size != used.size:
             vals, counts = np.unique(used, return_counts=True)
             raise BlockIdsError(f"block ids repeat among the {needed} used for the tokens: block "
-                                f"{int(vals[counts > 1][0])} appears {int(counts.max())} times (two chunks "
-                                f"cannot share one engine block)")
+                                f"{int(vals[counts > 1][0])} appears {int(counts.max())} times (a load cannot "
+                                f"write two places into one engine block)")
         # DMA computes addresses on the host; the kernels read ids on the device
         on_host = self._native is not None or self._dma is not None
         return torch.as_tensor(arr.astype(np.int64), device="cpu" if on_host else self.device)

@@ -92,3 +92,22 @@ $(VLLM_VENV)/.plugin: $(VLLM_VENV)/.installed pykvstore/integrations/vllm_plugin
 	touch $@
 
 vllm-env: $(VLLM_VENV)/.plugin
+
+# Real SGLang (0.5.23) classes on the CPU for the HiCache backend tests and bench_sglang:
+# the wheel without its dependencies (they pull CUDA torch), the CPU torch pinned as
+# elsewhere, and the pure-Python packages the cache modules' imports reach.
+SGLANG_VENV ?= .venv-sglang
+SGLANG_DEPS := torch==2.13.0 numpy xxhash safetensors orjson psutil pybase64 requests pillow msgspec pydantic \
+	pyzmq tqdm dill triton starlette ipython aiohttp transformers apache-tvm-ffi sentencepiece compressed-tensors gguf
+
+$(SGLANG_VENV)/.installed:
+	$(PYTHON) -m venv $(SGLANG_VENV)
+	$(SGLANG_VENV)/bin/python -m pip install --quiet $(SGLANG_DEPS)
+	$(SGLANG_VENV)/bin/python -m pip install --quiet --no-deps sglang==0.5.23
+	touch $@
+
+.PHONY: sglang-env bench-sglang
+sglang-env: $(SGLANG_VENV)/.installed
+
+bench-sglang: $(BUILT) $(SGLANG_VENV)/.installed
+	PYTHONPATH=$(CURDIR) $(SGLANG_VENV)/bin/python benchmarks/bench_sglang.py

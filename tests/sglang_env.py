@@ -78,14 +78,22 @@ _torchvision_placeholder()
 
 import torch  # noqa: E402
 from sglang.srt.managers.cache_controller import HiCacheController, PrefetchOperation, StorageOperation  # noqa: E402
-from sglang.srt.mem_cache.device_pool_info import KVBufferLayout, KVBuffers, MHABufferInfo  # noqa: E402
+from sglang.srt.mem_cache.device_pool_info import KVBufferLayout, KVBuffers, MHABufferInfo, MLABufferInfo  # noqa: E402
 from sglang.srt.mem_cache.hicache_storage import HiCacheFile, HiCacheStorage, HiCacheStorageConfig  # noqa: E402
+from sglang.srt.mem_cache.pool_host.base import host_memory_budget_scope  # noqa: E402
 from sglang.srt.mem_cache.pool_host.mha import MHATokenToKVPoolHost  # noqa: E402
+from sglang.srt.mem_cache.pool_host.mla import MLATokenToKVPoolHost  # noqa: E402
 from sglang.srt.mem_cache.storage import StorageBackendFactory  # noqa: E402
 from sglang.srt.mem_cache.utils import get_storage_hash_str  # noqa: E402
 
 __all__ = ["HiCacheController", "HiCacheFile", "HiCacheStorage", "HiCacheStorageConfig", "PrefetchOperation", "StorageBackendFactory",
-           "StorageOperation", "backend", "controller", "mha_pool", "page_hashes", "storage_config"]
+           "StorageOperation", "backend", "controller", "mha_pool", "mla_pool", "page_hashes", "storage_config"]
+
+
+def _budget(nbytes: int):
+    """SGLang's own budget scope, booked with what the pool needs: its default check takes the
+    machine's free memory less a fixed reserve, which a busy shared test machine may not have."""
+    return host_memory_budget_scope(nbytes + (64 << 20))
 
 
 def mha_pool(layers: int, heads: int, head_dim: int, page_size: int, pages: int, layout: str = "page_first",
@@ -98,10 +106,29 @@ def mha_pool(layers: int, heads: int, head_dim: int, page_size: int, pages: int,
     info = MHABufferInfo(buffers=KVBuffers(k=k, v=v, k_data_ptrs=ptrs(k), v_data_ptrs=ptrs(v), layout=KVBufferLayout.NHD),
                          page_size=page_size, head_num=heads, head_dim=head_dim, v_head_dim=head_dim, dtype=dtype,
                          device=torch.device("cpu"))
-    pool = MHATokenToKVPoolHost(info, 1.0, 0, page_size, layout, pin_memory=False, device="cpu",
-                                device_capacity_tokens=dev_tokens, start_layer=0, end_layer=layers,
-                                host_token_capacity=pages * page_size)
+    with _budget(2 * layers * heads * head_dim * dtype.itemsize * pages * page_size):
+        pool = MHATokenToKVPoolHost(info, 1.0, 0, page_size, layout, pin_memory=False, device="cpu",
+                                    device_capacity_tokens=dev_tokens, start_layer=0, end_layer=layers,
+                                    host_token_capacity=pages * page_size)
     pool._test_keepalive = (k, v)
+    return pool
+
+
+def mla_pool(layers: int, kv_lora_rank: int, rope_dim: int, page_size: int, pages: int, layout: str = "page_first",
+             dtype: torch.dtype = torch.bfloat16) -> MLATokenToKVPoolHost:
+    """SGLang's MLA host pool over CPU tensors (latent width kv_lora_rank + rope_dim)."""
+    dev_tokens = page_size * 2
+    width = kv_lora_rank + rope_dim
+    bufs = tuple(torch.zeros(dev_tokens + page_size, 1, width, dtype=dtype) for _ in range(layers))
+    info = MLABufferInfo(buffers=bufs, data_ptrs=torch.tensor([b.data_ptr() for b in bufs], dtype=torch.uint64),
+                         layer_indices=tuple(range(layers)), device_layer_num=layers, page_size=page_size,
+                         kv_lora_rank=kv_lora_rank, qk_rope_head_dim=rope_dim, kv_cache_dim=width, dtype=dtype,
+                         device=torch.device("cpu"))
+    with _budget(layers * width * dtype.itemsize * pages * page_size):
+        pool = MLATokenToKVPoolHost(info, 1.0, 0, page_size, layout, pin_memory=False, device="cpu",
+                                    device_capacity_tokens=dev_tokens, start_layer=0, end_layer=layers,
+                                    target_layer_num=layers, host_token_capacity=pages * page_size)
+    pool._test_keepalive = bufs
     return pool
 
 
@@ -115,7 +142,7 @@ def storage_config(model: str = "meta-llama/Llama-3-8B", tp_rank: int = 0, tp_si
 
 
 def backend(kind: str, pool, bucket: str, model: str = "meta-llama/Llama-3-8B", tp_rank: int = 0, tp_size: int = 1,
-            **options):
+            mla: bool = False, **options):
     """A backend built as SGLang's attach builds it: the factory, then register_mem_pool_host.
 
     kind "pykvstore": `dynamic` with the module path; kind "file": SGLang's HiCacheFile.
@@ -123,10 +150,10 @@ def backend(kind: str, pool, bucket: str, model: str = "meta-llama/Llama-3-8B", 
     if kind == "pykvstore":
         extra = {"backend_name": "pykvstore", "module_path": "pykvstore.integrations.sglang",
                  "class_name": "PyKVStoreHiCache", "interface_v1": 1, "bucket": bucket, **options}
-        cfg = storage_config(model, tp_rank, tp_size, pool.layout, extra)
+        cfg = storage_config(model, tp_rank, tp_size, pool.layout, extra, mla)
         b = StorageBackendFactory.create_backend("dynamic", cfg, pool)
     else:
-        cfg = storage_config(model, tp_rank, tp_size, pool.layout, {"file_storage_path": bucket, **options})
+        cfg = storage_config(model, tp_rank, tp_size, pool.layout, {"file_storage_path": bucket, **options}, mla)
         b = StorageBackendFactory.create_backend("file", cfg, pool)
     b.register_mem_pool_host(pool)
     return b, cfg

@@ -31,24 +31,27 @@ def prompt(seed: int) -> list[int]:
     return torch.randint(0, 32000, (PAGES * P,), generator=g).tolist()
 
 
+# The axis order of one flat page (SGLang's get_data_page / set_from_flat_data_page), and the
+# permutation from it to page_first's (2, P, L, H, D).
+_PAGE = {"page_first": ((2, P, L, H, D), (0, 1, 2, 3, 4)), "layer_first": ((2, L, P, H, D), (0, 2, 1, 3, 4)),
+         "page_first_direct": ((2, L, P, H, D), (0, 2, 1, 3, 4)), "page_head": ((2, H, P, L, D), (0, 2, 3, 1, 4))}
+
+
 def fill(pool, idx, data) -> None:
     """Writes page_first-ordered data into any layout through SGLang's own flat-page setter."""
+    shape, perm = _PAGE[pool.layout]
+    inverse = [perm.index(i) for i in range(5)]
     for i in range(PAGES):
-        page = data[:, i * P : (i + 1) * P]  # (2, P, L, H, D)
-        if pool.layout == "layer_first":
-            page = page.permute(0, 2, 1, 3, 4)
+        page = data[:, i * P : (i + 1) * P].permute(inverse)  # (2, P, L, H, D) -> the layout's order
+        assert page.shape == shape
         pool.set_from_flat_data_page(int(idx[i * P]), page.contiguous().view(pool.dtype).reshape(-1))
 
 
 def read(pool, idx) -> torch.Tensor:
     """The pool's pages in page_first order, via SGLang's own get_data_page."""
-    out = []
-    for i in range(PAGES):
-        flat = pool.get_data_page(int(idx[i * P]), flat=True).view(torch.int16)
-        if pool.layout == "layer_first":
-            out.append(flat.view(2, L, P, H, D).permute(0, 2, 1, 3, 4))
-        else:
-            out.append(flat.view(2, P, L, H, D))
+    shape, perm = _PAGE[pool.layout]
+    out = [pool.get_data_page(int(idx[i * P]), flat=True).view(torch.int16).view(shape).permute(perm)
+           for i in range(PAGES)]
     return torch.cat(out, dim=1)
 
 
@@ -88,6 +91,33 @@ def cmd_store(work: str) -> dict:
     return out
 
 
+def mla_check(bucket: str) -> dict:
+    """MLA pages are one shard for all TP ranks: rank 0 (SGLang's writer) stores from a page_first
+    pool, rank 1 (not a writer: its sets store nothing) loads them into a layer_first pool."""
+    out = {}
+    hs = se.page_hashes(prompt(3)[: 4 * P], P)
+    src = se.mla_pool(L, 32, 8, P, 8, "page_first")
+    dst = se.mla_pool(L, 32, 8, P, 8, "layer_first")
+    b0, _ = se.backend("pykvstore", src, bucket, model="test-org/tiny-mla", tp_rank=0, tp_size=2, mla=True)
+    b1, _ = se.backend("pykvstore", dst, bucket, model="test-org/tiny-mla", tp_rank=1, tp_size=2, mla=True)
+    i0, i1 = src.alloc(4 * P), dst.alloc(4 * P)
+    src.kv_buffer.copy_(torch.randint(-32768, 32767, src.kv_buffer.shape, dtype=torch.int16,
+                                      generator=torch.Generator().manual_seed(3)).view(src.dtype))
+    out["non_writer_set"] = b1.batch_set_v1(hs, i1)
+    out["after_non_writer"] = b1.batch_exists(hs)
+    out["writer_set"] = b0.batch_set_v1(hs, i0)
+    out["other_rank_exists"] = b1.batch_exists(hs)
+    out["other_rank_get"] = b1.batch_get_v1(hs, i1)
+    # a flat MLA page is (P, L, 1, C) in page_first and (L, P, 1, C) in layer_first
+    out["bit_exact"] = all(
+        torch.equal(src.get_data_page(int(i0[k * P]), flat=True).view(torch.int16).view(P, L, -1),
+                    dst.get_data_page(int(i1[k * P]), flat=True).view(torch.int16).view(L, P, -1).transpose(0, 1))
+        for k in range(4))
+    b0.close()
+    b1.close()
+    return out
+
+
 def cmd_serve(work: str) -> dict:
     bucket = os.path.join(work, "bucket")
     out = {}
@@ -100,6 +130,12 @@ def cmd_serve(work: str) -> dict:
     # a layer_first host pool loads the pages a page_first one stored (canonical chunks)
     pool3, b3, c3 = server(bucket, layout="layer_first")
     out["layer_first"] = load(c3, pool3, 0)
+    # the other MHA layouts too
+    for layout in ("page_first_direct", "page_head"):
+        p, bb, cc = server(bucket, layout=layout)
+        out[layout] = load(cc, p, 0)
+        bb.close()
+    out["mla"] = mla_check(os.path.join(work, "mla"))
     # never a hit: another model, another TP shard, another salt
     for name, kw in {"other_model": {"model": "test-org/other"}, "other_tp_rank": {"tp_rank": 1, "tp_size": 2},
                      "other_tp_size": {"tp_rank": 0, "tp_size": 2}, "salted": {"salt": "tenant-2"}}.items():

@@ -76,6 +76,19 @@ def test_replicas_share_the_bucket_and_layouts_share_pages(runs):
     assert s["layer_first"] == {"hit_tokens": PAGES * P, "loaded_pages": PAGES, "bit_exact": True}
 
 
+def test_every_supported_host_layout_loads_the_same_pages(runs):
+    s = runs["serve"]
+    for layout in ("page_first_direct", "page_head"):
+        assert s[layout] == {"hit_tokens": PAGES * P, "loaded_pages": PAGES, "bit_exact": True}, layout
+
+
+def test_mla_pages_are_one_shard_written_by_sglangs_writer_rank(runs):
+    m = runs["serve"]["mla"]
+    assert m["non_writer_set"] == [True] * 4 and m["after_non_writer"] == 0  # SGLang skips it; nothing written
+    assert m["writer_set"] == [True] * 4 and m["other_rank_exists"] == 4
+    assert m["other_rank_get"] == [True] * 4 and m["bit_exact"]  # page_first (rank 0) -> layer_first (rank 1)
+
+
 def test_another_model_tp_shard_or_salt_never_hits(runs):
     s = runs["serve"]
     assert (s["other_model"], s["other_tp_rank"], s["other_tp_size"], s["salted"]) == (0, 0, 0, 0)

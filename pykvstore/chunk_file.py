@@ -169,13 +169,25 @@ def _check_metadata(meta: Any) -> tuple[int, int, float, Optional[float]]:
     tokens = _int_field(meta, "tokens", 1, _MAX_DIM)
     created = _float_field(meta, "created", 0.0, _MAX_CREATED)
     ttl = _float_field(meta, "ttl", 1e-6, _MAX_TTL) if meta.get("ttl") else None
+    _check_params(meta["params"])
+    return index, tokens, created, ttl
+
+
+_sound_params: dict[str, bool] = {}  # params strings already checked: one per namespace, so nearly always a hit
+
+
+def _check_params(text: str) -> None:
+    if text in _sound_params:
+        return
     try:
-        params = strict_json.loads(meta["params"], max_bytes=_MAX_META_VALUE, max_containers=16)
+        params = strict_json.loads(text, max_bytes=_MAX_META_VALUE, max_containers=16)
     except strict_json.StrictJSONError as e:
         raise ChunkError(f"metadata params: {e}") from None
     if not isinstance(params, dict):
         raise ChunkError("metadata params is not an object")
-    return index, tokens, created, ttl
+    if len(_sound_params) >= 1024:
+        _sound_params.clear()
+    _sound_params[text] = True
 
 
 def _check_tensor(tensor: Any) -> tuple[str, tuple[int, ...], int]:
@@ -214,7 +226,8 @@ def decode_header(buf: Any, file_size: int) -> ChunkHeader:
     if (8 + n) % PAYLOAD_ALIGN:
         raise ChunkError(f"payload offset {8 + n} is not a multiple of {PAYLOAD_ALIGN}")
     try:
-        header = strict_json.loads(bytes(mv[8 : 8 + n]).rstrip(b" "), max_bytes=MAX_HEADER, max_containers=8)
+        blob = bytes(mv[8 : 8 + n])
+        header = strict_json.loads(blob[: blob.rfind(b"}") + 1], max_bytes=MAX_HEADER, max_containers=8)
     except strict_json.StrictJSONError as e:
         raise ChunkError(f"header is not plain JSON: {e}") from None
     if not isinstance(header, dict) or set(header) != {"__metadata__", TENSOR}:

@@ -1,0 +1,101 @@
+"""The store's route to the index: lookups, reservations, commits, use counters, and drops.
+
+A KVStore reaches the catalog only through these Bucket methods. They run
+on the thread of the call that needs them: the caller's (lookup, a
+synchronous put or get), the store's put thread (put_async, remote landing)
+or its get thread (get_async). Each is one short catalog transaction, so
+processes sharing the bucket see a chunk either reserved, ready or absent.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Collection, Sequence
+from typing import Any, Optional
+
+from ..catalog import WRITING, Catalog, ChunkRow
+
+
+class NoRoom(Exception):
+    """The bucket cannot make room for the next chunk (pinned or in-flight chunks fill it)."""
+
+
+class ChunkIndex:
+    """Part of Bucket: what a store asks of the catalog. Uses the bucket's `catalog`, `disk`,
+    `make_room` and `remove_rows` (eviction)."""
+
+    # --- lookups -------------------------------------------------------------
+    def namespaces(self, model: Optional[str] = None) -> list[tuple[str, dict[str, Any]]]:
+        """(digest hex, params) of the namespaces stored for `model` (every model with None)."""
+        return self.catalog.namespaces(model)
+
+    def add_namespace(self, digest: str, model: str, params: dict[str, Any]) -> None:
+        self.catalog.add_namespace(digest, model, params)
+
+    def ready_prefix_len(self, keys: Sequence[str], now: float) -> int:
+        """How many leading `keys` are ready and unexpired."""
+        return self.catalog.ready_prefix_len(keys, now)
+
+    def ready_prefix(self, keys: Sequence[str], now: float) -> list[ChunkRow]:
+        """The rows of the leading `keys` that are ready and unexpired."""
+        return self.catalog.ready_prefix(keys, now)
+
+    def existing(self, keys: Sequence[str], now: float) -> dict[str, int]:
+        """Those of `keys` held (ready and unexpired, or being written)."""
+        return self.catalog.existing(keys, now)
+
+    # --- a put ---------------------------------------------------------------
+    def refresh(self, keys: Sequence[str], expires: Optional[float], now: float) -> None:
+        """Chunks a put found held live at least until `expires` (None: forever)."""
+        with self.catalog.transaction() as c:
+            Catalog.refresh(c, keys, expires, now)
+
+    def reserve(self, row: ChunkRow, protect: Collection[str]) -> Optional[bool]:
+        """Space and a `writing` row for a chunk about to be written.
+
+        True: reserved. None: the chunk exists or is being written by someone
+        else. Raises NoRoom when the bucket cannot make room (of row.model's
+        quota too) without evicting `protect`.
+        """
+        now = time.time()
+        with self.catalog.transaction() as c:
+            old = c.execute("SELECT expires, state FROM chunks WHERE key = ?", (row.key,)).fetchone()
+            if old is not None:
+                if old[0] is None or old[0] > now or old[1] == WRITING:
+                    return None
+                # expired: replace it (and the tail it would strand)
+                self.remove_rows(c, Catalog.subtree(c, [row.key]), "ttl", now)
+            if self.make_room(c, row.nbytes, protect, row.model) is None:
+                raise NoRoom
+            Catalog.insert(c, row)
+            return True
+
+    def mark_ready(self, key: str, now: float) -> bool:
+        """Commits a reserved chunk whose file is written; False if it was removed meanwhile."""
+        return self.catalog.mark_ready(key, now)
+
+    def abort(self, key: str) -> None:
+        """Releases a reservation whose write failed."""
+        self.catalog.abort(key)
+
+    def unlink_chunks(self, keys: Collection[str], *, tails: bool) -> list[ChunkRow]:
+        """Deletes the rows of `keys` (with tails, every chunk chained after them too) and
+        their files, counted as no eviction: chunks nothing can reach, or whose files
+        vanished (evicted by another process). Returns the rows deleted."""
+        with self.catalog.transaction() as c:
+            rows = Catalog.subtree(c, list(keys))
+            if not tails:
+                rows = [r for r in rows if r.key in keys]
+            Catalog.delete(c, [r.key for r in rows])
+            for r in rows:
+                self.disk.remove(r.path)
+        return rows
+
+    # --- use -------------------------------------------------------------------
+    def record(self, model: str, values: dict[str, int], touch: Optional[Sequence[str]] = None) -> None:
+        """Adds to `model`'s counters (puts, hits, bytes, ...) and marks `touch` as just used."""
+        now = time.time()
+        with self.catalog.transaction() as c:
+            if touch:
+                Catalog.touch(c, touch, now)
+            Catalog.count(c, model, values, now)

@@ -1,0 +1,120 @@
+"""Capacity and eviction: making room inside a catalog transaction, and removing chunks with their files.
+
+Runs on whichever thread holds the transaction: the caller's (clear, resize,
+gc, a synchronous put), the store's put thread (put_async, remote landing)
+or its get thread (a damaged chunk). Rows go first and files after, so a
+transaction rolled back leaves every file in place; each removal is counted
+by cause and told to the listeners (the host tiers that keep copies).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Callable, Collection, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Optional
+
+from ..catalog import Catalog, ChunkRow
+from ..policy import EvictionPolicy
+from ..tiers.disk import DiskTier
+
+CAUSES = ("capacity", "quota", "ttl", "manual", "corrupt")
+
+
+@dataclass
+class Removed:
+    """What a clear, gc, resize or eviction removed."""
+
+    chunks: int = 0
+    bytes: int = 0
+    tokens: int = 0
+    by_model: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    def add(self, rows: Iterable[ChunkRow]) -> "Removed":
+        for r in rows:
+            self.chunks += 1
+            self.bytes += r.nbytes
+            self.tokens += r.tokens
+            m = self.by_model.setdefault(r.model, {"chunks": 0, "bytes": 0, "tokens": 0})
+            m["chunks"] += 1
+            m["bytes"] += r.nbytes
+            m["tokens"] += r.tokens
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Eviction:
+    """Part of Bucket: room for new chunks, and the one way chunks leave with their files.
+
+    Uses the bucket's `disk`, `policy` and `listeners`.
+    """
+
+    disk: DiskTier
+    policy: EvictionPolicy
+    listeners: list[Callable[[str], None]]
+
+    def remove_rows(self, c: sqlite3.Connection, rows: Sequence[ChunkRow], cause: str, now: float) -> Removed:
+        """Deletes rows and their files inside the caller's transaction and counts them by cause."""
+        Catalog.delete(c, [r.key for r in rows])
+        return self._account(c, rows, cause, now)
+
+    def _account(self, c: sqlite3.Connection, rows: Sequence[ChunkRow], cause: str, now: float) -> Removed:
+        """Unlinks the files of rows already deleted, tells listeners, counts the eviction."""
+        for r in rows:
+            self.disk.remove(r.path)
+            for tell in self.listeners:
+                tell(r.key)
+        removed = Removed().add(rows)
+        for model, m in removed.by_model.items():
+            Catalog.count(c, model, {f"evicted_chunks:{cause}": m["chunks"], f"evicted_bytes:{cause}": m["bytes"]}, now)
+        return removed
+
+    def make_room(self, c: sqlite3.Connection, nbytes: int, protect: Collection[str],
+                  model: Optional[str] = None) -> Optional[Removed]:
+        """Frees room for `nbytes` more (of `model`, against its quota too) inside the caller's transaction.
+
+        Expired chunks go first, then the policy's choice. None if it cannot
+        be done (pinned or in-flight chunks fill the bucket); the caller then
+        rolls back, and nothing is removed.
+        """
+        now = time.time()
+        capacity = int(c.execute("SELECT v FROM meta WHERE k = 'capacity'").fetchone()[0])
+        limits: list[tuple[Optional[str], int, str]] = [(None, capacity, "capacity")]
+        if model is not None:
+            q = c.execute("SELECT v FROM meta WHERE k = ?", (f"quota:{model}",)).fetchone()
+            if q is not None:
+                limits.append((model, int(q[0]), "quota"))
+        # Rows are deleted as victims are chosen, files only once every limit is
+        # met: a caller that rolls back on None finds its files untouched.
+        taken: list[tuple[list[ChunkRow], str]] = []
+        for scope, limit, cause in limits:
+            if nbytes > limit:
+                return None
+            if Catalog.totals(c, scope)[0] + nbytes <= limit:
+                continue
+            if not taken:
+                taken.append((self._take_expired(c, now), "ttl"))
+            need = Catalog.totals(c, scope)[0] + nbytes - limit
+            if need <= 0:
+                continue
+            victims = self.policy.choose(c, need, protect, scope)  # deletes the rows it chose
+            if not victims:
+                return None
+            taken.append((victims, cause))
+        removed = Removed()
+        for rows, cause in taken:
+            self._account(c, rows, cause, now)
+            removed.add(rows)
+        return removed
+
+    def _take_expired(self, c: sqlite3.Connection, now: float) -> list[ChunkRow]:
+        """Deletes the rows of expired chunks and the tails they strand; the caller accounts for them."""
+        expired = Catalog.expired(c, now)
+        if not expired:
+            return []
+        rows = Catalog.subtree(c, [r.key for r in expired])
+        Catalog.delete(c, [r.key for r in rows])
+        return rows

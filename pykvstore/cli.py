@@ -27,7 +27,6 @@ import time
 from typing import Any, Optional
 
 from .bucket import Bucket, BucketNotFound
-from .catalog import Catalog
 from .errors import InputError
 from .sizes import format_duration, format_size, parse_duration
 
@@ -188,8 +187,7 @@ def cmd_pin(args: argparse.Namespace) -> int:
     if getattr(args, "ttl", None) is not None:
         ttl = None if args.ttl.lower() == "none" else args.ttl
     with _bucket(args) as b:
-        where, params = b.select(**sel)
-        keys = [k for (k,) in b.catalog.query(f"SELECT key FROM chunks WHERE {where}", params)]
+        keys = b.select_keys(**sel)
         n = b.pin(keys, True, ttl) if args.command == "pin" else b.pin(keys, False)
     _emit(args, {"chunks": n}, f"{args.command}ned {n} chunks")
     return 0
@@ -201,10 +199,7 @@ def cmd_extend(args: argparse.Namespace) -> int:
         raise InputError("extend needs a selector (--model, --tag, --namespace or --key)")
     ttl = None if args.ttl.lower() == "none" else parse_duration(args.ttl, "ttl")
     with _bucket(args) as b:
-        where, params = b.select(**sel)
-        keys = [k for (k,) in b.catalog.query(f"SELECT key FROM chunks WHERE {where}", params)]
-        with b.catalog.transaction() as c:
-            n = Catalog.set_expiry(c, keys, None if ttl is None else time.time() + ttl, ttl)
+        n = b.extend(b.select_keys(**sel), ttl)
     _emit(args, {"chunks": n}, f"{n} chunks now expire {'never' if ttl is None else 'in ' + format_duration(ttl)}")
     return 0
 

@@ -1,0 +1,177 @@
+"""The get pipeline: plan, read, verify, scatter, land in the host tier.
+
+`load` runs on the caller's thread for a synchronous get and on the store's
+get thread for get_async. Reads (or mappings) and payload hashes run on the
+I/O threads, at most `inflight` chunks ahead; the loading thread verifies
+each chunk in order and scatters it into the engine's blocks (the I/O
+thread already did, for a mapped load into host blocks). A damaged or
+vanished chunk ends the load there and becomes a miss from then on.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+from collections import deque
+from typing import Any, Optional
+
+import torch
+
+from .. import _C, defaults
+from ..catalog import ChunkRow
+from ..chunk_file import ChunkHeader, decode_header, payload_checksum_ok
+from ..errors import ChunkError
+from ..layout import Geometry, PagedKV
+from .namespaces import Namespace
+from .parts import StoreParts
+
+log = logging.getLogger("pykvstore")
+
+
+def sound(buf: Any, payload_hash: Optional[int], key: str, ns: Namespace, g: Geometry, shape) -> ChunkHeader:
+    """The header of a chunk image that is exactly the chunk asked for; ChunkError otherwise."""
+    hdr = decode_header(buf, len(buf))
+    m = hdr.metadata
+    if m.get("key") != key or m.get("namespace") != ns.hex:
+        raise ChunkError("it holds another chunk (key or namespace differ)")
+    if hdr.shape != shape or hdr.dtype != g.safetensors_dtype:
+        raise ChunkError(f"shape {hdr.shape} {hdr.dtype} does not match the cache's {shape} {g.safetensors_dtype}")
+    if not payload_checksum_ok(hdr, buf, payload_hash):
+        raise ChunkError("payload checksum mismatch")
+    return hdr
+
+
+def payload_of(buf: Any, hdr: ChunkHeader, g: Geometry, shape) -> torch.Tensor:
+    """The payload of a sound chunk image, as a tensor of the chunk's shape (no copy)."""
+    payload = torch.frombuffer(buf, dtype=torch.uint8, offset=hdr.payload_offset, count=hdr.nbytes)
+    return payload.view(g.view_dtype).view(shape)
+
+
+class GetPipeline:
+    """Loads the held prefix of a get from the host tier and the bucket's files.
+
+    mmap: loads into host memory copy from the file's mapping, with no read buffer.
+    """
+
+    def __init__(self, parts: StoreParts, mmap: bool) -> None:
+        self.p = parts
+        self._mmap = mmap
+
+    def load(self, toks, cache: PagedKV, ids: torch.Tensor, n: int, start: int) -> int:
+        """Loads chunks from chunk start // chunk_tokens on; returns the end of what is loaded (0: none)."""
+        p = self.p
+        g = cache.geometry
+        ns = p.names.of(g)
+        ct, bpc = p.chunk_tokens, p.chunk_tokens // cache.block_size
+        keys = p.names.keys(ns, toks[: n * ct])
+        now = time.time()
+        rows = p.bucket.ready_prefix(keys, now)
+        first = start // ct
+        if len(rows) <= first:
+            p.counters.record({"gets": 1, "miss_tokens": len(toks) - start})
+            return 0
+        shape, nbytes = g.chunk_shape(ct), g.chunk_bytes(ct)
+        max_size = 2 * (nbytes + (1 << 20))  # anything larger is not one of our chunks
+        pending: deque = deque()
+        copies: list = []  # device copies in flight and the host chunks they read
+        nxt = first
+        end = 0
+        # A load into host memory copies from the file's mapping, with no read
+        # buffer; into host blocks the native copier knows, the I/O thread does
+        # that copy itself while it verifies the chunk.
+        mapped = self._mmap and cache.device.type == "cpu"
+        layout = cache.host_layout if mapped else None
+
+        def read(i: int, row: ChunkRow):
+            if layout is not None:
+                return p.disk.map_scatter(row.path, max_size, layout, ids[i * bpc : (i + 1) * bpc],
+                                          max(0, start - i * ct), nbytes)
+            if mapped:
+                return p.disk.map(row.path, max_size)
+            return p.disk.read(row.path, max_size, True)
+
+        def submit_more() -> None:
+            nonlocal nxt
+            while nxt < len(rows) and len(pending) < defaults.get("inflight"):
+                row = rows[nxt]
+                src = p.host.get(row.key)
+                pending.append((nxt, row, read(nxt, row) if src is None else src))
+                nxt += 1
+
+        submit_more()
+        loaded_keys: list[str] = []
+        bytes_read = 0
+        while pending:
+            i, row, src = pending.popleft()
+            if isinstance(src, torch.Tensor):
+                payload, from_disk, nread, copied = src, False, 0, False
+            else:
+                payload, nread, copied = self._verified(src, row, ns, g, shape)
+                from_disk = True
+                if payload is None:  # blocks an I/O thread wrote past here count as not loaded
+                    break
+            if not copied:
+                # While reads are in flight the I/O threads hold the cores: copy on this one.
+                busy = any(not isinstance(q[2], torch.Tensor) for q in pending)
+                cache.scatter(ids[i * bpc : (i + 1) * bpc], payload, max(0, start - i * ct), 1 if busy else 0,
+                              copies)
+            end = (i + 1) * ct
+            loaded_keys.append(row.key)
+            bytes_read += nread
+            if from_disk:
+                p.counters.add(disk_hits=1, get_bytes_read=nread)
+            else:
+                p.counters.add(host_hits=1)
+            submit_more()
+        for _, _, src in pending:  # after a damaged chunk: let reads in flight finish, unused
+            if not isinstance(src, torch.Tensor):
+                try:
+                    src.result()
+                except OSError:
+                    pass
+        for ticket, _ in copies:  # the chunks' host memory is reused once their copies are done
+            ticket.wait()
+        hit = max(0, end - start)
+        p.counters.record({"gets": 1, "hit_tokens": hit, "miss_tokens": len(toks) - start - hit,
+                           "bytes_read": bytes_read}, touch=keys[:first] + loaded_keys)
+        return end
+
+    def _verified(self, fut, row: ChunkRow, ns: Namespace, g: Geometry,
+                  shape) -> tuple[Optional[torch.Tensor], int, bool]:
+        """A chunk read from disk: (payload, bytes read, whether the I/O thread
+        already copied it into the blocks), or (None, 0, False) and the chunk
+        dropped if it is not sound."""
+        try:
+            result = fut.result()  # read (or mapped) and hashed on an I/O thread
+            data = result.file if isinstance(result, _C.MapResult) else result.buffer
+            if result.payload_hash is None:
+                raise ChunkError("no payload after the header")
+            hdr = sound(data, result.payload_hash, row.key, ns, g, shape)
+        except (ChunkError, OSError) as e:
+            self.p.faults.add(e if isinstance(e, OSError) else ChunkError(f"{row.path}: {e}"))
+            self._drop_damaged(row, e)
+            return None, 0, False
+        payload = payload_of(data, hdr, g, shape)
+        self.p.host.put(row.key, payload, data)
+        return payload, len(data), isinstance(result, _C.MapResult) and result.scattered
+
+    def _drop_damaged(self, row: ChunkRow, err: Exception) -> None:
+        """A damaged or missing chunk: a miss from now on, its file kept aside, its stranded tail dropped."""
+        p = self.p
+        vanished = isinstance(err, FileNotFoundError)
+        if vanished:
+            log.info("chunk %s vanished (evicted elsewhere); treating it as a miss", row.key[:16])
+        else:
+            p.faults.warn_once(f"damaged:{row.path}",
+                               f"chunk file {row.path} is damaged ({err}); moved aside, served as a miss")
+            p.disk.quarantine(row.path)
+            p.counters.add(corrupt_chunks=1)
+        try:
+            if vanished:
+                for r in p.bucket.unlink_chunks([row.key], tails=True):
+                    p.host.discard(r.key)
+            else:
+                p.bucket.remove_chains([row.key], "corrupt")
+        except sqlite3.Error as e:
+            p.faults.warn_once("drop", f"could not drop a damaged chunk from the catalog: {e}")

@@ -1,0 +1,356 @@
+"""KVStore: put, get, lookup and evict the KV state of token prefixes in a bucket.
+
+Runs in whichever process holds the engine tensors (put/get) or only the
+token ids (lookup). Several processes may open one bucket at once: capacity,
+eviction and commits are settled in catalog transactions, files are written
+crash-safely, and a damaged chunk is a miss, never an exception.
+
+This class is the facade: it checks input on the caller's thread and hands
+the work to the modules beside it — put.py (the put pipeline), get.py (the
+get pipeline), remote.py (the Redis tier), namespaces.py (namespaces and
+keys), counters.py and faults.py. The put thread runs put_async and remote
+landing, the get thread get_async; the bucket's I/O threads move the bytes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Optional, Union
+
+import torch
+
+from .. import _C, defaults
+from ..bucket import _UNSET, Bucket, Removed
+from ..errors import InputError
+from ..keys import as_tokens, salt_digest
+from ..layout import Geometry, PagedKV
+from ..policy import EvictionPolicy
+from ..sizes import parse_duration
+from ..tiers.host import HostTier
+from .checks import check_call, check_start, check_store_args
+from .counters import Counters, StoreStats
+from .faults import Faults, Handle
+from .get import GetPipeline
+from .namespaces import Namespaces
+from .parts import StoreParts
+from .put import PutPipeline
+from .remote import RemoteLanding
+
+log = logging.getLogger("pykvstore")
+
+_IO_ERRORS = (OSError, sqlite3.Error)
+_POOL_STAGING = 512 << 20  # pool bytes beyond the host tier, for chunks in flight
+
+
+class KVStore:
+    """A persistent bucket of KV chunks for one model (and optional tenant salt).
+
+    Args:
+        path: the bucket directory (created if missing).
+        model: model id (+ `revision`); KV of another model never hits.
+        capacity: bytes or a string like "50GiB". Given, it becomes the bucket's
+            capacity; omitted, the bucket keeps its own (10GiB for a new one).
+        salt: tenant salt; stores with different salts never share a chunk.
+        chunk_tokens: tokens per chunk (a multiple of the engine block size).
+        hash: "xxh3_128" (default) or "sha256" for untrusted multi-tenant use.
+        tp_rank, tp_size: tensor-parallel shard this store serves.
+        geometry: the KV geometry `lookup` answers for before any PagedKV is seen.
+        host_capacity: bytes of recently used chunks kept in this process (0: none).
+        ttl, ttl_mode: the bucket's default time to live for new chunks
+            ("24h"; None: forever) and "absolute" or "sliding" (hits extend it).
+        policy: eviction policy, "lru" (default) or "cost" (most recompute saved per byte).
+        remote: a shared Redis/Valkey tier behind the local ones: "redis://host:port/0",
+            "redis+cluster://host:port,...", or a list of cluster nodes.
+        remote_options: RedisTier options (prefix, username, password, ssl, timeout, ...).
+
+    Example:
+        >>> with KVStore("./kvstore", model="Qwen/Qwen3-8B", capacity="50GiB") as store:
+        ...     stored = store.put(tokens, PagedKV(kv_caches, dims="BHTC"), block_ids)
+    """
+
+    def __init__(
+        self,
+        path: Union[str, os.PathLike],
+        model: str,
+        capacity: Union[int, str, None] = None,
+        *,
+        salt: Union[str, bytes, None] = None,
+        revision: Optional[str] = None,
+        chunk_tokens: int = 256,
+        hash: str = "xxh3_128",  # noqa: A002 - the documented argument name
+        tp_rank: int = 0,
+        tp_size: int = 1,
+        geometry: Optional[Geometry] = None,
+        host_capacity: Union[int, str, None] = None,
+        ttl: Any = _UNSET,
+        ttl_mode: Optional[str] = None,
+        policy: Union[str, EvictionPolicy, None] = None,
+        remote: Union[str, list, None] = None,
+        remote_options: Optional[dict[str, Any]] = None,
+    ) -> None:
+        host_cap = check_store_args(model, chunk_tokens, hash, tp_rank, tp_size, geometry, host_capacity)
+        self.model, self.revision, self.chunk_tokens, self.hash = model, revision, chunk_tokens, hash
+        self.tp_rank, self.tp_size = tp_rank, tp_size
+        self._executors: dict[str, ThreadPoolExecutor] = {}
+        self._closed = False
+        # called as fn(op, model, tag, seconds, tokens) after each put and get (metrics.py)
+        self.observers: list = []
+
+        self.bucket = Bucket(path, capacity=capacity, ttl=ttl, ttl_mode=ttl_mode, policy=policy)
+        self.root = self.bucket.root
+        self._catalog = self.bucket.catalog  # for tests and benchmarks that look inside; the store uses self.bucket
+        self._disk = self.bucket.disk
+        self._engine = self.bucket.engine
+        _C.set_buffer_cache_limit(defaults.get("buffer_cache"))
+        # Staging buffers, reads and the host tier share one pool: a chunk kept
+        # in host memory is already where DMA and O_DIRECT want it.
+        self._pool = _C.HostPool(defaults.get("host_pool") or host_cap + _POOL_STAGING, pin=True, huge_pages=True)
+        self._engine.set_pool(self._pool)
+        self._host = HostTier(host_cap)
+        self.bucket.listeners.append(self._host.discard)
+        self._remote = None
+        if remote is not None:
+            from ..tiers.redis import RedisTier  # redis-py only when a remote is used
+
+            try:
+                self._remote = RedisTier(remote, **(remote_options or {}))
+            except BaseException:
+                self.bucket.close()
+                raise
+        self._faults = Faults()
+        self._counters = Counters(self.bucket, model, self._faults)
+        self._names = Namespaces(self.bucket, self._remote, model=model, revision=revision, chunk_tokens=chunk_tokens,
+                                 tp_rank=tp_rank, tp_size=tp_size, hash=hash, salt=salt_digest(salt),
+                                 geometry=geometry)
+        parts = StoreParts(model, chunk_tokens, self.bucket, self._disk, self._pool, self._host, self._remote,
+                           self._names, self._counters, self._faults)
+        self._puts = PutPipeline(parts)
+        mmap = defaults.get("mmap_read") == "auto" and defaults.direct_mode("direct_read") == 0
+        self._gets = GetPipeline(parts, mmap)
+        self._landing = RemoteLanding(parts, self._puts, lambda fn, *a: self._worker("put").submit(fn, *a))
+
+    def hashes(self, tokens: Any) -> list[str]:
+        """Chained chunk keys (hex) of the full chunks of `tokens`."""
+        return self._names.hashes(tokens)
+
+    # --- the public calls ----------------------------------------------------
+    def lookup(self, tokens: Any) -> int:
+        """How many leading tokens the bucket holds (a multiple of chunk_tokens)."""
+        self._check_open()
+        toks = as_tokens(tokens)
+        self._counters.add(lookups=1)
+        if len(toks) < self.chunk_tokens:
+            return 0
+        best = 0
+        try:
+            for ns in self._names.candidates():
+                keys = self._names.keys(ns, toks)
+                held = self.bucket.ready_prefix_len(keys, time.time())
+                if self._remote is not None and held < len(keys):
+                    held += self._remote.held_prefix(keys[held:])
+                best = max(best, held * self.chunk_tokens)
+        except sqlite3.Error as e:
+            self._faults.warn_once("lookup", f"lookup failed, answering 0: {e}")
+            return 0
+        return best
+
+    def put(self, tokens: Any, cache: PagedKV, block_ids: Any, *, tag: Optional[str] = None,
+            ttl: Any = _UNSET, ttl_mode: Optional[str] = None) -> int:
+        """Stores the full chunks of `tokens` from the engine blocks `block_ids`.
+
+        tag records where the chunks came from ("support-bot/system-v3");
+        ttl ("24h", seconds, or None for forever) and ttl_mode override the
+        bucket's defaults. Chunks already held live at least as long as this
+        put asks. Returns the number of leading tokens held after the call: less
+        than the full chunks when the bucket cannot make room (pinned or
+        in-flight chunks) or a write fails; failures are logged, not raised.
+        """
+        return self._put(tokens, cache, block_ids, tag, ttl, ttl_mode, None)
+
+    def _put(self, tokens: Any, cache: PagedKV, block_ids: Any, tag: Optional[str], ttl: Any,
+             ttl_mode: Optional[str], staged: Optional[dict[int, Any]]) -> int:
+        self._check_open()
+        toks, ids, n = self._check_call(tokens, cache, block_ids)
+        expiry = self._puts.options(tag, ttl, ttl_mode)
+        self._faults.begin()
+        self._counters.add(puts=1)
+        if n == 0:
+            return 0
+        t0 = time.perf_counter()
+        try:
+            held = self._puts.write(toks, cache, ids, n, tag, expiry, staged)
+        except _IO_ERRORS as e:
+            self._faults.add(e)
+            self._faults.warn_once("put", f"put failed: {e}")
+            self._counters.add(put_errors=1)
+            held = 0
+        if held < n:
+            self._counters.add(put_truncated=1)
+        self._observe("put", tag, t0, held * self.chunk_tokens)
+        return held * self.chunk_tokens
+
+    def get(self, tokens: Any, cache: PagedKV, block_ids: Any, start: int = 0) -> int:
+        """Loads the held prefix of `tokens` into the engine blocks `block_ids`.
+
+        Tokens before `start` are already in the engine's cache and are not
+        written, even inside a partly covered chunk. Returns `loaded`: the
+        blocks hold tokens [0, loaded) after the call (`start` when the bucket
+        has nothing past it). A damaged chunk ends the load there; blocks past
+        `loaded` may have been written (a copy runs while its chunk is
+        verified) and are the caller's to compute, as for any miss.
+        """
+        self._check_open()
+        toks, ids, n = self._check_call(tokens, cache, block_ids)
+        check_start(start, toks)
+        self._faults.begin()
+        self._counters.add(gets=1)
+        t0 = time.perf_counter()
+        try:
+            end = self._gets.load(toks, cache, ids, n, start)
+            if self._remote is not None:
+                end = self._landing.fetch(toks, cache, ids, n, start, end)
+        except _IO_ERRORS as e:
+            self._faults.add(e)
+            self._faults.warn_once("get", f"get failed: {e}")
+            end = 0
+        loaded = max(start, end)
+        self._counters.add(get_tokens_loaded=loaded - start)
+        self._observe("get", None, t0, loaded - start)
+        return loaded
+
+    def put_async(self, tokens: Any, cache: PagedKV, block_ids: Any, *, tag: Optional[str] = None,
+                  ttl: Any = _UNSET, ttl_mode: Optional[str] = None) -> Handle:
+        """`put` whose reads of the engine's blocks are done when it returns.
+
+        The chunks the bucket lacks are copied into host-pool buffers now (a
+        memcpy, or a DMA on a GPU); checksums, file writes and commits run on
+        the store's put thread. The engine may reuse the blocks at once, even
+        if the request is preempted. Chunks that do not fit the pool's free
+        memory are not stored by this call (the held prefix ends there).
+        """
+        self._check_open()
+        toks, ids, n = self._check_call(tokens, cache, block_ids)
+        self._puts.options(tag, ttl, ttl_mode)
+        staged = self._puts.stage(toks, cache, ids, n)
+        return Handle(self._worker("put").submit(self._faults.run, self._put, tokens, cache, block_ids, tag, ttl,
+                                                 ttl_mode, staged))
+
+    def get_async(self, tokens: Any, cache: PagedKV, block_ids: Any, start: int = 0) -> Handle:
+        """`get` on the store's worker thread; input is checked before it is queued."""
+        self._check_open()
+        toks, _, _ = self._check_call(tokens, cache, block_ids)
+        check_start(start, toks)
+        return Handle(self._worker("get").submit(self._faults.run, self.get, tokens, cache, block_ids, start))
+
+    def evict(self, tokens: Any) -> int:
+        """Removes the chunks of `tokens` and every chunk chained after them (pinned ones too); returns bytes freed."""
+        self._check_open()
+        keys = self._names.keys_everywhere(tokens)
+        if not keys:
+            return 0
+        return self.bucket.remove_chains(keys, "manual").bytes
+
+    # --- lifecycle by tokens (the bucket-wide controls are on self.bucket) ------
+    def pin(self, tokens: Any, ttl: Any = "keep") -> int:
+        """Pins the held chunks of `tokens`: capacity never evicts them.
+
+        ttl: "keep" leaves their expiry as it is, None makes them live forever,
+        a duration sets a new one. Returns how many chunks were pinned.
+        """
+        self._check_open()
+        return self.bucket.pin(self._names.keys_everywhere(tokens), True, ttl)
+
+    def unpin(self, tokens: Any) -> int:
+        self._check_open()
+        return self.bucket.pin(self._names.keys_everywhere(tokens), False)
+
+    def extend(self, tokens: Any, ttl: Any) -> int:
+        """Sets the held chunks of `tokens` to expire `ttl` from now (None: never); returns how many changed."""
+        self._check_open()
+        secs = None if ttl is None else parse_duration(ttl, "ttl")
+        return self.bucket.extend(self._names.keys_everywhere(tokens), secs)
+
+    def clear(self, *, prefix: Any = None, include_pinned: bool = False, **selectors: Any) -> Removed:
+        """Bucket.clear, plus prefix=tokens: that prefix's chunks and every chunk chained after them."""
+        self._check_open()
+        if prefix is not None:
+            selectors["keys"] = self._names.keys_everywhere(prefix)
+        return self.bucket.clear(include_pinned=include_pinned, **selectors)
+
+    def gc(self) -> Removed:
+        return self.bucket.gc()
+
+    def resize(self, capacity: Union[int, str]) -> Removed:
+        return self.bucket.resize(capacity)
+
+    def stats(self, price_per_mtok: Optional[float] = None, stale_after: Any = "7d") -> StoreStats:
+        """This process's counters, and the bucket's view (`.bucket`) shared by every process."""
+        s = self._counters.snapshot()
+        b = self.bucket.stats(price_per_mtok, stale_after)
+        s.bucket = b
+        s.used_bytes, s.chunks, s.capacity_bytes, s.by_model = b.used_bytes, b.chunks, b.capacity_bytes, b.by_model
+        s.host_bytes, s.host_chunks = self._host.used, len(self._host)
+        s.io = dict(self._engine.counters())
+        s.pool = dict(self._pool.stats())
+        if self._remote is not None:
+            s.remote = self._remote.stats.to_dict()
+        return s
+
+    @property
+    def capacity(self) -> int:
+        return self.bucket.capacity
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for kind in ("get", "put"):  # a get may hand remote chunks to the put thread
+            if kind in self._executors:
+                self._executors[kind].shutdown(wait=True)
+        if self._remote is not None:
+            self._remote.close()
+        self._puts.retry_releases()
+        self._host.clear()
+        self._engine.set_pool(None)
+        self.bucket.close()
+
+    def __enter__(self) -> "KVStore":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"KVStore({str(self.root)!r}, model={self.model!r}, chunk_tokens={self.chunk_tokens})"
+
+    # --- internals -------------------------------------------------------------
+    def _check_open(self) -> None:
+        if self._closed:
+            raise InputError("this KVStore is closed")
+
+    def _check_call(self, tokens: Any, cache: PagedKV, block_ids: Any) -> tuple[Any, torch.Tensor, int]:
+        """check_call; the cache's geometry becomes the one `lookup` and `hashes` answer for."""
+        toks, ids, n = check_call(self.chunk_tokens, tokens, cache, block_ids)
+        self._names.geometry = cache.geometry
+        return toks, ids, n
+
+    def _worker(self, kind: str = "put") -> ThreadPoolExecutor:
+        """One thread for background puts (and landing remote chunks), one for
+        gets: a load never queues behind a store."""
+        ex = self._executors.get(kind)
+        if ex is None:
+            ex = self._executors[kind] = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"pykvstore-{kind}")
+        return ex
+
+    def _observe(self, op: str, tag: Optional[str], t0: float, tokens: int) -> None:
+        seconds = time.perf_counter() - t0
+        for fn in self.observers:
+            try:
+                fn(op, self.model, tag, seconds, tokens)
+            except Exception as e:  # an observer never breaks the serving path
+                self._faults.warn_once(f"observer:{op}", f"a put/get observer failed: {e!r}")
+

@@ -1,0 +1,239 @@
+"""The put pipeline: stage, reserve, write, commit, drop what became unreachable.
+
+`stage` runs on the caller's thread (put_async copies the engine's blocks
+into host-pool buffers before it returns); `write` runs on the caller's
+thread for a synchronous put and on the store's put thread for put_async.
+Checksums and file writes run on the I/O threads, at most `inflight`
+chunks at once; each chunk is reserved in the bucket before its write and
+committed after it, so a crash leaves no half-written chunk indexed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from collections import deque
+from typing import Any, Optional
+
+import torch
+
+from .. import _C, defaults
+from ..bucket import _UNSET, NoRoom
+from ..bucket.config import check_ttl_mode
+from ..catalog import WRITING, ChunkRow
+from ..chunk_file import CHECKSUM_ALGO, PAYLOAD_ALIGN, checksum, encode_header, header_length
+from ..errors import InputError
+from ..keys import FORMAT_VERSION
+from ..layout import PagedKV
+from ..sizes import parse_duration
+from ..tiers.disk import HOST
+from .parts import StoreParts
+
+Expiry = tuple[Optional[float], Optional[str]]  # (ttl seconds or None, ttl mode)
+
+
+class PutPipeline:
+    """Writes the full chunks of a put into the bucket (and the host and remote tiers)."""
+
+    def __init__(self, parts: StoreParts) -> None:
+        self.p = parts
+        self._unreleased: set[str] = set()  # reservations a failed write could not release yet
+
+    def options(self, tag: Any, ttl: Any, ttl_mode: Optional[str]) -> Expiry:
+        """Checks a put's tag; its expiry from its arguments or the bucket's defaults."""
+        if tag is not None and not isinstance(tag, str):
+            raise InputError(f"tag must be a string, got {type(tag).__name__}")
+        check_ttl_mode(ttl_mode)
+        if ttl is _UNSET:
+            config = self.p.bucket.config
+            secs = config.get("default_ttl")
+            mode = ttl_mode or config.get("ttl_mode", "absolute")
+        else:
+            secs = None if ttl is None else parse_duration(ttl, "ttl")
+            mode = ttl_mode or self.p.bucket.config.get("ttl_mode", "absolute")
+        return secs, mode
+
+    def stage(self, toks, cache: PagedKV, ids: torch.Tensor, n: int) -> dict[int, Any]:
+        """Chunk index -> a pool buffer holding that chunk's payload at PAYLOAD_ALIGN, for
+        the leading chunks the bucket does not hold, as far as the pool has room."""
+        if n == 0:
+            return {}
+        g = cache.geometry
+        ct, bpc = self.p.chunk_tokens, self.p.chunk_tokens // cache.block_size
+        keys = self.p.names.keys(self.p.names.of(g), toks[: n * ct])
+        try:
+            held = self.p.bucket.existing(keys, time.time())
+        except sqlite3.Error:
+            held = set()
+        shape, size = g.chunk_shape(ct), PAYLOAD_ALIGN + g.chunk_bytes(ct)
+        staged: dict[int, Any] = {}
+        for i, key in enumerate(keys):
+            if key in held:
+                continue
+            buf = _C.AlignedBuffer(size, self.p.pool)
+            if not buf.from_pool:  # no room left: what is staged is what this put stores
+                break
+            payload = torch.frombuffer(buf, dtype=torch.uint8)[PAYLOAD_ALIGN:].view(g.view_dtype).view(shape)
+            cache.gather(ids[i * bpc : (i + 1) * bpc], payload)
+            staged[i] = buf
+        return staged
+
+    def write(self, toks, cache: PagedKV, ids: torch.Tensor, n: int, tag: Optional[str],
+              expiry: Expiry, staged: Optional[dict[int, Any]] = None) -> int:
+        """Writes the chunks of a put; returns how many leading chunks are held after it.
+
+        With `staged` (put_async), payloads come from those buffers and the
+        engine's blocks are never read here: a chunk not staged ends the put.
+        """
+        p = self.p
+        g = cache.geometry
+        ns = p.names.of(g)
+        p.names.register(ns)
+        ct, bpc = p.chunk_tokens, p.chunk_tokens // cache.block_size
+        keys = p.names.keys(ns, toks[: n * ct])
+        parents = [ns.hex] + keys[:-1]
+        ttl, mode = expiry
+        start_time = time.time()
+        existing = p.bucket.existing(keys, start_time)
+        if existing:
+            p.bucket.refresh(list(existing), None if ttl is None else start_time + ttl, start_time)
+        shape, nbytes = g.chunk_shape(ct), g.chunk_bytes(ct)
+        protect = set(keys)
+        owner = f"{HOST}:{os.getpid()}"
+        inflight: deque = deque()
+        ok = [False] * n
+        written = [0, 0]  # chunks, bytes
+        failed_at = n
+
+        def finish_one() -> None:
+            nonlocal failed_at
+            i, row, buf, payload, fut = inflight.popleft()
+            try:
+                fut.result()
+                committed = p.bucket.mark_ready(row.key, time.time())
+            except (OSError, sqlite3.Error) as e:
+                p.faults.add(e)
+                p.faults.warn_once(f"write:{type(e).__name__}:{getattr(e, 'errno', '')}",
+                                   f"storing chunk {row.key[:16]} failed: {e}")
+                self.forget(row)
+                failed_at = min(failed_at, i)
+                return
+            if not committed:
+                p.disk.remove(row.path)  # removed while in flight (evict/clear)
+                failed_at = min(failed_at, i)
+                return
+            ok[i] = True
+            written[0] += 1
+            written[1] += row.nbytes
+            p.host.put(row.key, payload, buf)
+            if p.remote is not None:  # write-through, handed off to the tier's thread
+                p.remote.put(row.key, memoryview(buf)[: row.nbytes], ttl,
+                             {"model": p.model, "tag": tag or "", "tokens": str(ct), "index": str(i)}, buf)
+            p.counters.add(put_chunks_written=1, put_bytes_written=row.nbytes)
+
+        try:
+            for i in range(n):
+                if failed_at < n:
+                    break
+                if keys[i] in existing:
+                    ok[i] = True
+                    p.counters.add(put_chunks_present=1)
+                    continue
+                now = time.time()
+                meta = {
+                    "format": FORMAT_VERSION, "model": p.model, "namespace": ns.hex, "key": keys[i],
+                    "parent": parents[i], "tokens": str(ct), "index": str(i), "created": f"{now:.6f}",
+                    "tag": tag or "", "params": json.dumps(ns.params, sort_keys=True, separators=(",", ":")),
+                    "ttl": "" if ttl is None else repr(ttl), "ttl_mode": mode or "",
+                    "checksum_algo": CHECKSUM_ALGO,
+                }
+                off = header_length(meta, g.safetensors_dtype, shape, nbytes)
+                if staged is not None and i not in staged:
+                    failed_at = i  # not copied out of the engine in time (no pool room, or evicted since)
+                    break
+                rel = p.disk.relpath(p.model, ns.hex, keys[i])
+                row = ChunkRow(key=keys[i], parent=parents[i], namespace=ns.hex, model=p.model, chunk_index=i,
+                               tokens=ct, nbytes=off + nbytes, path=rel, created=now, last_access=now,
+                               tag=tag, state=WRITING, owner=owner, expires=None if ttl is None else now + ttl,
+                               sliding_ttl=ttl if ttl is not None and mode == "sliding" else None)
+                try:
+                    reserved = p.bucket.reserve(row, protect)
+                except NoRoom:
+                    failed_at = i
+                    break
+                except sqlite3.Error as e:  # e.g. the disk under the catalog is full
+                    p.faults.warn_once("reserve", f"cannot reserve space for a chunk: {e}")
+                    failed_at = i
+                    break
+                if reserved is None:  # another writer got there first
+                    ok[i] = True
+                    continue
+                try:
+                    if staged is not None and off == PAYLOAD_ALIGN:
+                        buf = staged.pop(i)  # the payload is in place already
+                    else:
+                        buf = _C.AlignedBuffer(off + nbytes, p.pool)
+                    whole = torch.frombuffer(buf, dtype=torch.uint8)
+                    payload = whole[off:].view(g.view_dtype).view(shape)
+                    if staged is None:
+                        cache.gather(ids[i * bpc : (i + 1) * bpc], payload)
+                    elif off != PAYLOAD_ALIGN:  # a header longer than one page: move the payload
+                        payload.view(torch.uint8).view(-1).copy_(
+                            torch.frombuffer(staged.pop(i), dtype=torch.uint8)[PAYLOAD_ALIGN:])
+                    meta["checksum"] = checksum(memoryview(buf)[off:])
+                    head = encode_header(meta, g.safetensors_dtype, shape, nbytes)
+                    assert len(head) == off, "header length changed with the checksum"
+                    whole[:off].copy_(torch.frombuffer(bytearray(head), dtype=torch.uint8))
+                    fut = p.disk.write(rel, buf, off + nbytes)
+                except BaseException:
+                    self.forget(row)
+                    raise
+                inflight.append((i, row, buf, payload, fut))
+                while len(inflight) >= defaults.get("inflight"):
+                    finish_one()
+        finally:
+            while inflight:  # every write started is settled, whatever happened above
+                finish_one()
+        held = 0
+        while held < n and ok[held]:
+            held += 1
+        if held < n:
+            self._drop_unreachable(keys[held:], ok[held:])
+        self.retry_releases()
+        p.counters.record({"puts": 1, "put_tokens": held * ct, "chunks_written": written[0],
+                           "bytes_written": written[1]})
+        return held
+
+    def _drop_unreachable(self, keys: list[str], written: list[bool]) -> None:
+        """Chunks this put wrote after one that failed: nothing could reach them."""
+        mine = set(k for k, w in zip(keys, written) if w)
+        if not mine:
+            return
+        try:
+            self.p.bucket.unlink_chunks(mine, tails=False)
+        except sqlite3.Error as e:  # they stay indexed: unreachable, evicted as leaves in time
+            self.p.faults.warn_once("drop", f"could not drop unreachable chunks: {e}")
+        for k in mine:
+            self.p.host.discard(k)
+
+    def forget(self, row: ChunkRow) -> None:
+        """Undoes a reservation whose write failed. Best effort: if the catalog
+        cannot be written either, the row stays `writing` under this process and
+        is reclaimed by the first open after it exits."""
+        self.p.disk.remove(row.path)
+        try:
+            self.p.bucket.abort(row.key)
+        except sqlite3.Error as e:
+            self.p.faults.warn_once("abort", f"could not release a failed chunk's reservation (will retry): {e}")
+            self._unreleased.add(row.key)
+
+    def retry_releases(self) -> None:
+        """Retries reservations `forget` could not release (the catalog's disk was full)."""
+        for key in list(self._unreleased):
+            try:
+                self.p.bucket.abort(key)
+                self._unreleased.discard(key)
+            except sqlite3.Error:
+                return

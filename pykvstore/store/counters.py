@@ -68,6 +68,19 @@ class Counters:
         with self._lock:
             return StoreStats(**{k: v for k, v in self._stats.to_dict().items() if k != "bucket"})
 
+    def report(self, bucket: BucketStats, host: Any, engine: Any, pool: Any, remote: Any) -> StoreStats:
+        """This store's counters with the bucket's view and the tiers' figures beside them."""
+        s = self.snapshot()
+        s.bucket = bucket
+        s.used_bytes, s.chunks, s.capacity_bytes, s.by_model = (bucket.used_bytes, bucket.chunks,
+                                                                bucket.capacity_bytes, bucket.by_model)
+        s.host_bytes, s.host_chunks = host.used, len(host)
+        s.io = dict(engine.counters())
+        s.pool = dict(pool.stats())
+        if remote is not None:
+            s.remote = remote.stats.to_dict()
+        return s
+
     def record(self, values: dict[str, int], touch: Optional[list[str]] = None) -> None:
         """Adds to this model's counters in the bucket (and records hits on `touch`), best effort."""
         try:

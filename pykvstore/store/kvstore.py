@@ -23,27 +23,25 @@ from typing import Any, Optional, Union
 
 import torch
 
-from .. import _C, defaults
+from .. import defaults
 from ..bucket import _UNSET, Bucket, Removed
 from ..errors import InputError
 from ..keys import as_tokens, salt_digest
 from ..layout import Geometry, PagedKV
 from ..policy import EvictionPolicy
 from ..sizes import parse_duration
-from ..tiers.host import HostTier
 from .checks import check_call, check_start, check_store_args
 from .counters import Counters, StoreStats
 from .faults import Faults, Handle
 from .get import GetPipeline
 from .namespaces import Namespaces
-from .parts import StoreParts
+from .parts import StoreParts, open_tiers
 from .put import PutPipeline
 from .remote import RemoteLanding
 
 log = logging.getLogger("pykvstore")
 
 _IO_ERRORS = (OSError, sqlite3.Error)
-_POOL_STAGING = 512 << 20  # pool bytes beyond the host tier, for chunks in flight
 
 
 class KVStore:
@@ -105,22 +103,7 @@ class KVStore:
         self._catalog = self.bucket.catalog  # for tests and benchmarks that look inside; the store uses self.bucket
         self._disk = self.bucket.disk
         self._engine = self.bucket.engine
-        _C.set_buffer_cache_limit(defaults.get("buffer_cache"))
-        # Staging buffers, reads and the host tier share one pool: a chunk kept
-        # in host memory is already where DMA and O_DIRECT want it.
-        self._pool = _C.HostPool(defaults.get("host_pool") or host_cap + _POOL_STAGING, pin=True, huge_pages=True)
-        self._engine.set_pool(self._pool)
-        self._host = HostTier(host_cap)
-        self.bucket.listeners.append(self._host.discard)
-        self._remote = None
-        if remote is not None:
-            from ..tiers.redis import RedisTier  # redis-py only when a remote is used
-
-            try:
-                self._remote = RedisTier(remote, **(remote_options or {}))
-            except BaseException:
-                self.bucket.close()
-                raise
+        self._pool, self._host, self._remote = open_tiers(self.bucket, host_cap, remote, remote_options)
         self._faults = Faults()
         self._counters = Counters(self.bucket, model, self._faults)
         self._names = Namespaces(self.bucket, self._remote, model=model, revision=revision, chunk_tokens=chunk_tokens,
@@ -289,16 +272,8 @@ class KVStore:
 
     def stats(self, price_per_mtok: Optional[float] = None, stale_after: Any = "7d") -> StoreStats:
         """This process's counters, and the bucket's view (`.bucket`) shared by every process."""
-        s = self._counters.snapshot()
-        b = self.bucket.stats(price_per_mtok, stale_after)
-        s.bucket = b
-        s.used_bytes, s.chunks, s.capacity_bytes, s.by_model = b.used_bytes, b.chunks, b.capacity_bytes, b.by_model
-        s.host_bytes, s.host_chunks = self._host.used, len(self._host)
-        s.io = dict(self._engine.counters())
-        s.pool = dict(self._pool.stats())
-        if self._remote is not None:
-            s.remote = self._remote.stats.to_dict()
-        return s
+        return self._counters.report(self.bucket.stats(price_per_mtok, stale_after), self._host, self._engine,
+                                     self._pool, self._remote)
 
     @property
     def capacity(self) -> int:

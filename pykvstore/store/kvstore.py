@@ -14,7 +14,6 @@ landing, the get thread get_async; the bucket's I/O threads move the bytes.
 
 from __future__ import annotations
 
-import logging
 import os
 import sqlite3
 import time
@@ -39,7 +38,6 @@ from .parts import StoreParts, open_tiers
 from .put import PutPipeline
 from .remote import RemoteLanding
 
-log = logging.getLogger("pykvstore")
 
 _IO_ERRORS = (OSError, sqlite3.Error)
 
@@ -91,6 +89,7 @@ class KVStore:
         remote_options: Optional[dict[str, Any]] = None,
     ) -> None:
         host_cap = check_store_args(model, chunk_tokens, hash, tp_rank, tp_size, geometry, host_capacity)
+        salt_hex = salt_digest(salt)  # a bad salt is refused before the bucket is opened
         self.model, self.revision, self.chunk_tokens, self.hash = model, revision, chunk_tokens, hash
         self.tp_rank, self.tp_size = tp_rank, tp_size
         self._executors: dict[str, ThreadPoolExecutor] = {}
@@ -107,7 +106,7 @@ class KVStore:
         self._faults = Faults()
         self._counters = Counters(self.bucket, model, self._faults)
         self._names = Namespaces(self.bucket, self._remote, model=model, revision=revision, chunk_tokens=chunk_tokens,
-                                 tp_rank=tp_rank, tp_size=tp_size, hash=hash, salt=salt_digest(salt),
+                                 tp_rank=tp_rank, tp_size=tp_size, hash=hash, salt=salt_hex,
                                  geometry=geometry)
         parts = StoreParts(model, chunk_tokens, self.bucket, self._disk, self._pool, self._host, self._remote,
                            self._names, self._counters, self._faults)

@@ -45,7 +45,6 @@ the same setup share them, and nothing else can load them by mistake.
 
 from __future__ import annotations
 
-import copy
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -59,7 +58,6 @@ from vllm.distributed.kv_transfer.kv_connector.v1.base import (
 )
 
 from ..defaults import parse_flag
-from ..keys import salt_digest
 from ..layout import Geometry, PagedKV
 from ..store import Handle, KVStore
 
@@ -108,10 +106,7 @@ def _salted(base: KVStore, salt: str) -> KVStore:
     Keys differ per salt, so the shared host tier and catalog never hand one
     tenant's chunk to another. Only the connector's base store is ever closed.
     """
-    view = copy.copy(base)  # shallow: shares the bucket, pool, executors, host tier, stats
-    view._salt = salt_digest(salt)
-    view._namespaces = {}
-    return view
+    return base._with_salt(salt)
 
 
 def cpu_plane_strides(block_size: int, head_dim: int, dtype: torch.dtype) -> Optional[list[tuple[int, int, int, int]]]:

@@ -14,6 +14,7 @@ landing, the get thread get_async; the bucket's I/O threads move the bytes.
 
 from __future__ import annotations
 
+import copy
 import os
 import sqlite3
 import time
@@ -108,12 +109,29 @@ class KVStore:
         self._names = Namespaces(self.bucket, self._remote, model=model, revision=revision, chunk_tokens=chunk_tokens,
                                  tp_rank=tp_rank, tp_size=tp_size, hash=hash, salt=salt_hex,
                                  geometry=geometry)
-        parts = StoreParts(model, chunk_tokens, self.bucket, self._disk, self._pool, self._host, self._remote,
-                           self._names, self._counters, self._faults)
-        self._puts = PutPipeline(parts)
+        self._wire(set())
+
+    def _wire(self, unreleased: set[str]) -> None:
+        """Builds the pipelines over this store's parts (once per store, and per salted view)."""
+        parts = StoreParts(self.model, self.chunk_tokens, self.bucket, self._disk, self._pool, self._host,
+                           self._remote, self._names, self._counters, self._faults)
+        self._puts = PutPipeline(parts, unreleased)
         mmap = defaults.get("mmap_read") == "auto" and defaults.direct_mode("direct_read") == 0
         self._gets = GetPipeline(parts, mmap)
         self._landing = RemoteLanding(parts, self._puts, lambda fn, *a: self._worker("put").submit(fn, *a))
+
+    def _with_salt(self, salt: Union[str, bytes, None]) -> "KVStore":
+        """This store as another tenant sees it (the vLLM connector's salts).
+
+        The view shares the bucket handle, host pool, host tier, remote tier,
+        put/get threads, counters and observers; only the namespaces differ,
+        and with them every chunk key, so no tenant is handed another's chunk.
+        Only the original store is closed.
+        """
+        view = copy.copy(self)
+        view._names = self._names.with_salt(salt_digest(salt))
+        view._wire(self._puts._unreleased)
+        return view
 
     def hashes(self, tokens: Any) -> list[str]:
         """Chained chunk keys (hex) of the full chunks of `tokens`."""

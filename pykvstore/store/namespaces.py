@@ -38,6 +38,14 @@ class Namespaces:
         self._by_geometry: dict[Geometry, Namespace] = {}
         self._registered: set[str] = set()
 
+    def with_salt(self, salt: Optional[str]) -> "Namespaces":
+        """The same namespaces for another tenant salt (digest): every key differs."""
+        other = Namespaces(self._bucket, self._remote, model=self.model, revision=self.revision,
+                           chunk_tokens=self.chunk_tokens, tp_rank=self.tp_rank, tp_size=self.tp_size,
+                           hash=self.hash, salt=salt, geometry=self.geometry)
+        other._registered = self._registered  # registration is by digest: one record for every view
+        return other
+
     def of(self, geometry: Geometry) -> Namespace:
         ns = self._by_geometry.get(geometry)
         if ns is None:

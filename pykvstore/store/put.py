@@ -37,9 +37,10 @@ Expiry = tuple[Optional[float], Optional[str]]  # (ttl seconds or None, ttl mode
 class PutPipeline:
     """Writes the full chunks of a put into the bucket (and the host and remote tiers)."""
 
-    def __init__(self, parts: StoreParts) -> None:
+    def __init__(self, parts: StoreParts, unreleased: Optional[set[str]] = None) -> None:
         self.p = parts
-        self._unreleased: set[str] = set()  # reservations a failed write could not release yet
+        # reservations a failed write could not release yet (shared by a store's salted views)
+        self._unreleased: set[str] = set() if unreleased is None else unreleased
 
     def options(self, tag: Any, ttl: Any, ttl_mode: Optional[str]) -> Expiry:
         """Checks a put's tag; its expiry from its arguments or the bucket's defaults."""

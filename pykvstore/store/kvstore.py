@@ -34,7 +34,7 @@ from .checks import check_call, check_start, check_store_args
 from .counters import Counters, StoreStats
 from .faults import Faults, Handle
 from .get import GetPipeline
-from .namespaces import Namespaces
+from .namespaces import Namespace, Namespaces
 from .parts import StoreParts, open_tiers
 from .put import PutPipeline
 from .remote import RemoteLanding
@@ -132,6 +132,10 @@ class KVStore:
         view._names = self._names.with_salt(salt_digest(salt))
         view._wire(self._puts._unreleased)
         return view
+
+    def _namespace(self, geometry: Geometry) -> Namespace:
+        """The namespace of `geometry` in this store (SGLang's backend keys pages under its digest)."""
+        return self._names.of(geometry)
 
     def hashes(self, tokens: Any) -> list[str]:
         """Chained chunk keys (hex) of the full chunks of `tokens`."""

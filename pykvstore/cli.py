@@ -42,6 +42,26 @@ def _table(rows: list[dict[str, Any]], columns: list[tuple[str, str]]) -> str:
     return "\n".join(lines[:1] + ["  ".join("-" * w for w in widths)] + lines[1:])
 
 
+def _money(dollars: float) -> str:
+    """Dollars as a person reads them: to the cent from a cent up, two significant digits below
+    ($288.00, $0.41, $0.0012), so a header and a table show one amount the same way."""
+    if abs(dollars) >= 0.01 or dollars == 0:
+        return f"${dollars:,.2f}"
+    return f"${_two_digits(dollars)}"
+
+
+def _two_digits(x: float) -> str:
+    """A number below 1 to two significant digits, in plain decimals (0.0022, never 2.2e-03)."""
+    import math
+
+    return f"{x:.{max(2, 1 - math.floor(math.log10(abs(x))))}f}"
+
+
+def _count(x: float) -> str:
+    """A count worth reading: whole from 10 up, one decimal from 1, two significant digits below."""
+    return f"{x:,.0f}" if x >= 10 else (f"{x:.1f}" if x >= 1 else _two_digits(x))
+
+
 def _cell(v: Any) -> str:
     if v is None:
         return "-"
@@ -105,15 +125,17 @@ def cmd_stats(args: argparse.Namespace) -> int:
         f"({100 * s.used_bytes / max(s.capacity_bytes, 1):.1f}%), free {format_size(s.free_bytes)}",
         f"  {s.chunks} chunks, {s.tokens} tokens; pinned {s.pinned_chunks} chunks ({format_size(s.pinned_bytes)})",
         f"  policy {s.policy}; default ttl {format_duration(s.default_ttl) if s.default_ttl else 'none'} ({s.ttl_mode})",
-        f"  this bucket avoided {s.tokens_avoided} prefill tokens, worth ${s.cost_avoided:,.2f} "
-        f"at ${s.price_per_mtok}/M tokens",
+        f"  this bucket avoided {s.tokens_avoided} prefill tokens, worth {_money(s.cost_avoided)} "
+        f"at ${s.price_per_mtok:g}/M tokens",
         f"  written {format_size(s.bytes_written)}, read {format_size(s.bytes_read)}; evictions: "
         + ", ".join(f"{c} {e['chunks']}" for c, e in s.evictions.items()),
         "",
-        _table([dict(model=m, **v, size=format_size(v["bytes"])) for m, v in sorted(s.by_model.items())],
+        _table([{**v, "model": m, "size": format_size(v["bytes"]),
+                 "cost_avoided": None if v.get("cost_avoided") is None else _money(v["cost_avoided"])}
+                for m, v in sorted(s.by_model.items())],
                [("model", "model"), ("chunks", "chunks"), ("tokens", "tokens"), ("size", "size"),
                 ("hit_rate", "hit rate"), ("hit_rate_hour", "last hour"), ("hit_rate_day", "last day"),
-                ("tokens_avoided", "tokens avoided"), ("cost_avoided", "$ avoided")]),
+                ("tokens_avoided", "tokens avoided"), ("cost_avoided", "cost avoided")]),
         "",
         _table([dict(t, size=format_size(t["bytes"]), idle=format_duration(t["idle_s"])) for t in s.by_tag],
                [("model", "model"), ("tag", "tag"), ("chunks", "chunks"), ("size", "size"), ("hits", "hits"),
@@ -232,6 +254,7 @@ def recompute_cost(tokens: int, reuses_per_day: float, price_per_mtok: float) ->
 def cmd_cost(args: argparse.Namespace) -> int:
     if args.tokens <= 0 or args.reuses_per_day <= 0 or args.price < 0:
         raise InputError("--tokens and --reuses-per-day must be positive and --price non-negative")
+    bpt: Optional[int] = None  # without a geometry only the recompute side is known
     if args.bytes_per_token is not None:
         bpt = args.bytes_per_token
     elif args.layers:
@@ -240,9 +263,19 @@ def cmd_cost(args: argparse.Namespace) -> int:
         g = (Geometry.mla(args.layers, args.latent_dim, args.dtype) if args.latent_dim else
              Geometry(args.layers, args.kv_heads, args.head_dim, args.dtype))
         bpt = g.chunk_bytes(1)
-    else:
-        raise InputError("give --bytes-per-token, or a geometry: --layers with --kv-heads/--head-dim or --latent-dim")
+    if bpt is not None and bpt <= 0:
+        raise InputError("--bytes-per-token must be positive")
     monthly = recompute_cost(args.tokens, args.reuses_per_day, args.price)
+    recompute = (f"recomputing {args.tokens:,} tokens {args.reuses_per_day:,g} times a day at ${args.price:g}/M "
+                 f"input tokens: {_money(monthly)} a month")
+    if bpt is None:
+        data = {"prefix_tokens": args.tokens, "reuses_per_day": args.reuses_per_day, "price_per_mtok": args.price,
+                "recompute_cost_per_month": monthly, "kv_bytes": None, "bytes_per_token": None,
+                "storage_cost_per_month": None, "storage_price_per_gb_month": args.storage_price,
+                "break_even_reuses_per_month": None, "saving_per_month": None}
+        _emit(args, data, recompute + "\nwhat storing its KV costs needs the model's geometry: --layers with "
+              "--kv-heads/--head-dim or --latent-dim, or --bytes-per-token")
+        return 0
     kv_bytes = args.tokens * bpt
     storage = kv_bytes / 1e9 * args.storage_price
     per_reuse = args.tokens * args.price / 1e6
@@ -251,12 +284,11 @@ def cmd_cost(args: argparse.Namespace) -> int:
             "storage_cost_per_month": storage, "storage_price_per_gb_month": args.storage_price,
             "break_even_reuses_per_month": storage / per_reuse if per_reuse else None,
             "saving_per_month": monthly - storage}
-    text = (f"recomputing {args.tokens:,} tokens {args.reuses_per_day:,g} times a day at ${args.price}/M tokens: "
-            f"${monthly:,.2f} a month\n"
-            f"its KV: {format_size(kv_bytes)} ({bpt:,} bytes a token), ${storage:,.4f} a month to store "
-            f"at ${args.storage_price}/GB-month\n"
-            f"storing pays for itself after {data['break_even_reuses_per_month']:,.4f} reuses a month; "
-            f"saves ${data['saving_per_month']:,.2f} a month")
+    text = (f"{recompute}\n"
+            f"its KV: {format_size(kv_bytes)} ({bpt:,} bytes a token), {_money(storage)} a month to store "
+            f"at ${args.storage_price:.2f}/GB-month\n"
+            f"storing pays for itself after {_count(data['break_even_reuses_per_month'])} reuses a month; "
+            f"saves {_money(data['saving_per_month'])} a month")
     _emit(args, data, text)
     return 0
 
@@ -329,15 +361,18 @@ def _parser() -> argparse.ArgumentParser:
     sp = cmd("fsck", cmd_fsck, "check files against the catalog and checksums")
     sp.add_argument("--repair", action="store_true")
     sp = cmd("cost", cmd_cost, "what recomputing a prefix costs vs storing its KV", path=False)
-    sp.add_argument("--tokens", type=int, required=True, help="prefix tokens")
-    sp.add_argument("--reuses-per-day", dest="reuses_per_day", type=float, required=True)
+    sp.add_argument("--tokens", type=int, required=True, help="tokens in the shared prefix")
+    sp.add_argument("--reuses-per-day", dest="reuses_per_day", type=float, required=True,
+                    help="times a day the prefix is sent again (sessions, requests)")
     sp.add_argument("--price", type=float, default=0.15, help="dollars per million input tokens (0.15)")
-    sp.add_argument("--bytes-per-token", dest="bytes_per_token", type=int)
-    sp.add_argument("--layers", type=int)
-    sp.add_argument("--kv-heads", dest="kv_heads", type=int, default=8)
-    sp.add_argument("--head-dim", dest="head_dim", type=int, default=128)
+    sp.add_argument("--bytes-per-token", dest="bytes_per_token", type=int,
+                    help="KV bytes a token (all layers, K and V), instead of a geometry; optional")
+    sp.add_argument("--layers", type=int, help="model layers: with --kv-heads/--head-dim or --latent-dim, "
+                    "sizes the KV (optional: without a geometry only the recompute cost is printed)")
+    sp.add_argument("--kv-heads", dest="kv_heads", type=int, default=8, help="KV heads a layer (8)")
+    sp.add_argument("--head-dim", dest="head_dim", type=int, default=128, help="head dimension (128)")
     sp.add_argument("--latent-dim", dest="latent_dim", type=int, help="MLA latent width (DeepSeek: 576)")
-    sp.add_argument("--dtype", default="bfloat16")
+    sp.add_argument("--dtype", default="bfloat16", help="KV dtype (bfloat16)")
     sp.add_argument("--storage-price", dest="storage_price", type=float, default=0.10,
                     help="dollars per GB-month of storage (0.10)")
     sp = cmd("dashboard", cmd_dashboard, "a live storage page for the bucket", json_out=False)

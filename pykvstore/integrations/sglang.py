@@ -59,7 +59,7 @@ from ..keys import HASH_ALGORITHMS, TOKEN_DTYPE
 from ..keys import _hasher as hasher  # the chunk-key hash by name (keys.py has no public one)
 from ..sizes import parse_duration, parse_size
 from ..store import KVStore
-from .sglang_layout import MIN_PAGE_SIZE, HostPoolView, host_pool_view, page_block_ids, page_token_bytes, page_tokens
+from .sglang_layout import MIN_PAGE_SIZE, HostPoolView, PageKeys, host_pool_view, page_block_ids, page_tokens
 
 log = logging.getLogger("pykvstore")
 
@@ -131,7 +131,7 @@ class PyKVStoreHiCache(HiCacheStorage):
         self._threads = threads
         self._store: Optional[KVStore] = None
         self._view: Optional[HostPoolView] = None
-        self._root: bytes = b""
+        self._keys: Optional[PageKeys] = None
         self._pool: Optional[ThreadPoolExecutor] = None
         self._metrics_lock = threading.Lock()
         self._metrics = {"prefetch_pgs": [], "backup_pgs": [], "prefetch_bandwidth": [], "backup_bandwidth": []}
@@ -152,10 +152,9 @@ class PyKVStoreHiCache(HiCacheStorage):
                         host_capacity=e.get("host_capacity", 0))
         # Page keys are computed here in bulk (batch_exists answers 128 pages per query);
         # they must be exactly the store's own, which this checks once.
-        self._root = store._namespace(view.kv.geometry).digest
-        self._hasher = hasher(store.hash)
-        self._ns_hex = store._namespace(view.kv.geometry).hex
-        self._page_size = view.page_size
+        ns = store._namespace(view.kv.geometry)
+        self._keys = PageKeys(ns.digest, hasher(store.hash), view.page_size)
+        self._ns_hex = ns.hex
         if self._keys(["probe"])[1][0] != store.hashes(page_tokens("probe", view.page_size))[0]:
             store.close()
             raise RuntimeError("pykvstore's chunk keys changed: the SGLang backend needs updating")
@@ -168,16 +167,6 @@ class PyKVStoreHiCache(HiCacheStorage):
             self.close()
         self._store, self._view = store, view
         self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="pykvstore-sglang")
-
-    def _keys(self, keys: List[str]) -> tuple[list[bytes], list[str]]:
-        """(chunk token bytes, chunk key) of each page key: the store's H(namespace || tokens)."""
-        raw = [page_token_bytes(k, self._page_size) for k in keys]
-        out = []
-        for r in raw:
-            h = self._hasher(self._root)
-            h.update(r)
-            out.append(h.hexdigest())
-        return raw, out
 
     def _chunk_path(self, key: str) -> str:
         """Where the disk tier keeps a chunk (its data/<model>/<namespace>/<k0k1>/<k2k3>/ layout,
@@ -203,9 +192,8 @@ class PyKVStoreHiCache(HiCacheStorage):
         if not keys or not self._ready():
             return 0
         try:
-            _, ckeys = self._keys(keys[:1])
             # No file for the first page: nothing to load (the catalog is asked only when there may be).
-            if not os.path.exists(self._chunk_path(ckeys[0])):
+            if not os.path.exists(self._chunk_path(self._keys.key(self._keys.raw(keys[0])))):
                 return 0
             bucket = self._store.bucket
             _, ckeys = self._keys(keys)

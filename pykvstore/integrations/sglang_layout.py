@@ -22,9 +22,10 @@ order is layout-independent). `page_unified` (head groups interleaved inside
 a fused block) is not supported: the backend refuses it at registration.
 
 Keys: a storage backend is handed SGLang's page hashes, never token ids, so a
-page's chunk "tokens" are derived from its hash: sha256 of the key string,
-as little-endian uint32 words, zero-padded to the page size (pages of 4 to 7
-tokens keep the first 16 to 28 bytes). The chunk key is then pykvstore's
+page's chunk "tokens" are its hash: the 32 bytes of SGLang's hex SHA-256
+(any other key string is hashed with SHA-256 first), as little-endian uint32
+words, zero-padded to the page size (pages of 4 to 7 tokens keep the first 16
+to 28 bytes). The chunk key is then pykvstore's
 usual H(namespace || tokens), so the namespace (model, geometry, TP shard,
 page size, salt) separates what SGLang's hash does not cover.
 """
@@ -123,13 +124,47 @@ def host_pool_view(pool: Any) -> HostPoolView:
     return HostPoolView(PagedKV(view, dims=dims), dims, page_shape, page_size, layout, mla)
 
 
-def page_token_bytes(key: str, page_size: int) -> bytes:
-    """The bytes of the chunk "tokens" standing for an SGLang page key (see the module docstring)."""
+def page_token_bytes(key: str, page_size: int, width: int = 0, pad: Optional[bytes] = None) -> bytes:
+    """The bytes of the chunk "tokens" standing for an SGLang page key (see the module docstring).
+
+    SGLang's page keys are SHA-256 digests in hex: their 32 bytes are used as they are;
+    any other string is hashed first.
+    """
     if not isinstance(key, str):
         raise InputError(f"an SGLang page key must be a string, got {type(key).__name__}")
-    digest = hashlib.sha256(_KEY_DOMAIN + key.encode()).digest()
-    width = TOKEN_DTYPE.itemsize * page_size
-    return digest[:width] + bytes(max(0, width - len(digest)))
+    if len(key) == 64:
+        try:
+            digest = bytes.fromhex(key)
+        except ValueError:
+            digest = hashlib.sha256(_KEY_DOMAIN + key.encode()).digest()
+    else:
+        digest = hashlib.sha256(_KEY_DOMAIN + key.encode()).digest()
+    if pad is None:
+        width = TOKEN_DTYPE.itemsize * page_size
+        pad = bytes(max(0, width - len(digest)))
+    return digest[:width] + pad
+
+
+class PageKeys:
+    """Chunk keys of SGLang page keys, in bulk: H(root || page_token_bytes(key)), the store's
+    own key of a one-chunk token sequence (the backend checks that once, at registration)."""
+
+    def __init__(self, root: bytes, hasher: Any, page_size: int) -> None:
+        self._root, self._new = root, hasher
+        self._width = TOKEN_DTYPE.itemsize * page_size
+        self._pad = bytes(max(0, self._width - 32))
+
+    def raw(self, key: str) -> bytes:
+        return page_token_bytes(key, 0, self._width, self._pad)
+
+    def key(self, raw: bytes) -> str:
+        h = self._new(self._root)
+        h.update(raw)
+        return h.hexdigest()
+
+    def __call__(self, keys: list[str]) -> tuple[list[bytes], list[str]]:
+        raw = [self.raw(k) for k in keys]
+        return raw, [self.key(r) for r in raw]
 
 
 def page_tokens(key: str, page_size: int) -> np.ndarray:

@@ -73,7 +73,7 @@ def test_pin_extend_config(filled):
     (("ls", "{bucket}", "--model", "nope"), "unknown model"),
     (("extend", "{bucket}", "soon", "--tag", "x"), "does not parse"),
     (("clear", "{bucket}", "--idle-longer-than=-3h"), "does not parse"),
-    (("cost", "--tokens", "100", "--reuses-per-day", "5"), "--bytes-per-token"),
+    (("cost", "--tokens", "0", "--reuses-per-day", "5"), "--tokens"),  # (no geometry is no error: issue 17)
 ])
 def test_errors_are_one_line_with_exit_code_2(filled, tmp_path, args, message):
     args = [a.format(bucket=filled, missing=tmp_path / "nothing-here") for a in args]
@@ -108,3 +108,38 @@ def test_live_cost_from_stats(bucket):
         test_bucket.load(s, 1)
     out = cli("stats", bucket, "--price", "0.15").stdout
     assert "avoided 96 prefill tokens" in out
+
+
+def test_cost_without_a_geometry_prints_the_recompute_cost():
+    r = cli("cost", "--tokens", 32000, "--reuses-per-day", 2000)
+    assert "$288.00 a month" in r.stdout and "--layers" in r.stdout  # and how to get the storage side
+    d = json.loads(cli("cost", "--tokens", 24000, "--reuses-per-day", 150000, "--json").stdout)
+    assert d["recompute_cost_per_month"] == pytest.approx(16200.0) and d["kv_bytes"] is None
+
+
+def test_cost_amounts_are_rounded_for_reading():
+    text = cli("cost", "--tokens", 32000, "--reuses-per-day", 2000, "--layers", 32).stdout
+    assert "$0.10/GB-month" in text and "after 87 reuses a month" in text and "$0.42 a month to store" in text
+    tiny = cli("cost", "--tokens", 100, "--reuses-per-day", 5, "--layers", 32).stdout
+    assert "$0.0022 a month" in tiny  # two significant digits below a cent, not $0.00
+
+
+def test_every_cost_option_has_help_text():
+    import argparse
+
+    from pykvstore.cli import _parser
+
+    sub = next(a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction))
+    cost = sub.choices["cost"]
+    missing = [a.dest for a in cost._actions if not a.help]
+    assert missing == []
+
+
+def test_stats_header_and_table_show_the_same_amount(bucket):
+    with open_store(str(bucket)) as s:
+        test_bucket.put_seq(s, 1)
+        test_bucket.load(s, 1)
+    out = cli("stats", bucket, "--price", "0.15").stdout
+    header = next(ln for ln in out.splitlines() if "prefill tokens, worth" in ln)
+    amount = header.split("worth ")[1].split(" ")[0]
+    assert amount != "$0.00" and amount in out.split(header, 1)[1]  # the model table shows it as written

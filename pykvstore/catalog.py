@@ -31,6 +31,10 @@ WRITING, READY = 0, 1
 PERIOD = 300  # seconds per counter bucket
 _BATCH = 500  # keys per IN (...) clause
 ALIVE = "(expires IS NULL OR expires > ?)"  # with `now` as its parameter
+# "state = READY" for queries that name their keys: the unary + keeps SQLite off
+# the state index, which it would otherwise pick and walk every ready chunk of
+# the bucket (lookup grew with the bucket: 25 ms for 500 keys among 50,000).
+_READY_BY_KEY = f"+state = {READY}"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
@@ -212,7 +216,7 @@ class Catalog:
         """
         n = 0
         for batch in _batches(keys):
-            cond = f"state = {READY} AND {ALIVE} AND key IN ({_marks(len(batch))})"
+            cond = f"{_READY_BY_KEY} AND {ALIVE} AND key IN ({_marks(len(batch))})"
             (count,) = self.query(f"SELECT count(*) FROM chunks WHERE {cond}", (now, *batch))[0]
             if count == len(batch):
                 n += count
@@ -228,7 +232,7 @@ class Catalog:
         """Rows of the longest prefix of `keys` whose chunks are ready and alive."""
         found: dict[str, ChunkRow] = {}
         for batch in _batches(keys):
-            for r in self.rows(f"state = {READY} AND {ALIVE} AND key IN ({_marks(len(batch))})", (now, *batch)):
+            for r in self.rows(f"{_READY_BY_KEY} AND {ALIVE} AND key IN ({_marks(len(batch))})", (now, *batch)):
                 found[r.key] = r
             if any(k not in found for k in batch):
                 break  # the prefix ends in this batch

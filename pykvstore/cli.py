@@ -11,6 +11,7 @@
     pykvstore config PATH ...       default TTL, TTL mode, price
     pykvstore fsck PATH [--repair]  check every file against the catalog and checksums
     pykvstore cost ...              what recomputing a prefix costs, and what storing it costs
+    pykvstore size PATH             hit rate vs capacity from the recorded traffic, and the size to buy
     pykvstore dashboard PATH        a live storage page in the browser (the dashboard extra)
 
 Exit codes: 0 done; 1 fsck found problems it did not repair, or an I/O error;
@@ -141,6 +142,11 @@ def cmd_stats(args: argparse.Namespace) -> int:
                [("model", "model"), ("tag", "tag"), ("chunks", "chunks"), ("size", "size"), ("hits", "hits"),
                 ("idle", "idle"), ("pinned_chunks", "pinned")]),
     ]
+    w = s.would_have_served
+    if w is not None:  # the 0 GB tier: what a bucket with room for everything would have served
+        lines[5:5] = [f"  0 GB tier (shadow): would have served {w['tokens']:,.0f} of {w['prompt_tokens']:,} prompt tokens "
+                      f"({w['hit_rate']:.1%}), worth ${w['cost']:,.2f}; `pykvstore size PATH` sizes a bucket"] + [
+            f"    {m}: {v['hit_rate']:.1%} ({v['tokens']:,.0f} tokens)" for m, v in sorted(w["by_model"].items())]
     if s.stale:
         lines += ["", f"stale (not hit for {format_duration(s.stale_after)}): clear with "
                       f"`pykvstore clear PATH --model M --tag T`"]
@@ -293,6 +299,16 @@ def cmd_cost(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_size(args: argparse.Namespace) -> int:
+    from .sizing import format_report, parse_capacities
+
+    caps = parse_capacities(args.capacities) if args.capacities is not None else None
+    with _bucket(args) as b:
+        r = b.size(caps, policy=args.policy, price_per_mtok=args.price, storage_price=args.storage_price)
+    _emit(args, r.to_dict(), format_report(r))
+    return 0
+
+
 def cmd_dashboard(args: argparse.Namespace) -> int:
     from .dashboard import serve
 
@@ -375,6 +391,11 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--dtype", default="bfloat16", help="KV dtype (bfloat16)")
     sp.add_argument("--storage-price", dest="storage_price", type=float, default=0.10,
                     help="dollars per GB-month of storage (0.10)")
+    sp = cmd("size", cmd_size, "hit rate vs capacity from the recorded traffic, and the size to buy")
+    sp.add_argument("--price", help="dollars per million input tokens (default: the bucket's)")
+    sp.add_argument("--storage-price", dest="storage_price", default="0.10", help="dollars per GB-month (0.10)")
+    sp.add_argument("--capacities", help="sizes to tabulate, e.g. 1GiB,10GiB,100GiB (default: across the working set)")
+    sp.add_argument("--policy", choices=["lru", "cost"], help="eviction policy to predict for (default: lru)")
     sp = cmd("dashboard", cmd_dashboard, "a live storage page for the bucket", json_out=False)
     sp.add_argument("--host", default="127.0.0.1", help="address to bind (loopback by default)")
     sp.add_argument("--port", type=int, default=8470, help="0 picks a free port")

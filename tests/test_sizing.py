@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing as mp
 import os
+import time
 
 import numpy as np
 import pytest
@@ -136,30 +138,6 @@ def test_knee_of_a_saturating_curve():
 
 
 # --- the recorder ---------------------------------------------------------------
-def _record(root: str, worker: int, n: int) -> None:
-    r = Recorder(root)
-    for i in range(n):
-        r.record(STREAM, 300 + i, recorder.pack_keys([bytes([worker, i % 256, i // 256]) * 6] * (1 + i % 3)))
-    r.close()
-
-
-def test_several_processes_record_exact_counts(tmp_path):
-    ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=_record, args=(str(tmp_path), w, 700)) for w in range(4)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(60)
-        assert p.exitcode == 0
-    t = recorder.read_totals(tmp_path)
-    assert t.puts == 4 * 700
-    assert t.chunks == 4 * sum(1 + i % 3 for i in range(700))
-    assert t.tokens == 4 * sum(300 + i for i in range(700))
-    rows = list(recorder.read_accesses(tmp_path))
-    assert len(rows) == 4 * 700 and sum(a.n for a in rows) == t.chunks
-    assert [a.t for a in rows] == sorted(a.t for a in rows)
-
-
 def test_history_ages_out_within_its_budget(tmp_path):
     per_put = recorder.ROW_BYTES + 10 * recorder.KEY_COST
     r = Recorder(tmp_path, budget=int(100 * per_put))  # room for 100 puts of 10 chunks
@@ -193,3 +171,176 @@ def test_would_have_served_by_tag():
     assert sum(t["tokens"] for t in w["by_tag"]) == pytest.approx(w["tokens"])
     assert w["cost"] == pytest.approx(w["tokens"] * 0.15 / 1e6)
     assert 0 < w["hit_rate"] < 1
+
+
+# --- the store: shadow mode, recording, resize from 0, the CLI -------------------
+import torch  # noqa: E402
+
+import pykvstore as kv  # noqa: E402
+from pykvstore.cli import main as cli  # noqa: E402
+
+SCT, SBLOCK = 32, 16  # small chunks keep the store tests quick
+
+
+def small_trace(seed: int, n: int, prompts: int = 8) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    base = [rng.integers(0, 32000, int(rng.integers(3 * SCT, 12 * SCT))) for _ in range(prompts)]
+    pop = np.arange(1, prompts + 1) ** -1.1
+    pop /= pop.sum()
+    out: list[np.ndarray] = []
+    while len(out) < n:
+        h = base[int(rng.choice(prompts, p=pop))]
+        for _ in range(int(rng.integers(1, 4))):
+            h = np.concatenate([h, rng.integers(0, 32000, int(rng.integers(10, 60)))])
+            out.append(h)
+            h = np.concatenate([h, rng.integers(0, 32000, int(rng.integers(5, 40)))])
+    return out[:n]
+
+
+def paged_for(trace: list[np.ndarray], heads: int = 1) -> kv.PagedKV:
+    blocks = max(len(t) for t in trace) // SBLOCK + 1
+    return kv.PagedKV([torch.zeros(blocks, heads, SBLOCK, 8, dtype=torch.float16)], dims="BHTC")
+
+
+def replay(root, trace, paged, capacity, policy="lru", **kw) -> float:
+    hit = total = 0
+    ids = np.arange(paged.num_blocks)
+    with kv.KVStore(root, model="t/m", capacity=capacity, policy=policy, chunk_tokens=SCT, host_capacity=0, **kw) as s:
+        for t in trace:
+            u = len(t) // SBLOCK
+            hit += s.get(t, paged, ids[:u])
+            total += len(t)
+            s.put(t, paged, ids[:u])
+    return hit / total
+
+
+def test_shadow_bucket_stores_nothing_and_says_what_it_would_have_served(bucket, no_fsync):
+    trace = small_trace(0, 40)
+    paged = paged_for(trace)
+    assert replay(bucket, trace, paged, 0) == 0.0
+    with kv.KVStore(bucket, model="t/m", chunk_tokens=SCT) as s:
+        assert s.lookup(trace[1]) == 0
+        h = s.put_async(trace[0], paged, np.arange(len(trace[0]) // SBLOCK), tag="bot")
+        assert h.wait() == 0
+        st = s.stats().bucket
+    assert st.capacity_bytes == 0 and st.used_bytes == 0 and st.chunks == 0
+    assert not list(bucket.rglob("*.safetensors"))
+    w = st.would_have_served
+    chunks = [len(t) // SCT for t in trace] + [len(trace[0]) // SCT]
+    assert st.recorded["puts"] == len(trace) + 1 and st.recorded["chunks"] == sum(chunks)
+    assert st.recorded["lookups"] == 1
+    # with room for everything, a chunk misses once (its first time) and hits after
+    distinct = len({tuple(t[: (i + 1) * SCT]) for t in trace for i in range(len(t) // SCT)})
+    assert w["tokens"] == (sum(chunks) - distinct) * SCT
+    assert w["prompt_tokens"] == sum(len(t) for t in trace) + len(trace[0])
+    assert {(t["model"], t["tag"]) for t in w["by_tag"]} == {("t/m", ""), ("t/m", "bot")}
+    assert w["by_model"]["t/m"]["hit_rate"] == pytest.approx(w["hit_rate"])
+
+
+def test_prediction_matches_real_buckets(tmp_path, no_fsync):
+    """The proof in small: record in a 0 GB bucket, predict, replay through real buckets."""
+    trace = small_trace(1, 120)
+    paged = paged_for(trace)
+    replay(tmp_path / "shadow", trace, paged, 0)
+    b = kv.Bucket(tmp_path / "shadow")
+    ws = b.size().working_set
+    caps = [int(ws * f) for f in (0.1, 0.25, 0.5)]
+    for policy, tolerance in (("lru", 0.02), ("cost", 0.05)):
+        report = b.size(caps, policy=policy)
+        for i, cap in enumerate(caps):
+            predicted = next(r.hit_rate for r in report.rows if r.capacity == cap)
+            measured = replay(tmp_path / f"{policy}{i}", trace, paged, cap, policy)
+            assert measured > 0.05
+            assert abs(predicted - measured) <= tolerance, (policy, cap, predicted, measured)
+    b.close()
+
+
+def test_resize_from_zero_starts_storing_at_once(bucket, no_fsync):
+    trace = small_trace(2, 4)
+    paged = paged_for(trace)
+    ids = np.arange(paged.num_blocks)
+    with kv.KVStore(bucket, model="t/m", capacity=0, chunk_tokens=SCT) as s:
+        t = trace[0]
+        assert s.put(t, paged, ids[: len(t) // SBLOCK]) == 0
+        kv.Bucket(bucket).resize("64MiB")  # as another process would: the store is not told
+        deadline = time.monotonic() + 30
+        while s.put(t, paged, ids[: len(t) // SBLOCK]) == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert s.lookup(t) == len(t) // SCT * SCT
+        assert s.get(t, paged, ids[: len(t) // SBLOCK]) == len(t) // SCT * SCT
+        assert s.stats().bucket.would_have_served is None  # a real bucket reports what it served
+
+
+def _shadow_worker(root: str, seed: int, n: int) -> None:
+    trace = small_trace(seed, n)
+    paged = paged_for(trace)
+    ids = np.arange(paged.num_blocks)
+    with kv.KVStore(root, model="t/m", capacity=0, chunk_tokens=SCT) as s:
+        for t in trace:
+            s.get(t, paged, ids[: len(t) // SBLOCK])
+            s.put(t, paged, ids[: len(t) // SBLOCK])
+
+
+def test_several_processes_recording_into_one_shadow_bucket(bucket):
+    kv.Bucket(bucket, capacity=0).close()
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_shadow_worker, args=(str(bucket), seed, 60)) for seed in (10, 10, 11)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+    traces = [small_trace(seed, 60) for seed in (10, 10, 11)]
+    all_puts = [t for tr in traces for t in tr]
+    chunks = sum(len(t) // SCT for t in all_puts)
+    distinct = len({tuple(t[: (i + 1) * SCT]) for t in all_puts for i in range(len(t) // SCT)})
+    with kv.Bucket(bucket) as b:
+        st = b.stats()
+    assert st.recorded["puts"] == len(all_puts) and st.recorded["chunks"] == chunks
+    assert st.recorded["tokens"] == sum(len(t) for t in all_puts)
+    # however the processes interleaved, each distinct chunk misses exactly once
+    assert st.would_have_served["tokens"] == (chunks - distinct) * SCT
+
+
+def test_cli_size(bucket, capsys, no_fsync):
+    kv.Bucket(bucket, capacity=0).close()
+    assert cli(["size", str(bucket)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "no recorded traffic" in err
+    trace = small_trace(3, 60)
+    replay(bucket, trace, paged_for(trace), None)
+    assert cli(["size", str(bucket), "--price", "0.15", "--storage-price", "0.10"]) == 0
+    out = capsys.readouterr().out
+    assert "recommended (knee)" in out and "<- current" in out and "0 B" in out
+    assert cli(["size", str(bucket), "--capacities", "16KiB,1MiB", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert [r["capacity"] for r in data["rows"]] == [0, 16 << 10, 1 << 20]
+    assert data["rows"][0]["marks"] == ["current"] and data["rows"][2]["hit_rate"] >= data["rows"][1]["hit_rate"]
+    for bad in (["--capacities", "1GiB,,x"], ["--price", "cheap"], ["--storage-price", "-1"]):
+        assert cli(["size", str(bucket), *bad]) == 2
+        assert capsys.readouterr().err.count("\n") == 1
+    assert cli(["size", str(bucket / "nope")]) == 2
+
+
+def test_dashboard_serves_the_curve_and_what_a_shadow_bucket_would_have_served(bucket, no_fsync):
+    pytest.importorskip("starlette")
+    pytest.importorskip("uvicorn")
+    from test_dashboard import Dashboard
+
+    kv.Bucket(bucket, capacity=0).close()
+    d = Dashboard(bucket, "--read-only")
+    try:
+        assert "no recorded traffic" in d.call("/api/size")[1]["error"]
+        trace = small_trace(4, 50)
+        replay(bucket, trace, paged_for(trace), None)
+        status, z = d.call("/api/size?price=0.3")
+        assert status == 200
+        with kv.Bucket(bucket) as b:
+            ref = b.size(price_per_mtok=0.3)
+            st = b.stats(0.3)
+        assert z["recommended"] == ref.recommended and z["current_capacity"] == 0
+        assert z["curve"] == [list(p) for p in ref.curve] and z["curve"][-1][1] == pytest.approx(ref.max_hit_rate)
+        status, s = d.call("/api/stats?price=0.3")
+        assert s["would_have_served"]["tokens"] == st.would_have_served["tokens"] > 0
+    finally:
+        d.close()

@@ -244,7 +244,7 @@ def test_bad_input_is_rejected_before_anything_is_written(bucket, call):
         assert files(bucket) == [] and s.stats().used_bytes == 0
 
 
-@pytest.mark.parametrize("bad", ["lots", "10 parsecs", "-5GiB", 0, "GiB", 1.5])
+@pytest.mark.parametrize("bad", ["lots", "10 parsecs", "-5GiB", "0 parsecs", "GiB", 1.5])  # 0 is the 0 GB tier
 def test_bad_capacity_is_named(bucket, bad):
     with pytest.raises(kv.SizeError):
         kv.KVStore(bucket, model="m", capacity=bad)

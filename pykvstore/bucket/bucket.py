@@ -8,7 +8,8 @@ except those the store calls from its put and get threads (chunks.py,
 eviction.py). The rest of the class lives beside this file, one job each:
 chunks.py (the store's route to the index), eviction.py (capacity and
 eviction), lifecycle.py (TTL, pins, clear, gc), reports.py (stats, ls),
-integrity.py (rebuild, recovery, fsck), config.py (bucket.json).
+integrity.py (rebuild, recovery, fsck), config.py (bucket.json), history.py
+(sizing from the recorded traffic; capacity 0 is the shadow tier).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from ..tiers.disk import DiskTier
 from .chunks import ChunkIndex
 from .config import _UNSET, BucketConfig, check_ttl_mode
 from .eviction import Eviction, Removed
+from .history import History, parse_capacity
 from .integrity import Integrity
 from .lifecycle import Lifecycle
 from .reports import Reports
@@ -40,12 +42,13 @@ class BucketNotFound(InputError):
     """A path that holds no bucket, where one was expected."""
 
 
-class Bucket(ChunkIndex, Eviction, Lifecycle, Reports, Integrity):
+class Bucket(ChunkIndex, Eviction, Lifecycle, Reports, Integrity, History):
     """A bucket directory opened for its owner.
 
     Args:
         path: the bucket directory.
-        capacity: bytes or "50GiB"; given, it becomes the bucket's capacity.
+        capacity: bytes or "50GiB"; given, it becomes the bucket's capacity. 0 is the
+            0 GB tier: nothing is stored, every put is recorded for sizing (`size`).
         ttl: default time to live of new chunks (seconds or "24h"); None: forever.
         ttl_mode: "absolute" (expire at a fixed time) or "sliding" (each hit extends).
         price_per_mtok: dollars per million input tokens, for cost figures.
@@ -57,7 +60,7 @@ class Bucket(ChunkIndex, Eviction, Lifecycle, Reports, Integrity):
                  ttl: Any = _UNSET, ttl_mode: Optional[str] = None, price_per_mtok: Optional[float] = None,
                  policy: Union[str, EvictionPolicy, None] = None, create: bool = True) -> None:
         self.root = Path(path)
-        cap = None if capacity is None else parse_size(capacity, "capacity")
+        cap = None if capacity is None else parse_capacity(capacity)
         ttl_s = _UNSET if ttl is _UNSET else (None if ttl is None else parse_duration(ttl, "ttl"))
         check_ttl_mode(ttl_mode)
         if price_per_mtok is not None and (not isinstance(price_per_mtok, (int, float)) or price_per_mtok < 0):
@@ -107,8 +110,12 @@ class Bucket(ChunkIndex, Eviction, Lifecycle, Reports, Integrity):
         return int(v) if v is not None else None
 
     def resize(self, capacity: Union[int, str]) -> Removed:
-        """New capacity for every process at once; shrinking evicts (tails first, unpinned only) to fit."""
-        cap = parse_size(capacity, "capacity")
+        """New capacity for every process at once; shrinking evicts (tails first, unpinned only) to fit.
+
+        From 0 (the shadow tier) stores start storing within half a second,
+        in every process; to 0 empties the bucket of unpinned chunks.
+        """
+        cap = parse_capacity(capacity)
         self._config.update(capacity=cap)
         with self.catalog.transaction() as c:
             c.execute("INSERT OR REPLACE INTO meta VALUES ('capacity', ?)", (str(cap),))

@@ -44,6 +44,10 @@ class BucketStats:
     by_tag: list[dict[str, Any]]
     stale_after: float
     stale: list[dict[str, Any]]  # (model, tag) groups not hit for stale_after
+    # the 0 GB tier: what a bucket with room for everything recorded would have served
+    # (tokens, prompt_tokens, hit_rate, cost; by_model, by_tag); None unless the capacity is 0
+    would_have_served: Optional[dict[str, Any]] = None
+    recorded: Optional[dict[str, Any]] = None  # the access history's exact counts (every process)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -96,6 +100,7 @@ class Reports:
                      for cause in CAUSES}
         pinned = cat.query(f"SELECT count(*), coalesce(sum(nbytes), 0) FROM chunks WHERE {alive} AND pinned = 1", (now,))[0]
         avoided = sum(c.get("hit_tokens", 0) for c in life.values())
+        totals = self.history_totals()
         return BucketStats(
             path=str(self.root.resolve()), capacity_bytes=capacity, used_bytes=used, free_bytes=max(0, capacity - used),
             chunks=chunks, tokens=sum(m["tokens"] for m in by_model.values()),
@@ -105,7 +110,9 @@ class Reports:
             bytes_written=sum(c.get("bytes_written", 0) for c in life.values()),
             bytes_read=sum(c.get("bytes_read", 0) for c in life.values()),
             evictions=evictions, by_model=by_model, by_namespace=by_ns, by_tag=by_tag, stale_after=stale_s,
-            stale=[t for t in by_tag if t["idle_s"] > stale_s])
+            stale=[t for t in by_tag if t["idle_s"] > stale_s],
+            would_have_served=self.would_have_served(price) if capacity == 0 else None,
+            recorded=None if totals is None else asdict(totals))
 
     def ls(self, *, model: Optional[str] = None, tag: Optional[str] = None, idle_longer_than: Any = None,
            sort: str = "bytes", chunks: bool = False, limit: Optional[int] = None) -> list[dict[str, Any]]:

@@ -180,6 +180,19 @@ def create_app(bucket: Bucket, token: Optional[str], read_only: bool = False,
         s["now"] = time.time()
         return JSONResponse(s)
 
+    async def size(request: Request):
+        """The hit-rate-vs-capacity curve from the recorded traffic (`pykvstore size --json`)."""
+        from starlette.concurrency import run_in_threadpool
+
+        from ..sizing import SizingError
+
+        price = number(request, "price", -1, 1e6) if "price" in request.query_params else -1
+        try:  # a long history takes a moment: off the event loop (results are cached per history length)
+            r = await run_in_threadpool(bucket.size, price_per_mtok=None if price < 0 else price)
+        except SizingError as e:
+            return JSONResponse({"error": str(e)})
+        return JSONResponse(r.to_dict())
+
     async def history(request: Request):
         hours = number(request, "hours", 6, 24 * 366 * 10)
         since = time.time() - hours * 3600
@@ -241,6 +254,7 @@ def create_app(bucket: Bucket, token: Optional[str], read_only: bool = False,
         Route("/", index),
         Route("/api/stats", stats),
         Route("/api/history", history),
+        Route("/api/size", size),
         Route("/api/ls", ls),
         Route("/api/clear", clear, methods=["POST"]),
         Route("/api/resize", resize, methods=["POST"]),

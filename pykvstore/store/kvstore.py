@@ -29,6 +29,7 @@ from ..errors import InputError
 from ..keys import as_tokens, salt_digest
 from ..layout import Geometry, PagedKV
 from ..policy import EvictionPolicy
+from ..recorder import budget_bytes
 from ..sizes import parse_duration
 from .checks import check_call, check_start, check_store_args
 from .counters import Counters, StoreStats
@@ -38,6 +39,7 @@ from .namespaces import Namespace, Namespaces
 from .parts import StoreParts, open_tiers
 from .put import PutPipeline
 from .remote import RemoteLanding
+from .shadow import Shadow
 
 
 _IO_ERRORS = (OSError, sqlite3.Error)
@@ -51,6 +53,9 @@ class KVStore:
         model: model id (+ `revision`); KV of another model never hits.
         capacity: bytes or a string like "50GiB". Given, it becomes the bucket's
             capacity; omitted, the bucket keeps its own (10GiB for a new one).
+            0 is the 0 GB tier (shadow mode): nothing stored or loaded, every put
+            recorded, so `Bucket.size` and `stats().bucket.would_have_served` tell
+            what a real bucket would serve; a resize from 0 starts storing at once.
         salt: tenant salt; stores with different salts never share a chunk.
         chunk_tokens: tokens per chunk (a multiple of the engine block size).
         hash: "xxh3_128" (default) or "sha256" for untrusted multi-tenant use.
@@ -63,6 +68,9 @@ class KVStore:
         remote: a shared Redis/Valkey tier behind the local ones: "redis://host:port/0",
             "redis+cluster://host:port,...", or a list of cluster nodes.
         remote_options: RedisTier options (prefix, username, password, ssl, timeout, ...).
+        record: record every put in the bucket's access history (for sizing; default True).
+        record_budget: bytes of history this process keeps the file within ("256MiB");
+            the oldest accesses age out.
 
     Example:
         >>> with KVStore("./kvstore", model="Qwen/Qwen3-8B", capacity="50GiB") as store:
@@ -88,8 +96,11 @@ class KVStore:
         policy: Union[str, EvictionPolicy, None] = None,
         remote: Union[str, list, None] = None,
         remote_options: Optional[dict[str, Any]] = None,
+        record: bool = True,
+        record_budget: Union[int, str, None] = None,
     ) -> None:
         host_cap = check_store_args(model, chunk_tokens, hash, tp_rank, tp_size, geometry, host_capacity)
+        budget_bytes(record_budget)  # a bad budget is refused before the bucket is opened
         salt_hex = salt_digest(salt)  # a bad salt is refused before the bucket is opened
         self.model, self.revision, self.chunk_tokens, self.hash = model, revision, chunk_tokens, hash
         self.tp_rank, self.tp_size = tp_rank, tp_size
@@ -110,6 +121,7 @@ class KVStore:
                                  tp_rank=tp_rank, tp_size=tp_size, hash=hash, salt=salt_hex,
                                  geometry=geometry)
         self._wire(set())
+        self._shadow = Shadow(self.bucket, bool(record), record_budget)  # shared by salted views
 
     def _wire(self, unreleased: set[str]) -> None:
         """Builds the pipelines over this store's parts (once per store, and per salted view)."""
@@ -147,6 +159,9 @@ class KVStore:
         self._check_open()
         toks = as_tokens(tokens)
         self._counters.add(lookups=1)
+        if self._shadow.active():  # the 0 GB tier holds nothing; the put after prefill is recorded
+            self._shadow.lookup()
+            return 0
         if len(toks) < self.chunk_tokens:
             return 0
         best = 0
@@ -175,6 +190,12 @@ class KVStore:
         """
         return self._put(tokens, cache, block_ids, tag, ttl, ttl_mode, None)
 
+    def _record(self, toks: Any, cache: PagedKV, n: int, tag: Optional[str]) -> None:
+        try:
+            self._shadow.record(self._names, toks, cache.geometry, n, tag)
+        except Exception as e:  # sizing is advisory; the put goes on
+            self._faults.warn_once("record", f"could not record a put for sizing: {e!r}")
+
     def _put(self, tokens: Any, cache: PagedKV, block_ids: Any, tag: Optional[str], ttl: Any,
              ttl_mode: Optional[str], staged: Optional[dict[int, Any]]) -> int:
         self._check_open()
@@ -182,6 +203,10 @@ class KVStore:
         expiry = self._puts.options(tag, ttl, ttl_mode)
         self._faults.begin()
         self._counters.add(puts=1)
+        if staged is None:  # put_async recorded on the caller's thread
+            self._record(toks, cache, n, tag)
+            if self._shadow.active():
+                return 0
         if n == 0:
             return 0
         t0 = time.perf_counter()
@@ -212,6 +237,8 @@ class KVStore:
         check_start(start, toks)
         self._faults.begin()
         self._counters.add(gets=1)
+        if self._shadow.active():
+            return start
         t0 = time.perf_counter()
         try:
             end = self._gets.load(toks, cache, ids, n, start)
@@ -239,6 +266,10 @@ class KVStore:
         self._check_open()
         toks, ids, n = self._check_call(tokens, cache, block_ids)
         self._puts.options(tag, ttl, ttl_mode)
+        self._record(toks, cache, n, tag)
+        if self._shadow.active():  # the 0 GB tier: the engine's blocks are not even read
+            self._counters.add(puts=1)
+            return Handle(Shadow.done((0, [])))
         staged = self._puts.stage(toks, cache, ids, n)
         return Handle(self._worker("put").submit(self._faults.run, self._put, tokens, cache, block_ids, tag, ttl,
                                                  ttl_mode, staged))
@@ -293,6 +324,7 @@ class KVStore:
 
     def stats(self, price_per_mtok: Optional[float] = None, stale_after: Any = "7d") -> StoreStats:
         """This process's counters, and the bucket's view (`.bucket`) shared by every process."""
+        self._shadow.flush()
         return self._counters.report(self.bucket.stats(price_per_mtok, stale_after), self._host, self._engine,
                                      self._pool, self._remote)
 
@@ -307,6 +339,7 @@ class KVStore:
         for kind in ("get", "put"):  # a get may hand remote chunks to the put thread
             if kind in self._executors:
                 self._executors[kind].shutdown(wait=True)
+        self._shadow.close()
         if self._remote is not None:
             self._remote.close()
         self._puts.retry_releases()

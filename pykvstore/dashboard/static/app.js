@@ -120,6 +120,41 @@ function drawHistory(history) {
   });
 }
 
+// The miss-ratio curve from /api/size: token hit rate against capacity, with the
+// current capacity and the recommendation (the knee) marked.
+function drawSizing(z) {
+  const svg = $("sizing-chart");
+  svg.replaceChildren();
+  const W = 640, H = 200, pad = 34;
+  if (!z || z.error || !z.curve || !z.curve.length) {
+    svg.setAttribute("height", 30);
+    svg.appendChild(svgEl("text", { x: 4, y: 20 }, (z && z.error) || "no traffic recorded yet"));
+    $("sizing-summary").textContent = "";
+    return;
+  }
+  svg.setAttribute("height", H);
+  const xmax = Math.max(z.working_set, z.current_capacity || 0, z.recommended) * 1.05;
+  const x = (c) => pad + (W - 2 * pad) * c / xmax;
+  const y = (r) => H - pad + (2 * pad - H) * r;
+  svg.appendChild(svgEl("line", { x1: pad, y1: y(0), x2: W - pad, y2: y(0), stroke: "#ccd" }));
+  svg.appendChild(svgEl("line", { x1: pad, y1: y(1), x2: W - pad, y2: y(1), stroke: "#eef" }));
+  svg.appendChild(svgEl("text", { x: 2, y: y(1) + 4 }, "100%"));
+  svg.appendChild(svgEl("text", { x: 2, y: y(0) + 4 }, "0%"));
+  svg.appendChild(svgEl("text", { x: W - pad - 60, y: H - 6 }, size(xmax)));
+  const pts = [[0, 0], ...z.curve];
+  svg.appendChild(svgEl("polyline", { id: "sizing-curve", points: pts.map(([c, r]) => `${x(c).toFixed(1)},${y(r).toFixed(1)}`).join(" "),
+    fill: "none", stroke: COLORS[0], "stroke-width": 2 }));
+  const mark = (c, label, color, id) => {
+    svg.appendChild(svgEl("line", { id, x1: x(c), y1: y(0), x2: x(c), y2: y(1), stroke: color, "stroke-dasharray": "4 3" }));
+    svg.appendChild(svgEl("text", { x: Math.min(x(c) + 4, W - 150), y: id === "sizing-knee" ? y(1) + 14 : y(1) + 28, fill: color }, label));
+  };
+  const at = (c) => { const row = z.rows.find((r) => r.capacity === c); return row ? pct(row.hit_rate) : "-"; };
+  mark(z.recommended, `recommended ${size(z.recommended)} (${at(z.recommended)})`, COLORS[2], "sizing-knee");
+  mark(z.current_capacity || 0, `current ${size(z.current_capacity || 0)} (${at(z.current_capacity) === "-" ? "0.0%" : at(z.current_capacity)})`, COLORS[1], "sizing-current");
+  $("sizing-summary").textContent = `${z.puts.toLocaleString()} prompts recorded; working set ${size(z.working_set)}; ` +
+    `with room for everything ${pct(z.max_hit_rate)} of prompt tokens would be served`;
+}
+
 function render(s) {
   $("path").textContent = s.path;
   const fill = s.capacity_bytes ? s.used_bytes / s.capacity_bytes : 0;
@@ -133,12 +168,18 @@ function render(s) {
   $("fill-pct").textContent = pct(fill);
   $("chunks").textContent = s.chunks;
   $("pinned").textContent = `${s.pinned_chunks} (${size(s.pinned_bytes)})`;
-  $("tokens-avoided").textContent = s.tokens_avoided.toLocaleString();
-  $("cost-avoided").textContent = dollars(s.cost_avoided);
+  // The 0 GB tier serves nothing: show what a bucket would have served where the real figures stand.
+  const w = s.would_have_served;
+  $("avoided-label").textContent = w ? "would have avoided (a 0 GB bucket, shadow mode)" : "prefill tokens avoided";
+  $("tokens-avoided").textContent = (w ? w.tokens : s.tokens_avoided).toLocaleString();
+  $("cost-avoided").textContent = dollars(w ? w.cost : s.cost_avoided);
   $("evictions").textContent = Object.entries(s.evictions).map(([c, e]) => `${c} ${e.chunks} (${size(e.bytes)})`).join(", ");
   for (const id of ["resize-btn"]) $(id).disabled = s.read_only;
 
-  const models = Object.entries(s.by_model).map(([model, m]) => ({ model, ...m }));
+  const byModel = { ...s.by_model };
+  if (w) for (const [model, m] of Object.entries(w.by_model))
+    byModel[model] = { chunks: 0, tokens: 0, bytes: 0, hit_rate_hour: null, ...byModel[model], hit_rate: m.hit_rate, cost_avoided: m.cost };
+  const models = Object.entries(byModel).map(([model, m]) => ({ model, ...m }));
   drawModels(s.by_model);
   fillTable("models", models, ["model", (r) => num(r.chunks), (r) => num(r.tokens.toLocaleString()),
     (r) => num(size(r.bytes)), (r) => num(pct(r.hit_rate)), (r) => num(pct(r.hit_rate_hour)),
@@ -165,10 +206,12 @@ async function refresh() {
   const price = encodeURIComponent($("price").value || "0");
   const stale = encodeURIComponent($("stale-after").value || "7d");
   try {
-    const [s, h] = await Promise.all([api(`/api/stats?price=${price}&stale_after=${stale}`), api("/api/history?hours=6")]);
+    const [s, h, z] = await Promise.all([api(`/api/stats?price=${price}&stale_after=${stale}`), api("/api/history?hours=6"),
+      api(`/api/size?price=${price}`).catch((e) => ({ error: e.message }))]);
     last = s;
     render(s);
     drawHistory(h);
+    drawSizing(z);
   } catch (e) {
     say(e.message, "error");
   }

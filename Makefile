@@ -33,6 +33,13 @@ demo: $(BUILT) $(VLLM_VENV)/.installed
 demo-store: $(BUILT)
 	$(PY) -m pykvstore.demo --bucket ./demo-store-bucket
 
+# Sizing: support traffic on real vLLM against a 0 GB bucket, `pykvstore size`, a resize
+# while the engine runs, the same traffic again: measured hit rate beside the predicted one.
+.PHONY: demo-sizing
+demo-sizing: $(BUILT) $(VLLM_VENV)/.installed
+	@echo "[make] running the sizing demo (real vLLM, a fresh ./demo-sizing-bucket; about ten minutes)"
+	PYTHONPATH=$(CURDIR) $(VLLM_VENV)/bin/python -m pykvstore.demo_sizing --bucket ./demo-sizing-bucket --model-dir ./demo-model
+
 # make test builds everything its tests use, .venv-vllm (real vLLM, about 3.5 GB,
 # once) included. NO_VLLM=1 skips building it: the tests that need real vLLM
 # then skip, each saying so in the summary.

@@ -92,8 +92,7 @@ class Bucket(ChunkIndex, Eviction, Lifecycle, Reports, Integrity, History):
                 catalog.set_meta(f"quota:{model}", str(int(quota)))
             self.catalog = catalog
             self._recover()
-            with catalog.transaction() as c:  # a bucket opened smaller than it holds shrinks now
-                self.make_room(c, 0, ())
+            self.shrink()  # a bucket opened smaller than it holds shrinks now
             return catalog
 
     # --- settings ------------------------------------------------------------
@@ -117,14 +116,8 @@ class Bucket(ChunkIndex, Eviction, Lifecycle, Reports, Integrity, History):
         """
         cap = parse_capacity(capacity)
         self._config.update(capacity=cap)
-        with self.catalog.transaction() as c:
-            c.execute("INSERT OR REPLACE INTO meta VALUES ('capacity', ?)", (str(cap),))
-            removed = self.make_room(c, 0, ()) or Removed()
-        used, _ = self.catalog.usage()
-        if used > cap:
-            log.warning("bucket %s holds %d bytes of pinned or in-flight chunks, more than its new capacity %d",
-                        self.root, used, cap)
-        return removed
+        self.catalog.set_meta("capacity", str(cap))
+        return self.shrink()  # rows and files together; what pins keep is said, not dropped
 
     def set_quota(self, model: str, quota: Union[int, str, None]) -> Removed:
         """Caps one model's bytes inside the bucket (None lifts the cap); evicts that model's chunks to fit."""
@@ -138,8 +131,7 @@ class Bucket(ChunkIndex, Eviction, Lifecycle, Reports, Integrity, History):
             quotas[model] = q
         self._config.update(quotas=quotas)
         self.catalog.set_meta(f"quota:{model}", None if q is None else str(q))
-        with self.catalog.transaction() as c:
-            return self.make_room(c, 0, (), model) or Removed()
+        return self.shrink(model)
 
     def set_defaults(self, *, ttl: Any = _UNSET, ttl_mode: Optional[str] = None,
                      price_per_mtok: Optional[float] = None) -> dict[str, Any]:
@@ -154,6 +146,7 @@ class Bucket(ChunkIndex, Eviction, Lifecycle, Reports, Integrity, History):
         return self._config.update(**changes)
 
     def close(self) -> None:
+        self.disk.release_lease()  # after the last write: what this process left "writing" is reclaimable
         self.catalog.close()
 
     def __enter__(self) -> "Bucket":

@@ -233,7 +233,7 @@ class KVStore:
         verified) and are the caller's to compute, as for any miss.
         """
         self._check_open()
-        toks, ids, n = self._check_call(tokens, cache, block_ids, distinct=True)  # a load writes them
+        toks, ids, n = self._check_call(tokens, cache, block_ids)
         check_start(start, toks)
         self._faults.begin()
         self._counters.add(gets=1)
@@ -277,7 +277,7 @@ class KVStore:
     def get_async(self, tokens: Any, cache: PagedKV, block_ids: Any, start: int = 0) -> Handle:
         """`get` on the store's worker thread; input is checked before it is queued."""
         self._check_open()
-        toks, _, _ = self._check_call(tokens, cache, block_ids, distinct=True)
+        toks, _, _ = self._check_call(tokens, cache, block_ids)
         check_start(start, toks)
         return Handle(self._worker("get").submit(self._faults.run, self.get, tokens, cache, block_ids, start))
 
@@ -361,10 +361,9 @@ class KVStore:
         if self._closed:
             raise InputError("this KVStore is closed")
 
-    def _check_call(self, tokens: Any, cache: PagedKV, block_ids: Any,
-                    distinct: bool = False) -> tuple[Any, torch.Tensor, int]:
+    def _check_call(self, tokens: Any, cache: PagedKV, block_ids: Any) -> tuple[Any, torch.Tensor, int]:
         """check_call; the cache's geometry becomes the one `lookup` and `hashes` answer for."""
-        toks, ids, n = check_call(self.chunk_tokens, tokens, cache, block_ids, distinct)
+        toks, ids, n = check_call(self.chunk_tokens, tokens, cache, block_ids)
         self._names.geometry = cache.geometry
         return toks, ids, n
 

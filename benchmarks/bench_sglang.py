@@ -144,6 +144,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--work", default=None, help="directory for the buckets (default: a temp dir)")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--note", default=None, help="a line about the machine or the run, kept in the JSON")
     args = ap.parse_args()
     work = args.work or tempfile.mkdtemp(prefix="bench-sglang-")
     pages = args.tokens // PAGE
@@ -186,6 +187,7 @@ def main() -> None:
         "pages": f"Llama-3-8B-shaped: {LAYERS} layers, {HEADS} kv heads, head dim {HEAD_DIM}, bf16, page size {PAGE} "
                  f"({pool_bytes_per_page() / 2**20:.0f} MiB a page), host layout page_first",
         "prefix_tokens": args.tokens,
+        "note": args.note,
         "exists_tokens": args.exists_tokens,
         "rounds": args.rounds,
         "results": res,

@@ -124,14 +124,15 @@ def main() -> None:
                            "ratio": t_copy / t_host, "target": 0.7}
 
         # --- lookup of a 128K-token prefix with every chunk present ----------------
-        small = [torch.zeros(520, 1, BLOCK, 16, dtype=torch.bfloat16)]  # tiny geometry: lookup cost is per chunk
         long_tokens = np.random.default_rng(4).integers(0, 128000, 128 * 1024)
+        # tiny geometry (4 MiB for the 8,192 blocks): lookup cost is per chunk; block ids never repeat
+        small = [torch.zeros(len(long_tokens) // BLOCK, 1, BLOCK, 16, dtype=torch.bfloat16)]
         with kv.KVStore(work / "lookup", model="bench/lookup", host_capacity=1) as s:
             p = kv.PagedKV(small, dims="BHTC")
             kv.defaults.set(fsync=False)
             held = 0
-            for end in range(CHUNK * 64, len(long_tokens) + 1, CHUNK * 64):  # 64 chunks a put, 32 blocks reused
-                held = s.put(long_tokens[:end], p, np.arange(end // BLOCK) % 520)
+            for end in range(CHUNK * 64, len(long_tokens) + 1, CHUNK * 64):  # 64 chunks a put
+                held = s.put(long_tokens[:end], p, np.arange(end // BLOCK))
             kv.defaults.set(fsync=True)
             assert held == len(long_tokens) and s.lookup(long_tokens) == len(long_tokens)
             # The scheduler asks for every waiting request, every step, with the

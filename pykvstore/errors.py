@@ -22,6 +22,10 @@ class SizeError(InputError):
     """A size (capacity) or duration (TTL) that does not parse."""
 
 
+class ConfigError(InputError):
+    """A bucket.json that is not a valid bucket configuration (the message says what and how to fix it)."""
+
+
 class ChunkError(Exception):
     """A chunk file that cannot be trusted: bad header, wrong chunk, bad checksum.
 

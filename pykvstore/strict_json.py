@@ -46,7 +46,14 @@ def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def loads(blob: bytes | str, *, max_bytes: int, max_containers: int) -> Any:
+def _finite_float(text: str) -> float:
+    x = float(text)
+    if x != x or x in (float("inf"), float("-inf")):
+        raise StrictJSONError(f"number {text[:20]!r} is out of range")
+    return x
+
+
+def loads(blob: bytes | str, *, max_bytes: int, max_containers: int, floats: bool = False) -> Any:
     """Parses `blob`; StrictJSONError (a ValueError) if it is not plain, bounded JSON.
 
     Args:
@@ -54,7 +61,8 @@ def loads(blob: bytes | str, *, max_bytes: int, max_containers: int) -> Any:
         max_bytes: longest accepted input.
         max_containers: most objects plus arrays (so also the deepest nesting).
 
-    Floats, NaN/Infinity, integers over 30 digits and repeated keys are refused.
+    Floats (unless `floats`, and then only finite ones), NaN/Infinity, integers
+    over 30 digits and repeated keys are refused.
     """
     raw = blob.encode("utf-8", "surrogatepass") if isinstance(blob, str) else bytes(blob)
     if len(raw) > max_bytes:
@@ -68,7 +76,8 @@ def loads(blob: bytes | str, *, max_bytes: int, max_containers: int) -> Any:
     except UnicodeDecodeError as e:
         raise StrictJSONError(f"not UTF-8: {e}") from None
     try:
-        return json.loads(text, parse_float=_no_float, parse_int=_bounded_int, parse_constant=_no_constant,
+        return json.loads(text, parse_float=_finite_float if floats else _no_float, parse_int=_bounded_int,
+                          parse_constant=_no_constant,
                           object_pairs_hook=_unique)
     except StrictJSONError:
         raise

@@ -81,7 +81,6 @@ def test_no_operation_touches_a_path_outside_the_bucket(tmp_path, victim, how, o
     assert not any((bucket / "quarantine").glob("*victim*"))
 
 
-@pytest.mark.xfail(reason="bucket.json temp file: bucket.py, after the store split (issue 13)", strict=True)
 def test_bucket_json_is_saved_without_following_a_planted_link(tmp_path, victim):
     bucket = tmp_path / "bucket"
     kv.Bucket(bucket).close()

@@ -88,7 +88,7 @@ class ChunkIndex:
                 rows = [r for r in rows if r.key in keys]
             Catalog.delete(c, [r.key for r in rows])
             for r in rows:
-                self.disk.remove(r.path)
+                self.disk.remove(self.disk.path_of(r))
         return rows
 
     # --- use -------------------------------------------------------------------

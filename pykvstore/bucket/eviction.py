@@ -9,6 +9,7 @@ by cause and told to the listeners (the host tiers that keep copies).
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import time
 from collections.abc import Callable, Collection, Iterable, Sequence
@@ -18,6 +19,8 @@ from typing import Any, Optional
 from ..catalog import Catalog, ChunkRow
 from ..policy import EvictionPolicy
 from ..tiers.disk import DiskTier
+
+log = logging.getLogger("pykvstore")
 
 CAUSES = ("capacity", "quota", "ttl", "manual", "corrupt")
 
@@ -30,6 +33,8 @@ class Removed:
     bytes: int = 0
     tokens: int = 0
     by_model: dict[str, dict[str, int]] = field(default_factory=dict)
+    pinned_bytes: int = 0  # set when a limit could not be met: the pinned bytes in its way
+    short_bytes: int = 0  # and how far over that limit the bucket (or model) stays
 
     def add(self, rows: Iterable[ChunkRow]) -> "Removed":
         for r in rows:
@@ -64,7 +69,7 @@ class Eviction:
     def _account(self, c: sqlite3.Connection, rows: Sequence[ChunkRow], cause: str, now: float) -> Removed:
         """Unlinks the files of rows already deleted, tells listeners, counts the eviction."""
         for r in rows:
-            self.disk.remove(r.path)
+            self.disk.remove(self.disk.path_of(r))
             for tell in self.listeners:
                 tell(r.key)
         removed = Removed().add(rows)
@@ -109,6 +114,60 @@ class Eviction:
             self._account(c, rows, cause, now)
             removed.add(rows)
         return removed
+
+    def shrink(self, model: Optional[str] = None) -> Removed:
+        """Evicts until the capacity (and `model`'s quota) hold, rows and files together.
+
+        When pinned or in-flight chunks keep a limit from being met, every chunk
+        that may go goes (expired first, then the policy's leaves), the rest stays
+        indexed with its file, and the result (and a warning) says how many bytes
+        are pinned and how far over the limit the bucket stays. Caller's thread.
+        """
+        class _Short(Exception):
+            pass
+
+        try:
+            with self.catalog.transaction() as c:
+                removed = self.make_room(c, 0, (), model)
+                if removed is None:
+                    raise _Short  # make_room may have deleted rows before giving up: roll them back
+                return removed
+        except _Short:
+            pass
+        now = time.time()
+        with self.catalog.transaction() as c:
+            expired = self._take_expired(c, now)
+            victims: list[ChunkRow] = []
+            while self._over(c, model) > 0:
+                chosen = self.policy.choose(c, 1, (), model)  # one leaf (its row deleted), or [] when none may go
+                if not chosen:
+                    break
+                victims += chosen
+            removed = self._account(c, expired, "ttl", now)
+            self._account(c, victims, "quota" if model is not None else "capacity", now)
+            removed.add(victims)
+            removed.short_bytes = max(0, self._over(c, model))
+            where = "pinned = 1" + (" AND model = ?" if model is not None else "")
+            removed.pinned_bytes = int(c.execute(f"SELECT COALESCE(SUM(nbytes), 0) FROM chunks WHERE {where}",
+                                                 (model,) if model is not None else ()).fetchone()[0])
+        if removed.short_bytes:
+            log.warning("%s %s: evicted %d chunks (%d bytes); %d bytes are pinned (or being written) and keep it "
+                        "%d bytes over its %s; unpin, or clear with include_pinned, to go lower",
+                        "model" if model else "bucket", model or self.root, removed.chunks, removed.bytes,
+                        removed.pinned_bytes, removed.short_bytes, "quota" if model else "capacity")
+        return removed
+
+    @staticmethod
+    def _over(c: sqlite3.Connection, model: Optional[str]) -> int:
+        """Bytes over the capacity (or over `model`'s quota, if it has one), in the caller's transaction."""
+        if model is None:
+            limit = int(c.execute("SELECT v FROM meta WHERE k = 'capacity'").fetchone()[0])
+        else:
+            q = c.execute("SELECT v FROM meta WHERE k = ?", (f"quota:{model}",)).fetchone()
+            if q is None:
+                return 0
+            limit = int(q[0])
+        return Catalog.totals(c, model)[0] - limit
 
     def _take_expired(self, c: sqlite3.Connection, now: float) -> list[ChunkRow]:
         """Deletes the rows of expired chunks and the tails they strand; the caller accounts for them."""

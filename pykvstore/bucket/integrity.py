@@ -20,7 +20,8 @@ from typing import Any, Optional
 from ..catalog import READY, WRITING, Catalog, ChunkRow
 from ..chunk_file import decode_header, payload_checksum_ok
 from ..errors import ChunkError
-from ..tiers.disk import HOST, DiskTier
+from ..lease import Reclaimer
+from ..tiers.disk import DiskTier
 
 log = logging.getLogger("pykvstore")
 
@@ -60,7 +61,7 @@ class Integrity:
 
     def _open_catalog(self) -> Catalog:
         path = self.root / "catalog.sqlite"
-        fresh = not path.exists()
+        fresh = not path.exists() or path.stat().st_size == 0  # an empty file is no index: rebuild it
         if fresh:  # stale WAL/SHM of a deleted catalog must not be replayed into a new one
             for suffix in ("-wal", "-shm"):
                 Path(str(path) + suffix).unlink(missing_ok=True)
@@ -88,6 +89,8 @@ class Integrity:
             raise ChunkError(str(e)) from None
         if Path(rel).stem != m.get("key"):
             raise ChunkError("file name does not match its key")
+        if rel != self.disk.relpath(m["model"], m["namespace"], m["key"]):
+            raise ChunkError("file is not where its header's model, namespace and key place it")
         return row_from_metadata(m, rel, size)
 
     def _rebuild(self, catalog: Catalog) -> None:
@@ -107,16 +110,19 @@ class Integrity:
             log.info("rebuilt catalog of %s: %d chunks", self.root, n)
 
     def _recover(self) -> list[ChunkRow]:
-        """Reclaims what writers on this host that died mid-write left behind."""
+        """Reclaims what writers that died mid-write left behind: only writers whose lease
+        lock this process can take (lease.py), whatever host or pid namespace they ran in."""
         dead = []
-        for row in self.catalog.writing_rows():
-            host, _, pid = (row.owner or "").rpartition(":")
-            if host == HOST and pid.isdigit() and not pid_alive(int(pid)):
-                with self.catalog.transaction() as c:
-                    c.execute(f"DELETE FROM chunks WHERE key = ? AND state = {WRITING}", (row.key,))
-                self.disk.remove(row.path)
-                dead.append(row)
-        self.disk.clean_tmp(pid_alive)
+        with Reclaimer(self.root) as proof:
+            for row in self.catalog.writing_rows():
+                if proof.dead(row.owner):
+                    with self.catalog.transaction() as c:
+                        gone = c.execute(f"DELETE FROM chunks WHERE key = ? AND state = {WRITING} AND owner = ?",
+                                         (row.key, row.owner)).rowcount
+                    if gone:
+                        self.disk.remove(self.disk.path_of(row))
+                        dead.append(row)
+            self.disk.clean_tmp(proof.dead_tmp)
         return dead
 
     def fsck(self, repair: bool = False, progress: Optional[Callable[[int, int], None]] = None) -> dict[str, Any]:
@@ -136,12 +142,13 @@ class Integrity:
             if progress:
                 progress(i + 1, total)
             report["checked"] += 1
-            if row.path not in files:
+            rel = self.disk.path_of(row)
+            if rel not in files:
                 report["missing"].append(row.key)
                 continue
-            files.discard(row.path)
+            files.discard(rel)
             try:
-                res = self.engine.read(self.disk.abspath(row.path), 0, 1 << 40, True).result()
+                res = self.engine.read(self.disk.abspath(rel), 0, 1 << 40, True).result()
                 hdr = decode_header(res.buffer, len(res.buffer))
                 if hdr.metadata.get("key") != row.key or hdr.metadata.get("namespace") != row.namespace:
                     raise ChunkError("holds another chunk")
@@ -149,8 +156,8 @@ class Integrity:
                     raise ChunkError("checksum mismatch")
                 report["ok"] += 1
             except (ChunkError, OSError) as e:
-                report["damaged"].append({"key": row.key, "path": row.path, "error": str(e)})
-        writing = {r.path for r in self.catalog.writing_rows()}
+                report["damaged"].append({"key": row.key, "path": rel, "error": str(e)})
+        writing = {self.disk.path_of(r) for r in self.catalog.writing_rows()}
         unindexed: list[tuple[ChunkRow, dict[str, Any]]] = []
         for j, rel in enumerate(sorted(files - writing)):
             if progress:

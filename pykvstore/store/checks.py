@@ -13,6 +13,7 @@ from .. import defaults
 from ..errors import InputError
 from ..keys import HASH_ALGORITHMS, as_tokens
 from ..layout import Geometry, PagedKV
+from ..chunk_file import MAX_MODEL_INPUT
 from ..sizes import parse_size
 
 
@@ -21,6 +22,9 @@ def check_store_args(model: Any, chunk_tokens: Any, hash: Any, tp_rank: Any, tp_
     """Checks KVStore's arguments; returns the host tier's capacity in bytes."""
     if not isinstance(model, str) or not model.strip():
         raise InputError(f"model must be a non-empty string, got {model!r}")
+    check_name(model, "model", MAX_MODEL_INPUT)
+    if model.strip() in (".", ".."):
+        raise InputError(f"model {model!r} cannot name a directory of the bucket; use the model's id")
     if not isinstance(chunk_tokens, int) or isinstance(chunk_tokens, bool) or chunk_tokens <= 0:
         raise InputError(f"chunk_tokens must be a positive integer, got {chunk_tokens!r}")
     if hash not in HASH_ALGORITHMS:
@@ -36,8 +40,22 @@ def check_store_args(model: Any, chunk_tokens: Any, hash: Any, tp_rank: Any, tp_
     return parse_size(host_capacity, "host capacity")
 
 
+def check_name(value: str, what: str, limit: int) -> None:
+    """A model id or tag: at most `limit` bytes of UTF-8, no NUL or other control characters."""
+    try:
+        size = len(value.encode("utf-8"))
+    except UnicodeEncodeError as e:
+        raise InputError(f"{what} is not encodable as UTF-8: {e}") from None
+    if size > limit:
+        raise InputError(f"{what} is {size} bytes long; at most {limit} are allowed (it is stored in every "
+                         f"chunk's header)")
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
+        raise InputError(f"{what} {value[:40]!r} contains a control character")
+
+
 def check_call(chunk_tokens: int, tokens: Any, cache: PagedKV, block_ids: Any) -> tuple[Any, torch.Tensor, int]:
-    """(tokens, block ids, full chunks) of a put or get."""
+    """(tokens, block ids, full chunks) of a put or get. The ids used must not repeat: a load would
+    leave only the last chunk in a shared block, a store would keep one block's KV for two places."""
     if not isinstance(cache, PagedKV):
         raise InputError(f"cache must be a pykvstore.PagedKV, got {type(cache).__name__}")
     if chunk_tokens % cache.block_size:
@@ -45,7 +63,7 @@ def check_call(chunk_tokens: int, tokens: Any, cache: PagedKV, block_ids: Any) -
             f"chunk_tokens {chunk_tokens} is not a multiple of the engine block size {cache.block_size}")
     toks = as_tokens(tokens)
     n = len(toks) // chunk_tokens
-    ids = cache.block_ids(block_ids, n * (chunk_tokens // cache.block_size))
+    ids = cache.block_ids(block_ids, n * (chunk_tokens // cache.block_size), distinct=True)
     return toks, ids, n
 
 

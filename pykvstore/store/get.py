@@ -20,7 +20,7 @@ import torch
 
 from .. import _C, defaults
 from ..catalog import ChunkRow
-from ..chunk_file import ChunkHeader, decode_header, payload_checksum_ok
+from ..chunk_file import CHECKSUM_ALGO, ChunkHeader, decode_header, format_checksum, payload_checksum_ok
 from ..errors import ChunkError
 from ..layout import Geometry, PagedKV
 from .namespaces import Namespace
@@ -84,12 +84,13 @@ class GetPipeline:
         layout = cache.host_layout if mapped else None
 
         def read(i: int, row: ChunkRow):
+            rel = p.disk.path_of(row)  # derived from (model, namespace, key), never the row's path
             if layout is not None:
-                return p.disk.map_scatter(row.path, max_size, layout, ids[i * bpc : (i + 1) * bpc],
+                return p.disk.map_scatter(rel, max_size, layout, ids[i * bpc : (i + 1) * bpc],
                                           max(0, start - i * ct), nbytes)
             if mapped:
-                return p.disk.map(row.path, max_size)
-            return p.disk.read(row.path, max_size, True)
+                return p.disk.map(rel, max_size)
+            return p.disk.read(rel, max_size, True)
 
         def submit_more() -> None:
             nonlocal nxt
@@ -149,12 +150,37 @@ class GetPipeline:
                 raise ChunkError("no payload after the header")
             hdr = sound(data, result.payload_hash, row.key, ns, g, shape)
         except (ChunkError, OSError) as e:
-            self.p.faults.add(e if isinstance(e, OSError) else ChunkError(f"{row.path}: {e}"))
+            self.p.faults.add(e if isinstance(e, OSError) else ChunkError(f"{self.p.disk.path_of(row)}: {e}"))
             self._drop_damaged(row, e)
             return None, 0, False
         payload = payload_of(data, hdr, g, shape)
-        self.p.host.put(row.key, payload, data)
+        if isinstance(result, _C.MapResult):
+            self._keep_copy(row.key, data, hdr, g, shape)
+        else:
+            self.p.host.put(row.key, payload, data)  # a pool buffer the store owns
         return payload, len(data), isinstance(result, _C.MapResult) and result.scattered
+
+    def _keep_copy(self, key: str, image: Any, hdr: ChunkHeader, g: Geometry, shape) -> None:
+        """Keeps a mapped chunk in the host tier as a copy the store owns, verified again.
+
+        The host tier never holds a mapping: a file overwritten in place later
+        would change its pages (served unverified), and one truncated in place
+        would raise SIGBUS at the next hit. The copy is hashed after it is
+        made, so bytes changed under the mapping meanwhile are never kept.
+        """
+        p = self.p
+        if hdr.nbytes > p.host.capacity:
+            return
+        try:
+            buf = _C.AlignedBuffer(hdr.nbytes, p.pool)
+        except (MemoryError, RuntimeError):
+            return  # no pool room: the next hit maps and verifies the file again
+        dst = torch.frombuffer(buf, dtype=torch.uint8, count=hdr.nbytes)
+        dst.copy_(torch.frombuffer(image, dtype=torch.uint8, offset=hdr.payload_offset, count=hdr.nbytes))
+        algo = hdr.metadata.get("checksum_algo", "xxh64")
+        value = _C.xxh3_64(buf) if algo == CHECKSUM_ALGO else _C.xxh64(buf)
+        if format_checksum(value) == hdr.metadata["checksum"]:
+            p.host.put(key, dst.view(g.view_dtype).view(shape), buf)
 
     def _drop_damaged(self, row: ChunkRow, err: Exception) -> None:
         """A damaged or missing chunk: a miss from now on, its file kept aside, its stranded tail dropped."""
@@ -163,9 +189,9 @@ class GetPipeline:
         if vanished:
             log.info("chunk %s vanished (evicted elsewhere); treating it as a miss", row.key[:16])
         else:
-            p.faults.warn_once(f"damaged:{row.path}",
-                               f"chunk file {row.path} is damaged ({err}); moved aside, served as a miss")
-            p.disk.quarantine(row.path)
+            rel = p.disk.path_of(row)
+            p.faults.warn_once(f"damaged:{rel}", f"chunk file {rel} is damaged ({err}); moved aside, served as a miss")
+            p.disk.quarantine(rel)
             p.counters.add(corrupt_chunks=1)
         try:
             if vanished:

@@ -11,7 +11,6 @@ committed after it, so a crash leaves no half-written chunk indexed.
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import time
 from collections import deque
@@ -23,12 +22,12 @@ from .. import _C, defaults
 from ..bucket import _UNSET, NoRoom
 from ..bucket.config import check_ttl_mode
 from ..catalog import WRITING, ChunkRow
-from ..chunk_file import CHECKSUM_ALGO, PAYLOAD_ALIGN, checksum, encode_header, header_length
+from ..chunk_file import CHECKSUM_ALGO, MAX_TAG_INPUT, PAYLOAD_ALIGN, checksum, encode_header, header_length
 from ..errors import InputError
 from ..keys import FORMAT_VERSION
 from ..layout import PagedKV
 from ..sizes import parse_duration
-from ..tiers.disk import HOST
+from .checks import check_name
 from .parts import StoreParts
 
 Expiry = tuple[Optional[float], Optional[str]]  # (ttl seconds or None, ttl mode)
@@ -46,6 +45,8 @@ class PutPipeline:
         """Checks a put's tag; its expiry from its arguments or the bucket's defaults."""
         if tag is not None and not isinstance(tag, str):
             raise InputError(f"tag must be a string, got {type(tag).__name__}")
+        if tag is not None:
+            check_name(tag, "tag", MAX_TAG_INPUT)
         check_ttl_mode(ttl_mode)
         if ttl is _UNSET:
             config = self.p.bucket.config
@@ -102,7 +103,7 @@ class PutPipeline:
             p.bucket.refresh(list(existing), None if ttl is None else start_time + ttl, start_time)
         shape, nbytes = g.chunk_shape(ct), g.chunk_bytes(ct)
         protect = set(keys)
-        owner = f"{HOST}:{os.getpid()}"
+        owner = p.disk.lease().owner  # liveness others check by its lock, not by host:pid
         inflight: deque = deque()
         ok = [False] * n
         written = [0, 0]  # chunks, bytes
@@ -122,7 +123,7 @@ class PutPipeline:
                 failed_at = min(failed_at, i)
                 return
             if not committed:
-                p.disk.remove(row.path)  # removed while in flight (evict/clear)
+                p.disk.remove(p.disk.path_of(row))  # removed while in flight (evict/clear)
                 failed_at = min(failed_at, i)
                 return
             ok[i] = True
@@ -168,7 +169,10 @@ class PutPipeline:
                     p.faults.warn_once("reserve", f"cannot reserve space for a chunk: {e}")
                     failed_at = i
                     break
-                if reserved is None:  # another writer got there first
+                if reserved is None:  # another writer got there first: held only once it is ready
+                    if keys[i] not in p.bucket.existing([keys[i]], time.time()):
+                        failed_at = i  # still being written elsewhere: lookup would not count it yet
+                        break
                     ok[i] = True
                     continue
                 try:
@@ -223,7 +227,7 @@ class PutPipeline:
         """Undoes a reservation whose write failed. Best effort: if the catalog
         cannot be written either, the row stays `writing` under this process and
         is reclaimed by the first open after it exits."""
-        self.p.disk.remove(row.path)
+        self.p.disk.remove(self.p.disk.path_of(row))
         try:
             self.p.bucket.abort(row.key)
         except sqlite3.Error as e:

@@ -9,7 +9,6 @@ bucket and the host tier without reading the engine's blocks again.
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import time
 from collections.abc import Callable
@@ -23,7 +22,6 @@ from ..bucket import NoRoom, row_from_metadata
 from ..catalog import WRITING
 from ..errors import ChunkError
 from ..layout import PagedKV
-from ..tiers.disk import HOST
 from .get import payload_of, sound
 from .parts import StoreParts
 from .put import PutPipeline
@@ -89,7 +87,7 @@ class RemoteLanding:
             rel = p.disk.relpath(p.model, m["namespace"], m["key"])
             try:
                 row, _ = row_from_metadata(m, rel, len(buf))
-                row.state, row.owner, row.last_access = WRITING, f"{HOST}:{os.getpid()}", time.time()
+                row.state, row.owner, row.last_access = WRITING, self.p.disk.lease().owner, time.time()
                 if not p.bucket.reserve(row, protect):
                     continue
                 try:

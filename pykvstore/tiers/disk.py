@@ -25,13 +25,15 @@ import logging
 import os
 import re
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Optional
 
 from . import safe_paths
 from .safe_paths import UnsafePath, check_chunk_rel, check_digest, open_dir, open_regular
+from ..lease import Lease
 from .. import _C, defaults
 
 if TYPE_CHECKING:
@@ -76,6 +78,8 @@ class DiskTier:
                                  "link; link or mount the bucket directory itself instead", str(d))
             d.mkdir(parents=True, exist_ok=True)
         self.base = os.path.realpath(root)  # the root is resolved once; below it, no link is followed
+        self._lease: Optional[Lease] = None
+        self._lease_lock = threading.Lock()
         self.engine = engine
         self.direct_write = direct_write
         self.direct_read = direct_read
@@ -95,6 +99,26 @@ class DiskTier:
         check_digest(key, "chunk key")
         return f"data/{model_slug(model)}/{namespace}/{key[0:2]}/{key[2:4]}/{key}.safetensors"
 
+    def lease(self) -> Lease:
+        """This process's writer lease on the bucket, taken at its first write (lease.py);
+        rows it reserves and temp files it writes name it. Any thread."""
+        with self._lease_lock:
+            if self._lease is None:
+                self._lease = Lease(self.root)
+            return self._lease
+
+    def release_lease(self) -> None:
+        """At close, after the last write: what this process left "writing" becomes reclaimable."""
+        with self._lease_lock:
+            if self._lease is not None:
+                self._lease.release()
+                self._lease = None
+
+    def path_of(self, row: Any) -> str:
+        """A catalog row's chunk path, derived from its (model, namespace, key): the row's own
+        `path` column is never used to touch a file."""
+        return self.relpath(row.model, row.namespace, row.key)
+
     def abspath(self, rel: str) -> str:
         """The absolute path of `rel` under the resolved root. The native engine opens only
         that exact file (a path with `..`, a link or a doubled slash fails its check)."""
@@ -111,7 +135,7 @@ class DiskTier:
             os.close(open_dir(root, os.path.dirname(rel), create=True))  # no link on the way, made if missing
         finally:
             os.close(root)
-        tmp = self.tmp / f"{HOST}.{os.getpid()}.{next(_seq)}.{final.name}"
+        tmp = self.tmp / f"{self.lease().tmp_prefix}.{next(_seq)}.{final.name}"
         return self.engine.write(str(final), str(tmp), buf, size, self.direct_write, self.sync)
 
     def read(self, rel: str, max_size: int, hash_payload: bool = False) -> "_C.ReadFuture":
@@ -186,13 +210,11 @@ class DiskTier:
             log.warning("could not move %s aside (%s); removing it", str(rel)[:200], e)
             self.remove(rel)
 
-    def clean_tmp(self, alive: Callable[[int], bool]) -> int:
-        """Removes temp files this host's dead processes left; returns how many."""
+    def clean_tmp(self, dead: Callable[[str], bool]) -> int:
+        """Removes temp files whose writer `dead(name)` proves dead (lease.Reclaimer.dead_tmp); returns how many."""
         removed = 0
         for entry in os.scandir(self.tmp):
-            host, _, rest = entry.name.partition(".")
-            pid = rest.partition(".")[0]
-            if host == HOST and pid.isdigit() and not alive(int(pid)):
+            if dead(entry.name):
                 try:
                     os.unlink(entry.path)
                     removed += 1

@@ -179,6 +179,19 @@ def cmd_damaged(work: str) -> dict:
     exact = [bool(torch.equal(got[:, i * P : (i + 1) * P], want[:, i * P : (i + 1) * P])) for i in range(PAGES)]
     out = {"ok": ok, "exact": exact, "exists_after": b.batch_exists(hs), "chunk_keys": b._keys(hs)[1]}
     b.close()
+    # the same fault under SGLang's own file backend, driven the way SGLang drives it (generic pages)
+    fpath = os.path.join(work, "file")
+    fb, fcfg = se.backend("file", pool, fpath)
+    fc = se.controller(fb, fcfg, pool)
+    out["file_stored"] = store(fc, pool, 0)
+    name = sorted(f for f in os.listdir(fpath) if f.endswith(".bin"))[5]
+    with open(os.path.join(fpath, name), "r+b") as f:
+        f.seek(-100, os.SEEK_END)
+        byte = f.read(1)
+        f.seek(-100, os.SEEK_END)
+        f.write(bytes([byte[0] ^ 0x01]))
+    res = load(fc, pool, 0)
+    out["file_loaded_pages"], out["file_bit_exact"] = res["loaded_pages"], res["bit_exact"]
     return out
 
 

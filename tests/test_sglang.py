@@ -119,6 +119,8 @@ def test_a_damaged_chunk_is_a_miss_for_exactly_its_page(runs):
         s = b.stats()
         keys = {r.key for r in b.catalog.rows()}
     assert s.evictions["corrupt"]["chunks"] == 1 and runs["victim"] not in keys
+    # SGLang's own file backend, same fault: every page "loads", and the KV is wrong
+    assert d["file_stored"] == PAGES * P and d["file_loaded_pages"] == PAGES and not d["file_bit_exact"]
 
 
 def test_capacity_pins_tags_and_ttl_apply(runs):

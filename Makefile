@@ -58,7 +58,7 @@ SAN_DIR := build/sanitize
 SAN_TESTS := tests/test_native.py tests/test_transfer.py tests/test_store.py tests/test_faults.py \
 	tests/test_multiprocess.py
 
-.PHONY: cpp-test sanitize sanitize-address sanitize-thread
+.PHONY: cpp-test sanitize sanitize-address sanitize-thread coverage
 cpp-test: $(DEPS)
 	cmake -S . -B $(CTEST_DIR) $(CMAKE_PY) >/dev/null
 	cmake --build $(CTEST_DIR) --target pykvstore_cpp_tests
@@ -73,6 +73,15 @@ sanitize-address: $(DEPS)
 	cmake --build $(SAN_DIR)-address
 	cd $(SAN_DIR)-address && ctest --output-on-failure
 	tests/run_sanitized.sh address $(SAN_DIR)-address $(abspath $(PY)) -q $(addprefix $(CURDIR)/,$(SAN_TESTS))
+# Line coverage of pykvstore/ over the whole suite, subprocesses included
+# (.coveragerc); vLLM's engine processes are measured when .venv-vllm exists.
+coverage: $(BUILT)
+	$(PY) -m pip install --quiet "pytest-cov>=6" "coverage>=7.10"
+	if [ -x $(VLLM_VENV)/bin/python ]; then $(VLLM_VENV)/bin/python -m pip install --quiet "coverage>=7.10"; fi
+	rm -rf build/coverage && mkdir -p build/coverage
+	COVERAGE_DATA_DIR=$(CURDIR)/build/coverage COVERAGE_RCFILE=$(CURDIR)/.coveragerc \
+		$(PY) -m pytest -q --cov --cov-config=.coveragerc --cov-report=term-missing:skip-covered \
+		--cov-report=json:build/coverage/coverage.json $(COVERAGE_ARGS)
 sanitize-thread: $(DEPS)
 	cmake -S . -B $(SAN_DIR)-thread $(CMAKE_PY) -DPYKVSTORE_SANITIZE=thread >/dev/null
 	cmake --build $(SAN_DIR)-thread --target pykvstore_cpp_tests

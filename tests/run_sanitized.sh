@@ -28,7 +28,7 @@ case "$kind" in
     ;;
   thread)
     runtime=$($cxx -print-file-name=libtsan.so)
-    export TSAN_OPTIONS=${TSAN_OPTIONS:-halt_on_error=1:second_deadlock_stack=1:suppressions=$root/tests/tsan.supp}
+    export TSAN_OPTIONS=${TSAN_OPTIONS:-halt_on_error=1:second_deadlock_stack=1}
     ;;
   *) echo "kind must be address or thread" >&2; exit 2 ;;
 esac

@@ -136,7 +136,7 @@ def storage_config(model: str = "meta-llama/Llama-3-8B", tp_rank: int = 0, tp_si
                    extra: dict | None = None, mla: bool = False) -> HiCacheStorageConfig:
     """The config SGLang's controller generates (`_generate_storage_config`) for one rank."""
     return HiCacheStorageConfig(tp_rank=tp_rank, tp_size=tp_size, pp_rank=0, pp_size=1, attn_cp_rank=0, attn_cp_size=1,
-                                is_mla_model=mla, enable_storage_metrics=False,
+                                is_mla_model=mla, enable_storage_metrics=True,
                                 is_page_first_layout=layout == "page_first", model_name=model,
                                 extra_config=dict(extra or {}))
 

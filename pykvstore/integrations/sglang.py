@@ -75,6 +75,9 @@ _HELD = (f"SELECT key FROM chunks WHERE key IN ({{marks}}) AND +state = {READY} 
          f"AND (+expires IS NULL OR +expires > ?)")
 
 
+_METRICS_KEPT = 10_000  # per-call figures kept between two get_stats calls
+
+
 class ConfigError(InputError):
     """The backend's extra config is not usable (raised when SGLang attaches it, before anything is written)."""
 
@@ -265,11 +268,16 @@ class PyKVStoreHiCache(HiCacheStorage):
         return ok
 
     def _record(self, op: str, pages: int, seconds: float) -> None:
+        """Per-call figures for get_stats, which SGLang reads only with storage metrics on
+        (and then drains): off, nothing is kept; on, at most _METRICS_KEPT per list."""
+        if not self.storage_config.enable_storage_metrics:
+            return
         name = "prefetch" if op == "get" else "backup"
         nbytes = pages * self._view.kv.geometry.chunk_bytes(self._view.page_size)
         with self._metrics_lock:
-            self._metrics[f"{name}_pgs"].append(pages)
-            self._metrics[f"{name}_bandwidth"].append(nbytes / max(seconds, 1e-9) / 1e9)
+            if len(self._metrics[f"{name}_pgs"]) < _METRICS_KEPT:
+                self._metrics[f"{name}_pgs"].append(pages)
+                self._metrics[f"{name}_bandwidth"].append(nbytes / max(seconds, 1e-9) / 1e9)
 
     # --- the generic (flat page) interface ----------------------------------------
     def get(self, key: str, target_location: Optional[Any] = None, target_sizes: Optional[Any] = None):

@@ -52,8 +52,9 @@ void replay(const std::vector<CopyRun>& runs, bool to_chunk) {
   }
 }
 
-void runs_replay_like_gather_and_scatter(const char* form, std::vector<std::int64_t> ids, std::int64_t skip) {
-  const std::int64_t layers = 3, blocks = 16, bs = 4, heads = 2, hd = 8;
+void runs_replay_like_gather_and_scatter(const char* form, std::vector<std::int64_t> ids, std::int64_t skip,
+                                         std::int64_t heads = 2) {
+  const std::int64_t layers = 3, blocks = 16, bs = 4, hd = 8;
   Engine src = make(form, layers, blocks, bs, heads, hd);
   const std::size_t chunk_elems = layers * 2 * ids.size() * bs * heads * hd;
   std::vector<std::uint16_t> want(chunk_elems, 0), got(chunk_elems, 0);
@@ -91,6 +92,9 @@ int main() {
       runs_replay_like_gather_and_scatter(form, {3, 4, 5, 9}, skip);
       runs_replay_like_gather_and_scatter(form, {15, 0, 7, 6}, skip);
     }
+  // BHTC with one head, one block, skip 3: K of token 3 ends where V of token 3
+  // starts in the engine, but the chunk has V's planes elsewhere: no merge there.
+  runs_replay_like_gather_and_scatter("BHTC", {5}, 3, 1);
   // 2BTHD: blocks 3,4,5 of a plane are adjacent in the engine and in the chunk:
   // one run for them, one for block 9, per (layer, plane).
   CHECK_EQ(count_runs("2BTHD", {3, 4, 5, 9}), 3u * 2 * 2);

@@ -180,3 +180,14 @@ def test_plane_strides_describe_a_block_whose_planes_differ():
         kv.PagedKV(layers, "BHTC", plane_strides=[(0, 1, 2 * T * D, T), (T * D, D, 2 * T * D, 2)])
     with pytest.raises(kv.LayoutError, match="rows of"):
         kv.PagedKV(layers, "BHTC", plane_strides=[(0, 1, 2, 3)])
+
+
+def test_store_stats_show_which_copy_path_ran(bucket):
+    """Host blocks with one stride set go through the native copier, and stats() says so."""
+    toks, cache, ids = np.arange(96, dtype=np.int64), make_cache("BHTC", seed=5), block_table(12, 24)
+    with kv.KVStore(bucket, model="m", chunk_tokens=32) as s:
+        before = s.stats().copies
+        assert s.put(toks, kv.PagedKV(cache, "BHTC"), ids) == 96
+        after = s.stats().copies
+    assert after["gather_native"] - before["gather_native"] == 3
+    assert {k for k in after if after[k] != before[k]} == {"gather_native"}

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
 from ..bucket import Bucket, BucketStats
+from ..transfer import copy_counts
 from .faults import Faults
 
 
@@ -41,6 +42,9 @@ class StoreStats:
     host_chunks: int = 0
     by_model: dict[str, dict[str, Any]] = field(default_factory=dict)
     io: dict[str, int] = field(default_factory=dict)
+    # chunks moved between engine blocks and host memory in this process, per copy
+    # path (native, dma, kernels, torch, torch_host): which one really ran
+    copies: dict[str, int] = field(default_factory=dict)
     pool: dict[str, Any] = field(default_factory=dict)  # the host pool: capacity, free bytes, pinned, ...
     remote: dict[str, int] = field(default_factory=dict)  # the Redis tier's counters, if configured
     bucket: Optional[BucketStats] = None  # the bucket as every process sees it
@@ -76,6 +80,7 @@ class Counters:
                                                                 bucket.capacity_bytes, bucket.by_model)
         s.host_bytes, s.host_chunks = host.used, len(host)
         s.io = dict(engine.counters())
+        s.copies = copy_counts()
         s.pool = dict(pool.stats())
         if remote is not None:
             s.remote = remote.stats.to_dict()

@@ -60,6 +60,8 @@ def _two_digits(x: float) -> str:
 
 def _count(x: float) -> str:
     """A count worth reading: whole from 10 up, one decimal from 1, two significant digits below."""
+    if x == 0:
+        return "0"
     return f"{x:,.0f}" if x >= 10 else (f"{x:.1f}" if x >= 1 else _two_digits(x))
 
 
@@ -258,8 +260,13 @@ def recompute_cost(tokens: int, reuses_per_day: float, price_per_mtok: float) ->
 
 
 def cmd_cost(args: argparse.Namespace) -> int:
-    if args.tokens <= 0 or args.reuses_per_day <= 0 or args.price < 0:
-        raise InputError("--tokens and --reuses-per-day must be positive and --price non-negative")
+    import math
+
+    # nan passes every comparison and inf makes every amount inf: refuse both, as negative prices
+    if args.tokens <= 0 or not (0 < args.reuses_per_day < math.inf) or not (0 <= args.price < math.inf) \
+            or not (0 <= args.storage_price < math.inf):
+        raise InputError("--tokens and --reuses-per-day must be positive, --price and --storage-price "
+                         "non-negative, all finite")
     bpt: Optional[int] = None  # without a geometry only the recompute side is known
     if args.bytes_per_token is not None:
         bpt = args.bytes_per_token
@@ -293,8 +300,9 @@ def cmd_cost(args: argparse.Namespace) -> int:
     text = (f"{recompute}\n"
             f"its KV: {format_size(kv_bytes)} ({bpt:,} bytes a token), {_money(storage)} a month to store "
             f"at ${args.storage_price:.2f}/GB-month\n"
-            f"storing pays for itself after {_count(data['break_even_reuses_per_month'])} reuses a month; "
-            f"saves {_money(data['saving_per_month'])} a month")
+            + (f"storing pays for itself after {_count(data['break_even_reuses_per_month'])} reuses a month; "
+               if per_reuse else "recomputing is free at this price: storing never pays for itself; ")
+            + f"saves {_money(data['saving_per_month'])} a month")
     _emit(args, data, text)
     return 0
 

@@ -143,3 +143,22 @@ def test_stats_header_and_table_show_the_same_amount(bucket):
     header = next(ln for ln in out.splitlines() if "prefill tokens, worth" in ln)
     amount = header.split("worth ")[1].split(" ")[0]
     assert amount != "$0.00" and amount in out.split(header, 1)[1]  # the model table shows it as written
+
+
+@pytest.mark.parametrize("bad", [["--price", "nan"], ["--price", "inf"], ["--reuses-per-day", "nan"],
+                                 ["--reuses-per-day", "inf"], ["--storage-price", "nan"], ["--storage-price", "-1"]],
+                         ids=" ".join)
+def test_cost_refuses_amounts_that_are_not_finite_or_negative(bad):
+    """A careless operator's nan, inf or negative price: one clear line and exit 2, never a traceback."""
+    r = cli("cost", "--tokens", 1000, "--reuses-per-day", 5, "--layers", 32, *bad, check_rc=2)
+    assert r.stderr.startswith("pykvstore: error:") and "Traceback" not in r.stderr
+
+
+def test_cost_with_free_recompute_or_free_storage():
+    """--price 0 (nothing to save: no break-even) and --storage-price 0 (break-even at 0) print, not crash."""
+    free = cli("cost", "--tokens", 1000, "--reuses-per-day", 5, "--price", 0, "--layers", 32).stdout
+    assert "never pays for itself" in free
+    d = json.loads(cli("cost", "--tokens", 1000, "--reuses-per-day", 5, "--price", 0, "--layers", 32, "--json").stdout)
+    assert d["break_even_reuses_per_month"] is None and d["recompute_cost_per_month"] == 0
+    cheap = cli("cost", "--tokens", 1000, "--reuses-per-day", 5, "--storage-price", 0, "--layers", 32).stdout
+    assert "after 0 reuses a month" in cheap

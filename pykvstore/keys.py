@@ -58,7 +58,7 @@ def as_tokens(tokens: Any) -> np.ndarray:
     about a tenth of np.asarray's time); anything else in one takes the generic
     path, which names the problem.
     """
-    if isinstance(tokens, (list, tuple)):
+    if type(tokens) in (list, tuple):  # a subclass may present other items than it stores: numpy asks it
         raw = _C.tokens_u32(tokens)
         if raw is not None:
             return np.frombuffer(raw, dtype=TOKEN_DTYPE)

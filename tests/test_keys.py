@@ -106,3 +106,34 @@ def test_lists_the_native_path_declines_take_the_generic_one(bad):
     else:
         with pytest.raises(kv.TokensError):
             as_tokens(bad)
+
+
+def test_list_and_tuple_subclasses_convert_as_numpy_reads_them():
+    """A list or tuple subclass may answer len() and indexing its own way (a lazy or
+    windowed view): numpy reads it through those, so the tokens are what it presents,
+    not the storage underneath that the native converter would read."""
+
+    class Window(list):
+        def __len__(self):
+            return 2
+
+        def __getitem__(self, i):
+            return list.__getitem__(self, slice(1, 3))[i]
+
+        def __iter__(self):
+            return iter(list.__getitem__(self, slice(1, 3)))
+
+    class TupleWindow(tuple):
+        def __len__(self):
+            return 2
+
+        def __getitem__(self, i):
+            return tuple.__getitem__(self, slice(1, 3))[i]
+
+        def __iter__(self):
+            return iter(tuple.__getitem__(self, slice(1, 3)))
+
+    for seq in (Window([5, 6, 7, 8]), TupleWindow((5, 6, 7, 8))):
+        want = np.asarray(seq).astype("<u4")
+        assert want.tolist() == [6, 7]  # what numpy (the generic path) sees
+        assert as_tokens(seq).tolist() == want.tolist()

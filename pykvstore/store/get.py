@@ -133,6 +133,8 @@ class GetPipeline:
                     pass
         for ticket, _ in copies:  # the chunks' host memory is reused once their copies are done
             ticket.wait()
+        if p.remote is not None and loaded_keys:
+            self._touch_remote(rows[first : first + len(loaded_keys)], max_size, now)
         hit = max(0, end - start)
         p.counters.record({"gets": 1, "hit_tokens": hit, "miss_tokens": len(toks) - start - hit,
                            "bytes_read": bytes_read}, touch=keys[:first] + loaded_keys)
@@ -159,6 +161,28 @@ class GetPipeline:
         else:
             self.p.host.put(row.key, payload, data)  # a pool buffer the store owns
         return payload, len(data), isinstance(result, _C.MapResult) and result.scattered
+
+    def _touch_remote(self, rows: list, max_size: int, now: float) -> None:
+        """Local hits reach the Redis tier too: sliding TTLs extend the remote expiry, and a
+        chunk the server lost (a restart without persistence, its own eviction) is written
+        again, read back and verified from the local file on the tier's thread, rate-limited
+        there (RedisTier.touch). Only queues; the caller's thread does no I/O here."""
+        p = self.p
+        paths = {r.key: p.disk.path_of(r) for r in rows}
+
+        def load(key: str) -> Optional[tuple]:
+            res = p.disk.read(paths[key], max_size, True).result()
+            hdr = decode_header(res.buffer, len(res.buffer))
+            if hdr.metadata["key"] != key or not payload_checksum_ok(hdr, res.buffer, res.payload_hash):
+                return None
+            m = hdr.metadata
+            meta = {"model": m["model"], "tag": m.get("tag", ""), "tokens": m["tokens"], "index": m["index"]}
+            return memoryview(res.buffer), meta, res.buffer, (m["model"], m["namespace"], m["params"])
+
+        for r in rows:
+            ttl = r.sliding_ttl if r.sliding_ttl else (r.expires - now if r.expires else None)
+            if ttl is None or ttl > 0:
+                p.remote.touch([r.key], ttl, load)
 
     def _keep_copy(self, key: str, image: Any, hdr: ChunkHeader, g: Geometry, shape) -> None:
         """Keeps a mapped chunk in the host tier as a copy the store owns, verified again.

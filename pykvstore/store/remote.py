@@ -20,6 +20,7 @@ import torch
 from .. import _C
 from ..bucket import NoRoom, row_from_metadata
 from ..catalog import WRITING
+from ..chunk_file import MAX_HEADER
 from ..errors import ChunkError
 from ..layout import PagedKV
 from .get import payload_of, sound
@@ -54,12 +55,12 @@ class RemoteLanding:
         p.names.register(ns)
         shape = g.chunk_shape(ct)
         keys = p.names.keys(ns, toks[: n * ct])
-        values = p.remote.get_many(keys[nxt:n])
+        # a value longer than a chunk of this geometry can be is never read whole
+        values = p.remote.get_many(keys[nxt:n], max_bytes=8 + MAX_HEADER + g.chunk_bytes(ct))
         landed = []
         for j, value in enumerate(values):
             c = nxt + j
-            if value is None:
-                p.remote.count(misses=n - c)
+            if value is None:  # absent or refused: the tier counted it (if it was asked for at all)
                 break
             buf = _C.AlignedBuffer(len(value), p.pool)  # aligned: it lands on disk through O_DIRECT
             np.frombuffer(buf, dtype=np.uint8)[:] = np.frombuffer(value, dtype=np.uint8)
@@ -67,7 +68,7 @@ class RemoteLanding:
                 hdr = sound(buf, None, keys[c], ns, g, shape)
             except ChunkError as e:
                 p.faults.warn_once(f"remote:{keys[c]}", f"remote chunk {keys[c][:16]} is not sound ({e}); a miss")
-                p.remote.count(misses=n - c)
+                p.remote.count(misses=sum(v is not None for v in values[j:]))  # fetched, not served
                 break
             payload = payload_of(buf, hdr, g, shape)
             cache.scatter(ids[c * bpc : (c + 1) * bpc], payload, max(0, start - c * ct))

@@ -271,26 +271,31 @@ class RedisTier:
         One pipelined round trip per batch of about `batch_bytes` (sized from
         the values seen so far), so a long prefix of large chunks never sits in
         one reply; it stops at the first miss, since a prefix ends there.
-        `misses` counts the keys asked for that were absent or refused; none
-        while the tier rests.
+        `misses` counts the keys from the first one absent, refused or lost
+        in a failed round trip to the end (the chunks the caller asked for
+        and did not get); nothing while the tier rests (nothing was asked).
         """
         cap = min(self._max_value, max_bytes) if max_bytes is not None else self._max_value
         last = cap + (TAG_BYTES if self._signer else 0)  # GETRANGE's end is inclusive: one byte over = too long
         out: list[Optional[Any]] = []
         while len(out) < len(keys):
+            if not self._available():
+                break  # resting: nothing is asked, so nothing is a miss
             per = max(1, int(self._batch_bytes // self._value_size)) if self._value_size else 1
             batch = keys[len(out) : len(out) + per]
             values = self._round_trip("get", "getrange", batch, 0, last)
             if values is None:
+                self.count(misses=len(keys) - len(out))  # asked, and the round trip failed
                 break
             self.count(bytes_read=sum(len(v) for v in values if v))
             values = [self._accept(k, v, cap) for k, v in zip(batch, values)]
             got = [v for v in values if v is not None]
             if got:
                 self._value_size = max(len(v) for v in got)
+            first_miss = next((i for i, v in enumerate(values) if v is None), None)
             out += values
-            if len(got) < len(values):
-                self.count(misses=len(values) - len(got))
+            if first_miss is not None:
+                self.count(misses=len(keys) - (len(out) - len(values)) - first_miss)
                 break
         out = out[: len(keys)]
         for i, v in enumerate(out):
@@ -326,7 +331,8 @@ class RedisTier:
     def touch(self, keys: Sequence[str], ttl: Optional[float], load: Callable[[str], Optional[tuple]]) -> None:
         """Local hits: the writer thread checks each key's remote copy (at most once per
         `touch_interval`), extends its expiry by `ttl` (a sliding TTL), and re-publishes
-        the ones the server lost, reading them with `load(key) -> (value, meta, owner) or None`
+        the ones the server lost, reading them with `load(key) -> (value, meta, owner[, (model,
+        namespace, params)]) or None` (the namespace entry is written again with it)
         within `republish_bytes_per_s`. Returns at once; never raises.
         """
         now = time.monotonic()
@@ -473,11 +479,14 @@ class RedisTier:
                 item = None
             if item is None:
                 continue
-            value, meta, owner = item
+            value, meta, owner = item[:3]
             if not self._spend(len(value)):
                 with self._lock:
                     self._touched.pop(chunk_key, None)  # over budget: a later hit tries again
                 continue
+            if len(item) > 3:  # (model, digest, params): the index a lookup without geometry needs
+                model, digest, params = item[3]
+                self._send_namespaces({(model, digest): params})
             self._send([(chunk_key, value, ttl, meta, owner)], len(value))
             self.count(republished=1)
 

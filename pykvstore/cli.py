@@ -114,7 +114,11 @@ def _selectors(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _removed_text(verb: str, r: Any) -> str:
-    return f"{verb} {r.chunks} chunks, {r.tokens} tokens, {format_size(r.bytes)}"
+    text = f"{verb} {r.chunks} chunks, {r.tokens} tokens, {format_size(r.bytes)}"
+    if getattr(r, "short_bytes", 0):  # a limit pins kept from being met (Bucket.shrink)
+        text += (f"; {format_size(r.pinned_bytes)} pinned (or being written) keep it {format_size(r.short_bytes)} "
+                 f"over the limit")
+    return text
 
 
 # --- commands ----------------------------------------------------------------

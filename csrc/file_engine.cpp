@@ -154,13 +154,22 @@ std::size_t readahead_window(dev_t dev) {
   return bytes;
 }
 
-// Which pages of an open regular file the page cache holds (mincore over a
-// mapping that is never touched); false when it is no such file or the kernel will not say.
-bool resident_pages(int fd, struct stat* st, std::vector<unsigned char>& resident) {
-  if (::fstat(fd, st) != 0 || !S_ISREG(st->st_mode) || st->st_size <= 0) return false;
+// Which pages of a chunk file the page cache holds (mincore over a mapping that
+// is never touched); false when it is no such file, is larger than max_size (a
+// sparse 1 TiB file would cost 256 MiB of flags here; the read refuses it) or the
+// kernel will not say. Opened as reads open it: no link followed, regular files only.
+bool resident_pages(const std::string& path, std::size_t max_size, struct stat* st,
+                    std::vector<unsigned char>& resident, Fd& fd) {
+  try {
+    fd.reset(open_regular_file(path));
+  } catch (...) {
+    return false;
+  }
+  if (::fstat(fd.get(), st) != 0 || !S_ISREG(st->st_mode) || st->st_size <= 0) return false;
   const auto size = static_cast<std::size_t>(st->st_size);
+  if (size > max_size) return false;
   const auto page = static_cast<std::size_t>(::sysconf(_SC_PAGESIZE));
-  void* map = ::mmap(nullptr, size, PROT_READ, MAP_SHARED, fd, 0);
+  void* map = ::mmap(nullptr, size, PROT_READ, MAP_SHARED, fd.get(), 0);
   if (map == MAP_FAILED) return false;
   try {
     resident.resize((size + page - 1) / page);
@@ -175,22 +184,22 @@ bool resident_pages(int fd, struct stat* st, std::vector<unsigned char>& residen
 
 }  // namespace
 
-bool FileEngine::is_cold(const std::string& path) noexcept {
-  Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK));
+bool FileEngine::is_cold(const std::string& path, std::size_t max_size) noexcept {
+  Fd fd;
   struct stat st;
   std::vector<unsigned char> resident;
-  if (fd.get() < 0 || !resident_pages(fd.get(), &st, resident)) return false;
+  if (!resident_pages(path, max_size, &st, resident, fd)) return false;
   std::size_t held = 0;
   for (unsigned char r : resident) held += r & 1;
   return 2 * held < resident.size();
 }
 
-bool FileEngine::readahead(const std::string& path) noexcept {
+bool FileEngine::readahead(const std::string& path, std::size_t max_size) noexcept {
   if (!readahead_on_.load(std::memory_order_relaxed)) return false;
-  Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK));
+  Fd fd;
   struct stat st;
   std::vector<unsigned char> resident;
-  if (fd.get() < 0 || !resident_pages(fd.get(), &st, resident)) return false;
+  if (!resident_pages(path, max_size, &st, resident, fd)) return false;
   const auto size = static_cast<std::size_t>(st.st_size);
   const auto page = static_cast<std::size_t>(::sysconf(_SC_PAGESIZE));
   std::size_t slice = 0;
@@ -422,7 +431,7 @@ MapResult FileEngine::map_scatter_now(const std::string& path, std::size_t max_s
 }
 
 std::shared_future<MapResult> FileEngine::map(std::string path, std::size_t max_size, bool hash_payload) {
-  readahead(path);
+  readahead(path, max_size);
   return pool_.submit([this, path = std::move(path), max_size, hash_payload] {
     return map_now(path, max_size, hash_payload);
   });
@@ -431,7 +440,7 @@ std::shared_future<MapResult> FileEngine::map(std::string path, std::size_t max_
 std::shared_future<MapResult> FileEngine::map_scatter(std::string path, std::size_t max_size, PagedLayout layout,
                                                       std::vector<std::int64_t> block_ids, std::int64_t skip,
                                                       std::size_t payload_bytes) {
-  readahead(path);
+  readahead(path, max_size);
   return pool_.submit([this, path = std::move(path), max_size, layout = std::move(layout),
                        block_ids = std::move(block_ids), skip, payload_bytes] {
     return map_scatter_now(path, max_size, layout, block_ids, skip, payload_bytes);
@@ -449,7 +458,7 @@ std::shared_future<std::size_t> FileEngine::write(std::string final_path, std::s
 
 std::shared_future<ReadResult> FileEngine::read(std::string path, DirectMode mode,
                                                 std::size_t max_size, bool hash_payload) {
-  if (mode == DirectMode::Off) readahead(path);  // O_DIRECT reads skip the page cache and queue deep already
+  if (mode == DirectMode::Off) readahead(path, max_size);  // O_DIRECT reads skip the page cache and queue deep already
   return pool_.submit([this, path = std::move(path), mode, max_size, hash_payload] {
     return read_now(path, mode, max_size, hash_payload);
   });

@@ -359,6 +359,32 @@ def test_readahead_asks_for_a_cold_files_pages_once(tmp_path):
     assert engine.counters()["cold_reads"] == cold
 
 
+def test_cold_checks_never_follow_a_link_or_map_a_file_larger_than_a_chunk(tmp_path):
+    """is_cold and readahead run on the caller's thread before any read: a link where a
+    chunk should be is not followed (nothing below a bucket's root is), and a file larger
+    than the read that follows will take (a sparse 1 TiB file here cost 10 s and 256 MiB
+    of page flags) is not looked at; the read reports both."""
+    d = _cold_dir(tmp_path)
+    engine = _C.FileEngine(1)
+    engine.readahead_enabled = True
+    target = d / "outside"
+    target.write_bytes(b"\1" * MiB)
+    _drop_page_cache([target])
+    assert engine.is_cold(str(target))  # the control: the file itself is cold
+    (d / "linked").mkdir()
+    (d / "linked" / "chunk").symlink_to(target)
+    (d / "dirlink").symlink_to(d / "linked")
+    for link in (d / "linked" / "chunk", d / "dirlink" / "chunk"):
+        assert not engine.is_cold(str(link)) and not engine.readahead(str(link))
+    assert engine.counters()["cold_reads"] == 0
+    big = d / "sparse"
+    with open(big, "wb") as f:
+        f.truncate(64 * MiB)
+    assert engine.is_cold(str(big))  # cold, but larger than a read of 8 MiB takes
+    assert not engine.is_cold(str(big), 8 * MiB) and not engine.readahead(str(big), 8 * MiB)
+    assert engine.counters()["cold_reads"] == 0
+
+
 @pytest.fixture
 def cold_through_the_page_cache():
     before = kv.defaults.get("cold_read"), kv.defaults.get("readahead")

@@ -333,9 +333,11 @@ PYBIND11_MODULE(_C, m) {
           "Maps a chunk file on an I/O thread and scatters its payload into the blocks while hashing it\n"
           "(when it is payload_bytes long). The blocks are written before the hash is checked.")
       .def("set_pool", &FileEngine::set_pool, py::arg("pool"), "Read buffers come from this HostPool (None: heap).")
-      .def("readahead", &FileEngine::readahead, py::arg("path"), py::call_guard<py::gil_scoped_release>(),
+      .def("readahead", &FileEngine::readahead, py::arg("path"), py::arg("max_size") = SIZE_MAX,
+           py::call_guard<py::gil_scoped_release>(),
            "Starts reading the pages of a file the page cache lacks; True when some were missing.")
-      .def("is_cold", &FileEngine::is_cold, py::arg("path"), py::call_guard<py::gil_scoped_release>(),
+      .def("is_cold", &FileEngine::is_cold, py::arg("path"), py::arg("max_size") = SIZE_MAX,
+           py::call_guard<py::gil_scoped_release>(),
            "True when most of a file's pages are not in the page cache.")
       .def_property("readahead_enabled", &FileEngine::readahead_enabled, &FileEngine::set_readahead,
                     "Whether loads ask for a cold file's pages when they are submitted (off by default).")

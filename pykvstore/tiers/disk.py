@@ -89,7 +89,7 @@ class DiskTier:
 
     def _read_cold(self, path: str, max_size: int) -> "_C.ReadFuture | None":
         """An O_DIRECT read, hashed on the I/O thread, when the file is cold and cold reads go direct."""
-        if self.cold_direct and self.engine.is_cold(path):
+        if self.cold_direct and self.engine.is_cold(path, max_size):
             return self.engine.read(path, max(self.direct_read, 1), max_size, True)
         return None
 

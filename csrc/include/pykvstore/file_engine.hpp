@@ -92,11 +92,12 @@ class FileEngine {
   // earlier ones: the queue is as deep as the files in flight, not one
   // readahead window per I/O thread. Never throws: a file it cannot look at is
   // left to the read that follows, which reports it.
-  bool readahead(const std::string& path) noexcept;
+  // Files larger than max_size, links and non-regular files are not looked at.
+  bool readahead(const std::string& path, std::size_t max_size = SIZE_MAX) noexcept;
   // True when most of a file's pages are not in the page cache (a cold file):
   // the disk tier then reads it with O_DIRECT, which spends no CPU filling the
   // page cache. False for a file it cannot look at.
-  bool is_cold(const std::string& path) noexcept;
+  bool is_cold(const std::string& path, std::size_t max_size = SIZE_MAX) noexcept;
   // Off by default (the disk tier sets it from defaults' readahead): on the
   // 2-core VM it was measured on, reading cold files with O_DIRECT beat the page
   // cache with or without it; it is for cold_read=cache on devices whose own

@@ -52,7 +52,6 @@ import torch
 from sglang.srt.mem_cache.hicache_storage import HiCacheStorage, HiCacheStorageConfig, HiCacheStorageExtraInfo
 
 from ..bucket import _UNSET
-from ..catalog import READY
 from ..defaults import parse_flag
 from ..errors import InputError
 from ..keys import HASH_ALGORITHMS, TOKEN_DTYPE
@@ -67,12 +66,6 @@ _SGLANG_KEYS = ("backend_name", "module_path", "class_name", "interface_v1", "in
                 "hicache_storage_pass_prefix_keys", "tp_lcm_size")
 _OPTIONS = ("bucket", "capacity", "tag", "ttl", "ttl_mode", "pin", "salt", "revision", "hash", "host_capacity",
             "io_threads", "model")
-
-
-# Ready, unexpired chunks among some keys. The unary + keeps SQLite on the key index: with
-# "state = 1" as an index term it scans every ready chunk (Catalog.ready_prefix_len does today).
-_HELD = (f"SELECT key FROM chunks WHERE key IN ({{marks}}) AND +state = {READY} "
-         f"AND (+expires IS NULL OR +expires > ?)")
 
 
 _METRICS_KEPT = 10_000  # per-call figures kept between two get_stats calls
@@ -200,16 +193,7 @@ class PyKVStoreHiCache(HiCacheStorage):
                 return 0
             bucket = self._store.bucket
             _, ckeys = self._keys(keys)
-            now, held = time.time(), 0
-            for i in range(0, len(ckeys), 500):  # SGLang asks 128 at a time; SQLite caps parameters
-                batch = ckeys[i : i + 500]
-                found = {r[0] for r in bucket.catalog.query(_HELD.format(marks=",".join("?" * len(batch))),
-                                                            (*batch, now))}
-                for k in batch:
-                    if k not in found:
-                        return held
-                    held += 1
-            return held
+            return bucket.catalog.ready_prefix_len(ckeys, time.time())
         except Exception as e:  # a cache never crashes its engine
             self._warn("exists", f"pykvstore batch_exists failed, answering 0: {e!r}")
             return 0

@@ -42,12 +42,15 @@ from pykvstore.catalog import ChunkRow
 from workers import open_store
 
 s = open_store(sys.argv[1])
-owner = getattr(s, "_owner", None) or f"{socket.gethostname()}:{os.getpid()}"
+disk = s.bucket.disk
+# the owner a put records: the lease where there is one, else (older versions) host:pid
+owner = disk.lease().owner if hasattr(disk, "lease") else f"{socket.gethostname()}:{os.getpid()}"
 key = "ab" * 16
 row = ChunkRow(key=key, parent="cd" * 16, namespace="cd" * 16, model="mp/model", chunk_index=0, tokens=32,
-               nbytes=4096, path=s._disk.relpath("mp/model", "cd" * 16, key), created=time.time(),
+               nbytes=4096, path=disk.relpath("mp/model", "cd" * 16, key), created=time.time(),
                last_access=time.time(), tag=None, state=0, owner=owner)
-assert s._reserve(row, ()) is True
+reserve = s.bucket.reserve if hasattr(s.bucket, "reserve") else s._reserve
+assert reserve(row, ()) is True
 print("holding", flush=True)
 time.sleep(3600)
 """

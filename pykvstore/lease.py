@@ -46,14 +46,17 @@ class Lease:
         d.mkdir(exist_ok=True)
         self.id = secrets.token_hex(12)
         self.path = _lease_path(root, self.id)
+        # Locked under a temp name, then renamed: a sweep never sees an unlocked lease of a live writer.
+        tmp = d / f".{self.id}.tmp"
         flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-        self._fd: Optional[int] = os.open(self.path, flags, 0o600)
+        self._fd: Optional[int] = os.open(tmp, flags, 0o600)
         try:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             os.write(self._fd, f"{HOST} {os.getpid()}\n".encode())  # for people reading the directory
+            os.rename(tmp, self.path)
         except BaseException:
             os.close(self._fd)
-            self.path.unlink(missing_ok=True)
+            tmp.unlink(missing_ok=True)
             raise
 
     @property
@@ -137,6 +140,19 @@ class Reclaimer:
             return True
         host, _, pid = owner.rpartition(":")  # an older version's host:pid
         return host == HOST and pid.isdigit() and not _pid_alive(int(pid))
+
+    def sweep(self) -> int:
+        """Marks every lease file whose lock is free for removal at exit (writers that died
+        with nothing in flight leave only that file); returns how many."""
+        try:
+            names = os.listdir(self.root / "leases")
+        except FileNotFoundError:
+            return 0
+        freed = 0
+        for name in names:
+            if name.endswith(".lease") and self.dead(PREFIX + name[: -len(".lease")]):
+                freed += 1
+        return freed
 
     def dead_tmp(self, name: str) -> bool:
         """Whether a temp file name ("@<lease id>.<n>.<name>" or an older "<host>.<pid>.<n>.<name>") is a dead writer's."""

@@ -99,3 +99,21 @@ def test_puts_survive_recovery_running_in_another_pid_namespace(bucket):
     assert stored == [96] * 40 and time.monotonic() < stop
     with open_store(str(bucket)) as s:
         assert [check(s, seed) for seed in range(40)] == [96] * 40
+
+
+def test_a_dead_writers_lease_file_is_swept_and_a_live_ones_kept(bucket):
+    open_store(str(bucket)).close()
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD_A_WRITING_ROW, str(bucket), str(HERE)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "holding"
+        (bucket / "leases" / f"{'0' * 24}.lease").write_text("a writer that died with nothing in flight\n")
+        with kv.Bucket(bucket) as b:
+            b.gc()
+        assert len(list((bucket / "leases").iterdir())) == 1  # the live holder's
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(30)
+    with kv.Bucket(bucket) as b:
+        b.gc()
+    assert list((bucket / "leases").iterdir()) == []

@@ -123,6 +123,7 @@ class Integrity:
                         self.disk.remove(self.disk.path_of(row))
                         dead.append(row)
             self.disk.clean_tmp(proof.dead_tmp)
+            proof.sweep()
         return dead
 
     def fsck(self, repair: bool = False, progress: Optional[Callable[[int, int], None]] = None) -> dict[str, Any]:

@@ -54,15 +54,24 @@ def served(tmp_path_factory):
     data[-100] ^= 0x40
     (damaged / row.path).write_bytes(bytes(data))
     new = [prefix + suffix(30), prefix + suffix(33)]
+    in_step_bucket = work / "in_step_bucket"
+    in_step_cfg = {"async_load": False, "async_store": "false"}
+
+    def in_step():
+        """Stores inside the step into an empty bucket, then a second engine loads it inside the step."""
+        stored = engine(model, in_step_bucket, new[:1], work, "in_step_store", None, in_step_cfg)
+        with kv.Bucket(in_step_bucket) as ib:
+            chunks = ib.stats().chunks
+        return stored, chunks, engine(model, in_step_bucket, new[:1], work, "in_step_load", None, in_step_cfg)
+
     with ThreadPoolExecutor(3) as pool:
         b = pool.submit(engine, model, bucket, new[:1], work, "b")
         c = pool.submit(engine, model, None, new, work, "c")
         d = pool.submit(engine, model, damaged, new[:1], work, "d")
         salted = pool.submit(engine, model, bucket, new[1:], work, "salted", "tenant-2")
-        in_step = pool.submit(engine, model, bucket, new[:1], work, "in_step", None,
-                              {"async_load": False, "async_store": "false"})
+        steps = pool.submit(in_step)
         return {"a": a, "b": b.result(), "c": c.result(), "d": d.result(), "salted": salted.result(),
-                "in_step": in_step.result(), "bucket": bucket, "damaged": damaged}
+                "in_step": steps.result(), "bucket": bucket, "damaged": damaged, "in_step_bucket": in_step_bucket}
 
 
 def test_a_restarted_engine_serves_the_prefix_from_the_bucket(served):
@@ -73,10 +82,16 @@ def test_a_restarted_engine_serves_the_prefix_from_the_bucket(served):
 
 
 def test_loads_and_stores_inside_the_step_give_the_same_answer(served):
-    """B loaded in the background (the request waited in WAITING_FOR_REMOTE_KVS); this engine loads
-    before the forward pass and stores inside the step."""
-    s, c = served["in_step"][0], served["c"][0]
-    assert s["cached"] == PREFIX and s["tokens"] == c["tokens"]
+    """B loaded in the background (the request waited in WAITING_FOR_REMOTE_KVS); here one engine
+    stores inside the step into an empty bucket, and the next loads that before the forward pass."""
+    (stored,), chunks, (loaded,) = served["in_step"]
+    c = served["c"][0]
+    assert stored["cached"] == 0 and stored["tokens"] == c["tokens"]  # nothing to load: computed, then stored
+    assert chunks == PREFIX // 256  # every full chunk of the prompt, stored inside the step
+    assert loaded["cached"] == PREFIX and loaded["tokens"] == c["tokens"]
+    with kv.Bucket(served["in_step_bucket"]) as b:
+        m = next(iter(b.stats().by_model.values()))
+    assert m["hit_tokens"] == PREFIX
 
 
 def test_another_cache_salt_gets_no_hit(served):
@@ -89,14 +104,17 @@ def test_a_damaged_chunk_is_recomputed_not_used(served):
     assert d["tokens"] == c["tokens"]  # the right answer, no crash
     with kv.Bucket(served["damaged"]) as b:
         s = b.stats()
-    assert s.evictions["corrupt"]["chunks"] >= 1  # it was found, moved aside, and dropped
+    m = next(iter(s.by_model.values()))
+    assert m["hit_tokens"] == 3 * 256  # chunks 0-2, before the damaged one, were served
+    assert s.evictions["corrupt"]["chunks"] == 5  # chunk 3 moved aside, and its unreachable tail 4-7
+    assert s.chunks == PREFIX // 256  # D recomputed and stored 3-7 again
 
 
 def test_the_bucket_shows_the_hits(served):
     with kv.Bucket(served["bucket"]) as b:
         s = b.stats()
     m = next(iter(s.by_model.values()))
-    assert m["hit_tokens"] >= PREFIX
+    assert m["hit_tokens"] == PREFIX  # B's load; A's second prompt hit vLLM's own prefix cache
     assert s.chunks == 2 * PREFIX // 256 and len(s.by_namespace) == 2  # the prefix, and tenant-2's own copy
     assert {t["tag"] for t in s.by_tag} == {"vllm-test"}
 

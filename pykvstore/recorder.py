@@ -241,6 +241,9 @@ class Recorder:
 
 
 def _connect(path: str) -> sqlite3.Connection:
+    for p in (path, path + "-wal", path + "-shm"):  # a planted link would have us write elsewhere
+        if os.path.islink(p):
+            raise sqlite3.OperationalError(f"{p} is a symbolic link; the access history is not opened through one")
     conn = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
     try:
         conn.execute("PRAGMA journal_mode=WAL")

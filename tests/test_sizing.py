@@ -344,3 +344,16 @@ def test_dashboard_serves_the_curve_and_what_a_shadow_bucket_would_have_served(b
         assert s["would_have_served"]["tokens"] == st.would_have_served["tokens"] > 0
     finally:
         d.close()
+
+
+def test_a_planted_link_is_not_followed_and_the_store_still_serves(bucket, tmp_path, no_fsync, caplog):
+    kv.Bucket(bucket, capacity="64MiB").close()
+    elsewhere = tmp_path / "elsewhere.sqlite"
+    (bucket / recorder.FILENAME).symlink_to(elsewhere)
+    trace = small_trace(7, 6)
+    paged = paged_for(trace)
+    assert replay(bucket, trace, paged, None) > 0  # stores and serves without its history
+    assert not elsewhere.exists()
+    assert "cannot record accesses" in caplog.text
+    with kv.Bucket(bucket) as b:
+        assert b.stats().recorded is None

@@ -106,6 +106,7 @@ class KVStore:
         self.tp_rank, self.tp_size = tp_rank, tp_size
         self._executors: dict[str, ThreadPoolExecutor] = {}
         self._closed = False
+        self._view_of: Optional[KVStore] = None  # a salted view: the store that owns what it shares
         # called as fn(op, model, tag, seconds, tokens) after each put and get (metrics.py)
         self.observers: list = []
 
@@ -138,9 +139,11 @@ class KVStore:
         The view shares the bucket handle, host pool, host tier, remote tier,
         put/get threads, counters and observers; only the namespaces differ,
         and with them every chunk key, so no tenant is handed another's chunk.
-        Only the original store is closed.
+        Closing a view closes only the view (its calls refuse, as a closed
+        store's do); closing the original closes every view of it.
         """
         view = copy.copy(self)
+        view._view_of = self._view_of or self
         view._names = self._names.with_salt(salt_digest(salt))
         view._wire(self._puts._unreleased)
         return view
@@ -336,6 +339,8 @@ class KVStore:
         if self._closed:
             return
         self._closed = True
+        if self._view_of is not None:  # the bucket, pool, tiers and threads are the original store's
+            return
         for kind in ("get", "put"):  # a get may hand remote chunks to the put thread
             if kind in self._executors:
                 self._executors[kind].shutdown(wait=True)
@@ -358,7 +363,7 @@ class KVStore:
 
     # --- internals -------------------------------------------------------------
     def _check_open(self) -> None:
-        if self._closed:
+        if self._closed or (self._view_of is not None and self._view_of._closed):
             raise InputError("this KVStore is closed")
 
     def _check_call(self, tokens: Any, cache: PagedKV, block_ids: Any) -> tuple[Any, torch.Tensor, int]:

@@ -63,13 +63,17 @@ def open_dir(root_fd: int, rel_dir: str, create: bool = False) -> int:
         for part in rel_dir.split("/"):
             if part in ("", ".", ".."):
                 raise UnsafePath(errno.EINVAL, "not a plain relative directory", rel_dir)
-            if create:
-                try:
-                    os.mkdir(part, 0o755, dir_fd=fd)
-                except FileExistsError:
-                    pass
             try:
-                nxt = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                try:
+                    nxt = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                except FileNotFoundError:
+                    if not create:
+                        raise
+                    try:  # made only when missing: the common case costs one open per level
+                        os.mkdir(part, 0o755, dir_fd=fd)
+                    except FileExistsError:
+                        pass
+                    nxt = os.open(part, _DIR_FLAGS, dir_fd=fd)
             except OSError as e:
                 if e.errno in (errno.ELOOP, errno.ENOTDIR):
                     raise UnsafePath(errno.ELOOP, "a symbolic link or a file where a directory should be: "

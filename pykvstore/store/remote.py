@@ -85,6 +85,8 @@ class RemoteLanding:
         protect = {hdr.metadata["key"] for hdr, _, _ in landed}
         for hdr, buf, payload in landed:
             m = hdr.metadata
+            if m["model"] != p.model:  # its row would be another model's (quota, stats, path): not ours to keep
+                continue
             rel = p.disk.relpath(p.model, m["namespace"], m["key"])
             try:
                 row, _ = row_from_metadata(m, rel, len(buf))

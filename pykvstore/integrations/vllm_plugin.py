@@ -58,6 +58,8 @@ def install(checkout: str, site_dir: str | None = None) -> str:
 
     site_dir = site_dir or sysconfig.get_paths()["purelib"]
     checkout = os.path.abspath(checkout)
+    if any(ch in checkout for ch in "\r\n"):  # a .pth runs any line that starts with "import"
+        raise ValueError(f"{checkout!r}: a checkout path with a line break cannot go into a .pth file")
     if not os.path.isfile(os.path.join(checkout, "pykvstore", "integrations", "vllm.py")):
         raise ValueError(f"{checkout} is not a pykvstore checkout")
     info = os.path.join(site_dir, f"{SHIM}-0.0.dist-info")

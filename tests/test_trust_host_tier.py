@@ -7,6 +7,7 @@ killed the process with SIGBUS on the next hit.
 
 from __future__ import annotations
 
+import gc
 import os
 import subprocess
 import sys
@@ -66,5 +67,9 @@ def test_the_host_tier_holds_no_mapping_of_a_chunk_file(bucket, read_path):
     with kv.KVStore(bucket, model="m", chunk_tokens=32, host_capacity="64MiB") as s:
         assert s.get(toks, kv.PagedKV(make_cache("BHTC", seed=9), "BHTC"), block_table(12, 24, 4)) == 96
         assert len(s._host) == 3
+        from pykvstore import _C
+
+        assert not any(isinstance(owner, _C.MappedFile) for _, _, owner in s._host._items.values())
+        gc.collect()  # the load's own mappings go with its last reference
         maps = Path(f"/proc/{os.getpid()}/maps").read_text()
         assert not any(str(p) in maps for p in paths)

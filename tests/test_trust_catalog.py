@@ -39,3 +39,25 @@ def test_a_malformed_bucket_json_is_a_clear_error(bucket, text):
 def test_a_negative_capacity_is_refused(bucket, capacity):
     with pytest.raises(kv.InputError):
         kv.Bucket(bucket, capacity=capacity)
+
+
+def test_a_bucket_json_broken_while_serving_never_fails_a_put(bucket, caplog):
+    """An owner's hand edit that leaves bucket.json malformed while an engine runs: puts keep
+    the last good settings (and say so once); opening the bucket still names the problem."""
+    from workers import sequence
+    with kv.KVStore(bucket, model="m", chunk_tokens=32, ttl="1h") as s:
+        toks, cache, ids = sequence(1)
+        good = (bucket / "bucket.json").read_bytes()
+        (bucket / "bucket.json").write_text('{"capacity": 1024, "default_ttl": "7d"}')
+        with caplog.at_level("WARNING", logger="pykvstore"):
+            assert s.put(toks, kv.PagedKV(cache, "BHTC"), ids) == 96
+            assert s.put_async(toks[:64], kv.PagedKV(cache, "BHTC"), ids).wait() == 64
+        assert sum("keeping the last good settings" in r.getMessage() for r in caplog.records) == 1
+        assert s.lookup(toks) == 96
+        now = __import__("time").time()
+        assert all(now < r.expires <= now + 3600 for r in s.bucket.catalog.rows())  # the last good ttl, 1h
+        with pytest.raises(kv.InputError, match="default_ttl"):
+            kv.Bucket(bucket)
+        (bucket / "bucket.json").write_bytes(good)
+    with kv.Bucket(bucket) as b:
+        assert b.stats().chunks == 3

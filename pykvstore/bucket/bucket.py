@@ -23,7 +23,7 @@ from typing import Any, Optional, Union
 
 from .. import _C, defaults
 from ..catalog import Catalog
-from ..errors import InputError
+from ..errors import ConfigError, InputError
 from ..policy import EvictionPolicy, make_policy
 from ..sizes import parse_duration, parse_size
 from ..tiers.disk import DiskTier
@@ -74,6 +74,7 @@ class Bucket(ChunkIndex, Eviction, Lifecycle, Reports, Integrity, History):
         self.disk = DiskTier(self.root, self.engine, defaults.direct_mode("direct_write"),
                              defaults.direct_mode("direct_read"), defaults.get("fsync"))
         self._config = BucketConfig(self.root)
+        self._config_warned = ""
         settings = {"capacity": cap, "default_ttl": ttl_s, "ttl_mode": ttl_mode, "price_per_mtok": price_per_mtok}
         self.catalog = self._open(settings)
 
@@ -86,6 +87,7 @@ class Bucket(ChunkIndex, Eviction, Lifecycle, Reports, Integrity, History):
         with open(self.root / ".lock", "a+") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             config = self._config.settle(settings)
+            self._good_config = config
             catalog = self._open_catalog()
             catalog.set_meta("capacity", str(int(config["capacity"])))
             for model, quota in config.get("quotas", {}).items():
@@ -98,7 +100,17 @@ class Bucket(ChunkIndex, Eviction, Lifecycle, Reports, Integrity, History):
     # --- settings ------------------------------------------------------------
     @property
     def config(self) -> dict[str, Any]:
-        return self._config.load() or {}
+        """bucket.json as it is now. While an owner's hand edit leaves it malformed,
+        the last good settings, with one warning per problem: a put on the serving
+        path never fails on it (opening the bucket, or changing a setting, still
+        refuses it with a ConfigError that names the field)."""
+        try:
+            self._good_config = self._config.load() or {}
+        except ConfigError as e:
+            if str(e) != self._config_warned:
+                self._config_warned = str(e)
+                log.warning("%s; keeping the last good settings", e)
+        return self._good_config
 
     @property
     def capacity(self) -> int:

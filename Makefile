@@ -53,10 +53,12 @@ CMAKE_PY = -G Ninja -DPython_EXECUTABLE=$(abspath $(PY)) -Dpybind11_DIR=$$($(PY)
 	-DPYKVSTORE_CUDA=OFF -DPYKVSTORE_BUILD_TESTS=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo
 CTEST_DIR := build/ctest
 SAN_DIR := build/sanitize
-# The native core's own tests and the Python tests that drive it hardest; a few
-# minutes under ASan on two cores.
+# The native core's own tests and the Python tests that drive it hardest: about
+# 40 s under ASan on two cores, less the 10,000-put fault loop (260 s there;
+# ctest's threaded file-engine test covers faults returning pool bytes).
 SAN_TESTS := tests/test_native.py tests/test_transfer.py tests/test_store.py tests/test_faults.py \
 	tests/test_multiprocess.py
+SAN_SKIP := not test_ten_thousand_puts_with_faults_return_every_pool_byte
 
 .PHONY: cpp-test sanitize sanitize-address sanitize-thread coverage
 cpp-test: $(DEPS)
@@ -72,7 +74,8 @@ sanitize-address: $(DEPS)
 		-DCMAKE_LIBRARY_OUTPUT_DIRECTORY=$(abspath $(SAN_DIR)-address)/lib >/dev/null
 	cmake --build $(SAN_DIR)-address
 	cd $(SAN_DIR)-address && ctest --output-on-failure
-	tests/run_sanitized.sh address $(SAN_DIR)-address $(abspath $(PY)) -q $(addprefix $(CURDIR)/,$(SAN_TESTS))
+	tests/run_sanitized.sh address $(SAN_DIR)-address $(abspath $(PY)) -q -k "$(SAN_SKIP)" \
+		$(addprefix $(CURDIR)/,$(SAN_TESTS))
 # Line coverage of pykvstore/ over the whole suite, subprocesses included
 # (.coveragerc); vLLM's engine processes are measured when .venv-vllm exists.
 coverage: $(BUILT)

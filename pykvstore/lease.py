@@ -80,7 +80,8 @@ class Lease:
             self._fd = None
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether this pid names a live process in this pid namespace (only meaningful for this host's own rows)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -139,7 +140,7 @@ class Reclaimer:
             self._held[lease_id] = fd
             return True
         host, _, pid = owner.rpartition(":")  # an older version's host:pid
-        return host == HOST and pid.isdigit() and not _pid_alive(int(pid))
+        return host == HOST and pid.isdigit() and not pid_alive(int(pid))
 
     def sweep(self) -> int:
         """Marks every lease file whose lock is free for removal at exit (writers that died
@@ -160,4 +161,4 @@ class Reclaimer:
         if first.startswith("@"):  # "@" is in no host name
             return self.dead(PREFIX + first[1:])
         pid = rest.partition(".")[0]
-        return first == HOST and pid.isdigit() and not _pid_alive(int(pid))
+        return first == HOST and pid.isdigit() and not pid_alive(int(pid))

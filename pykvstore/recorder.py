@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import math
 import os
 import sqlite3
 import threading
@@ -287,17 +288,25 @@ def read_accesses(root: Union[str, os.PathLike], since: Optional[float] = None) 
         return
     conn = _connect(path)
     try:
-        streams = {sid: Stream(m, tag, ns, int(ct), int(cb)) for sid, m, tag, ns, ct, cb in
-                   conn.execute("SELECT id, model, tag, namespace, chunk_tokens, chunk_bytes FROM streams")}
+        # rows are input (any process, or a hand, may have written the file): a field of the wrong
+        # type or out of range skips its row (or stream) instead of crashing `size` or bending its math
+        streams = {sid: Stream(m, tag, ns, ct, cb) for sid, m, tag, ns, ct, cb in
+                   conn.execute("SELECT id, model, tag, namespace, chunk_tokens, chunk_bytes FROM streams")
+                   if all(isinstance(v, str) for v in (m, tag, ns)) and _positive_int(ct) and _positive_int(cb)}
         where, args = ("WHERE t >= ?", (since,)) if since is not None else ("", ())
         for t, sid, tokens, keys in conn.execute(f"SELECT t, stream, tokens, keys FROM accesses {where} "
                                                  f"ORDER BY t, rowid", args):
             s = streams.get(sid)
-            if s is None or not isinstance(keys, bytes) or len(keys) % KEY_BYTES or tokens < 0:
+            if (s is None or not isinstance(keys, bytes) or len(keys) % KEY_BYTES or not isinstance(tokens, int)
+                    or tokens < 0 or not isinstance(t, (int, float)) or not math.isfinite(t)):
                 continue  # a row another writer mangled is skipped, not trusted
-            yield Access(float(t), s, int(tokens), keys)
+            yield Access(float(t), s, tokens, keys)
     finally:
         conn.close()
+
+
+def _positive_int(v: object) -> bool:
+    return isinstance(v, int) and v > 0
 
 
 def clear(root: Union[str, os.PathLike]) -> None:

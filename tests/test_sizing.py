@@ -154,6 +154,31 @@ def test_history_ages_out_within_its_budget(tmp_path):
     assert kept[-1].t == 499.0 and kept[0].t >= 400  # the newest are the ones kept
 
 
+@pytest.mark.parametrize("sql", ["UPDATE accesses SET t = 'abc' WHERE rowid = 1",
+                                 "UPDATE accesses SET t = 9e999 WHERE rowid = 1",
+                                 "UPDATE accesses SET tokens = 'x' WHERE rowid = 1",
+                                 "INSERT INTO streams VALUES (7, 'm', '', 'ns', 'x', 4096)",
+                                 "INSERT INTO streams VALUES (7, 'm', '', 'ns', 16, -4096)",
+                                 "INSERT INTO streams VALUES (7, 'm', '', 'ns', -16, 4096)"])
+def test_a_crafted_history_row_is_skipped_not_trusted(tmp_path, sql):
+    import sqlite3
+    r = Recorder(tmp_path)
+    keys = recorder.pack_keys([os.urandom(16) for _ in range(4)])
+    for i in range(5):
+        r.record(STREAM, 4 * CT, keys, t=float(i))
+    r.close()
+    c = sqlite3.connect(tmp_path / recorder.FILENAME)
+    c.execute(sql)
+    c.execute("INSERT INTO accesses VALUES (2.5, 7, 64, 4, ?)", (keys,))  # a put of the crafted stream
+    c.commit()
+    c.close()
+    kept = list(recorder.read_accesses(tmp_path))
+    assert len(kept) == (4 if "rowid = 1" in sql else 5)  # the mangled row (or stream's row) is left out
+    assert all(a.stream == STREAM and a.t in {0.0, 1.0, 2.0, 3.0, 4.0} for a in kept)
+    rep = sizing.size(kept)
+    assert rep.window_seconds == (3.0 if "rowid = 1" in sql else 4.0)  # the first put gone, or all five
+
+
 def test_no_reuse_recommends_nothing_and_zero_is_a_row():
     rng = np.random.default_rng(5)
     acc = [Access(float(i), STREAM, 4 * CT, chain(rng.integers(0, 32000, 4 * CT))) for i in range(20)]

@@ -148,6 +148,15 @@ def cmd_serve(work: str) -> dict:
     out["exists_all"] = b.batch_exists(hs)
     # bad host indices: nothing moves, every page a miss
     out["misaligned"] = b.batch_get_v1(hs[:2], torch.arange(1, 2 * P + 1))
+    # a key that is not a string, indices that are not numbers: every page a miss, nothing raised into SGLang
+    out["bad_input_calls"] = []
+    for call in (lambda: b.batch_get_v1([None, hs[1]], torch.arange(2 * P)),
+                 lambda: b.batch_set_v1([hs[0], 5], torch.arange(2 * P)),
+                 lambda: b.batch_get_v1(hs[:1], ["x"] * P), lambda: b.batch_get_v1(hs[:1], None)):
+        try:
+            out["bad_input_calls"].append(call())
+        except Exception as e:
+            out["bad_input_calls"].append(f"raised {e!r}")
     # what SGLang's factory built, and the generic flat-page path SGLang uses without interface_v1
     out["is_hicache_storage"] = isinstance(b, se.HiCacheStorage)
     out["factory_class"] = type(b).__name__

@@ -102,6 +102,7 @@ def test_batch_exists_counts_leading_consecutive_hits(runs):
 def test_bad_input_moves_nothing_and_bad_config_is_a_value_error(runs):
     s = runs["serve"]
     assert s["misaligned"] == [False, False]
+    assert s["bad_input_calls"] == [[False, False], [False, False], [False], [False]]
     assert s["config_errors"] == ["SizeError", "ConfigError", "ConfigError"]
 
 

@@ -220,12 +220,16 @@ class PyKVStoreHiCache(HiCacheStorage):
             return [False] * len(keys)
         t0 = time.perf_counter()
         view, store = self._view, self._store
-        ids = page_block_ids(host_indices, len(keys), view.page_size, view.kv.num_blocks)
+        try:  # keys and indices are SGLang's input: a bad one is a miss for every page, never a raise
+            ids = page_block_ids(host_indices, len(keys), view.page_size, view.kv.num_blocks)
+            raw, ckeys = self._keys(keys) if ids is not None else ([], [])
+        except Exception as e:
+            self._warn(f"input:{op}", f"pykvstore batch_{op}_v1: unusable keys or host indices ({e!r}); nothing moved")
+            return [False] * len(keys)
         if ids is None:
             self._warn(f"indices:{op}", f"pykvstore batch_{op}_v1: host indices are not {len(keys)} whole pages "
                                         f"of the host pool; nothing moved")
             return [False] * len(keys)
-        raw, ckeys = self._keys(keys)
         toks = [np.frombuffer(r, dtype=TOKEN_DTYPE) for r in raw]
         if op == "get":
             def one(i: int) -> bool:

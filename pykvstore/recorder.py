@@ -203,11 +203,12 @@ class Recorder:
                       "first = CASE WHEN first IS NULL OR first > ? THEN ? ELSE first END WHERE id = 0",
                       (len(rows), chunks, sum(r[2] for r in rows), cost, lookups, first, first))
             self._age_out(c)
+            c.execute("COMMIT")
         except BaseException:
-            c.execute("ROLLBACK")
             self._streams.clear()  # ids inserted in the rolled-back transaction are gone
+            if c.in_transaction:  # sqlite rolls back by itself on some errors (a full disk: SQLITE_FULL)
+                c.execute("ROLLBACK")
             raise
-        c.execute("COMMIT")
 
     def _age_out(self, c: sqlite3.Connection) -> None:
         (kept,) = c.execute("SELECT kept_bytes FROM totals WHERE id = 0").fetchone()

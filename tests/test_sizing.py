@@ -179,6 +179,21 @@ def test_a_crafted_history_row_is_skipped_not_trusted(tmp_path, sql):
     assert rep.window_seconds == (3.0 if "rowid = 1" in sql else 4.0)  # the first put gone, or all five
 
 
+def test_a_full_disk_drops_one_batch_and_recording_resumes(tmp_path):
+    r = Recorder(tmp_path)
+    r.flush()
+    pages = r._conn.execute("PRAGMA page_count").fetchone()[0]
+    r._conn.execute(f"PRAGMA max_page_count = {pages + 2}")  # the file cannot grow: SQLITE_FULL
+    for i in range(300):
+        r.record(STREAM, 40 * CT, os.urandom(40 * recorder.KEY_BYTES), t=float(i))
+    assert r.flush() == 0 and not r._conn.in_transaction  # the batch is dropped, the connection usable
+    r._conn.execute("PRAGMA max_page_count = 1073741823")  # room again
+    r.record(STREAM, 4 * CT, os.urandom(4 * recorder.KEY_BYTES), t=1000.0)
+    r.close()
+    kept = list(recorder.read_accesses(tmp_path))
+    assert [a.t for a in kept] == [1000.0] and kept[0].stream == STREAM  # its stream row was written too
+
+
 def test_no_reuse_recommends_nothing_and_zero_is_a_row():
     rng = np.random.default_rng(5)
     acc = [Access(float(i), STREAM, 4 * CT, chain(rng.integers(0, 32000, 4 * CT))) for i in range(20)]

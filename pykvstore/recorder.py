@@ -299,7 +299,8 @@ def read_accesses(root: Union[str, os.PathLike], since: Optional[float] = None) 
                                                  f"ORDER BY t, rowid", args):
             s = streams.get(sid)
             if (s is None or not isinstance(keys, bytes) or len(keys) % KEY_BYTES or not isinstance(tokens, int)
-                    or tokens < 0 or not isinstance(t, (int, float)) or not math.isfinite(t)):
+                    or tokens < len(keys) // KEY_BYTES * s.chunk_tokens  # a put's chain is of its full chunks
+                    or not isinstance(t, (int, float)) or not math.isfinite(t)):
                 continue  # a row another writer mangled is skipped, not trusted
             yield Access(float(t), s, tokens, keys)
     finally:

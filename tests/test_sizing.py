@@ -157,6 +157,7 @@ def test_history_ages_out_within_its_budget(tmp_path):
 @pytest.mark.parametrize("sql", ["UPDATE accesses SET t = 'abc' WHERE rowid = 1",
                                  "UPDATE accesses SET t = 9e999 WHERE rowid = 1",
                                  "UPDATE accesses SET tokens = 'x' WHERE rowid = 1",
+                                 "UPDATE accesses SET tokens = 1 WHERE rowid = 1",  # fewer than its chunks hold
                                  "INSERT INTO streams VALUES (7, 'm', '', 'ns', 'x', 4096)",
                                  "INSERT INTO streams VALUES (7, 'm', '', 'ns', 16, -4096)",
                                  "INSERT INTO streams VALUES (7, 'm', '', 'ns', -16, 4096)"])

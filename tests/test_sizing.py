@@ -126,6 +126,13 @@ def test_malformed_prices(bad):
         sizing.check_price(bad, "price")
 
 
+@pytest.mark.parametrize("prices", [(1e308, 0.1), (0.15, 1e308)])
+def test_prices_too_large_for_the_month_are_refused(prices):
+    acc = trace(6, 40)
+    with pytest.raises(sizing.SizingError, match="too large"):  # they overflowed to $inf (Infinity in --json)
+        sizing.size(acc, capacities=[1 << 40], price_per_mtok=prices[0], storage_price=prices[1])
+
+
 def test_nothing_to_size():
     with pytest.raises(sizing.SizingError, match="no recorded traffic"):
         sizing.size([])

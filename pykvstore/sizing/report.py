@@ -138,6 +138,9 @@ def size(accesses: Iterable[Access], *, capacities: Optional[Sequence[int]] = No
     if current_capacity is not None:
         caps.add(int(current_capacity))
     caps_l = sorted(c for c in caps if c >= 0)
+    if not (math.isfinite(tokens * per_month * price_per_mtok / 1e6)
+            and math.isfinite(max(caps_l, default=0) / 1e9 * storage_price)):  # else $inf, and JSON's Infinity
+        raise SizingError(f"price {price_per_mtok:g} or storage price {storage_price:g} is too large to compute with")
     lru = prof.hit_tokens(caps_l)
     if policy == "lru":
         hit = lru

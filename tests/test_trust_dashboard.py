@@ -11,18 +11,10 @@ import sys
 import pytest
 
 import pykvstore as kv
-from test_dashboard import TOKEN, Dashboard, fill
+from test_dashboard import TOKEN, dash, fill  # noqa: F401 (dash: the same running dashboard fixture)
 
 pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
-
-
-@pytest.fixture
-def dash(bucket):
-    fill(bucket)
-    d = Dashboard(bucket, "--token", TOKEN)
-    yield d
-    d.close()
 
 
 def request(dash, path, host=None, payload=None, token=TOKEN):

@@ -81,6 +81,7 @@ sanitize-address: $(DEPS)
 coverage: $(BUILT)
 	$(PY) -m pip install --quiet "pytest-cov>=6" "coverage>=7.10"
 	if [ -x $(VLLM_VENV)/bin/python ]; then $(VLLM_VENV)/bin/python -m pip install --quiet "coverage>=7.10"; fi
+	if [ -x $(SGLANG_VENV)/bin/python ]; then $(SGLANG_VENV)/bin/python -m pip install --quiet "coverage>=7.10"; fi
 	rm -rf build/coverage && mkdir -p build/coverage
 	COVERAGE_DATA_DIR=$(CURDIR)/build/coverage COVERAGE_RCFILE=$(CURDIR)/.coveragerc \
 		$(PY) -m pytest -q --cov --cov-config=.coveragerc --cov-report=term-missing:skip-covered \

@@ -13,6 +13,7 @@ from .errors import InputError
 from .sizes import parse_size
 
 _MODES = {"off": 0, "auto": 1, "on": 2}
+_COLD_READS = ("auto", "direct", "cache")
 
 
 def parse_flag(value: Any) -> bool:
@@ -43,12 +44,14 @@ _SPEC: dict[str, tuple[str, str, Any]] = {
     "mmap_read": ("PYKVSTORE_MMAP_READ", "auto", str.lower),
     "fsync": ("PYKVSTORE_FSYNC", "1", parse_flag),
     # A chunk file mostly out of the page cache (a cold restart; or a chunk just
-    # written with O_DIRECT): "cache" reads it through the page cache like a warm
-    # one, which then serves the next loads; "direct" reads it with O_DIRECT into
-    # a pool buffer, which spends no CPU filling the page cache (twice the cold
-    # speed on a shared 2-core VM) but leaves it cold (only the host tier keeps
-    # what was loaded): for replicas that restart onto a disk and load once.
-    "cold_read": ("PYKVSTORE_COLD_READ", "cache", str.lower),
+    # written with O_DIRECT): "direct" reads it with O_DIRECT into a pool buffer,
+    # which spends no CPU filling the page cache (0.9x the disk's limit on a
+    # shared 2-core VM, where the page cache held it to 0.67x) but leaves the
+    # file cold; "cache" reads it through the page cache like a warm one, which
+    # then serves the next loads; "auto" reads direct when the host tier keeps
+    # all that the load reads (its next load is a memory hit), else through the
+    # page cache (a load larger than the host tier, or no host tier).
+    "cold_read": ("PYKVSTORE_COLD_READ", "auto", str.lower),
     # Reads through the page cache ask, when submitted, for the missing pages of
     # every file in flight (a deep disk queue where the device's readahead
     # window is small). Off: on the machine it was measured on it cost CPU and
@@ -61,8 +64,8 @@ _values: dict[str, Any] = {}
 def _check(name: str, value: Any) -> Any:
     if name in ("direct_write", "direct_read") and value not in _MODES:
         raise InputError(f"{name} must be one of off/auto/on, got {value!r}")
-    if name == "cold_read" and value not in ("direct", "cache"):
-        raise InputError(f"cold_read must be direct or cache, got {value!r}")
+    if name == "cold_read" and value not in _COLD_READS:
+        raise InputError(f"cold_read must be one of {'/'.join(_COLD_READS)}, got {value!r}")
     if name == "mmap_read" and value not in ("off", "auto"):
         raise InputError(f"mmap_read must be off or auto, got {value!r}")
     if name in ("io_threads", "inflight") and (not isinstance(value, int) or value < 1):
@@ -93,6 +96,8 @@ def set(**knobs: Any) -> None:  # noqa: A001 - mirrors get()
             value = parse_size(value, name.replace("_", " "))
         if name == "host_pool":
             value = _SPEC[name][2](value)
+        if name == "cold_read" and isinstance(value, str):
+            value = value.strip().lower()
         _values[name] = _check(name, value)
 
 

@@ -82,7 +82,17 @@ def test_io_threads_share_the_pool(tmp_path):
     assert settled_free_bytes(pool.stats, 32 * MiB) == 32 * MiB and pool.stats()["allocations"] == 160
 
 
-def test_loads_into_host_memory_come_from_the_mapping(bucket, read_path):
+@pytest.fixture
+def cold_via_page_cache():
+    """cold_read="cache": files just written with O_DIRECT (cold) load through the page cache
+    like warm ones (the default, "auto", would read them with O_DIRECT: tests/test_cold_read.py)."""
+    before = kv.defaults.get("cold_read")
+    kv.defaults.set(cold_read="cache")
+    yield
+    kv.defaults.set(cold_read=before)
+
+
+def test_loads_into_host_memory_come_from_the_mapping(bucket, read_path, cold_via_page_cache):
     src, dst = make_cache("BHTC", seed=1), make_cache("BHTC", seed=2)
     toks, a, b = tokens(96), block_table(12, 24, 1), block_table(12, 24, 2)
     with kv.KVStore(bucket, model="m", chunk_tokens=32) as s:
@@ -446,4 +456,4 @@ def test_a_cold_get_reads_with_o_direct_and_a_warm_one_through_the_page_cache(tm
 def test_cold_read_and_readahead_settings_are_checked():
     with pytest.raises(kv.InputError, match="cold_read"):
         kv.defaults.set(cold_read="fast")
-    assert kv.defaults.get("cold_read") in ("cache", "direct")
+    assert kv.defaults.get("cold_read") in ("auto", "cache", "direct")

@@ -82,15 +82,17 @@ class GetPipeline:
         # that copy itself while it verifies the chunk.
         mapped = self._mmap and cache.device.type == "cpu"
         layout = cache.host_layout if mapped else None
+        # Cold files go around the page cache when the host tier keeps what this load reads (defaults' cold_read).
+        direct = p.disk.cold_direct(sum(nbytes for r in rows[first:] if r.key not in p.host), p.host.capacity)
 
         def read(i: int, row: ChunkRow):
             rel = p.disk.path_of(row)  # derived from (model, namespace, key), never the row's path
             if layout is not None:
                 return p.disk.map_scatter(rel, max_size, layout, ids[i * bpc : (i + 1) * bpc],
-                                          max(0, start - i * ct), nbytes)
+                                          max(0, start - i * ct), nbytes, direct)
             if mapped:
-                return p.disk.map(rel, max_size)
-            return p.disk.read(rel, max_size, True)
+                return p.disk.map(rel, max_size, direct)
+            return p.disk.read(rel, max_size, True, direct)
 
         def submit_more() -> None:
             nonlocal nxt
@@ -171,7 +173,7 @@ class GetPipeline:
         paths = {r.key: p.disk.path_of(r) for r in rows}
 
         def load(key: str) -> Optional[tuple]:
-            res = p.disk.read(paths[key], max_size, True).result()
+            res = p.disk.read(paths[key], max_size, True, p.disk.cold_read == "direct").result()
             hdr = decode_header(res.buffer, len(res.buffer))
             if hdr.metadata["key"] != key or not payload_checksum_ok(hdr, res.buffer, res.payload_hash):
                 return None

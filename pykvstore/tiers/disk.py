@@ -8,14 +8,20 @@ Damaged files are moved to <root>/quarantine for inspection.
 Paths: every chunk path is checked against that layout and nothing inside the
 bucket is followed through a symbolic link (safe_paths.py has the rule).
 
-Reads go through the page cache (mapped, or read into buffers). With
-defaults' cold_read="direct", a file mostly out of it (a cold restart) is read
-with O_DIRECT into a pool buffer instead: measured on a shared 2-core machine,
-filling the page cache held cold loads to about half the disk's speed
-(benchmarks/bench_transfer.py, cold_get), but a direct read leaves the file
-cold for the next load. With readahead on, the engine asks for the missing
-pages of every file a load has in flight when it is submitted. The check and the submission run on
-the caller's thread; the reads, checksums and copies on the I/O threads.
+Reads go through the page cache (mapped, or read into buffers), except for a
+chunk file mostly out of it (a cold restart, or a chunk just written with
+O_DIRECT), which defaults' cold_read decides: "auto" (the default) reads it
+with O_DIRECT into a pool buffer when the load that asks for it fits the host
+tier, which then keeps the verified chunk, so the next load of it is a memory
+hit and a page-cache copy would only be a second copy of the same bytes; a
+load larger than the host tier (or a store without one) reads through the page
+cache, the only cache its next load can hit. "direct" reads every cold file
+with O_DIRECT, "cache" none. Measured on a shared 2-core machine, filling the
+page cache held cold loads to about two thirds of the disk's speed, O_DIRECT
+to 0.9x (benchmarks/bench_transfer.py, cold_get). With readahead on, the
+engine asks for the missing pages of every file a load has in flight when it
+is submitted. The check and the submission run on the caller's thread; the
+reads, checksums and copies on the I/O threads.
 """
 
 from __future__ import annotations
@@ -84,12 +90,24 @@ class DiskTier:
         self.direct_write = direct_write
         self.direct_read = direct_read
         self.sync = sync
-        self.cold_direct = defaults.get("cold_read") == "direct"
+        self.cold_read = defaults.get("cold_read")
         engine.readahead_enabled = defaults.get("readahead")
 
-    def _read_cold(self, path: str, max_size: int) -> "_C.ReadFuture | None":
-        """An O_DIRECT read, hashed on the I/O thread, when the file is cold and cold reads go direct."""
-        if self.cold_direct and self.engine.is_cold(path, max_size):
+    def cold_direct(self, load_bytes: int, host_capacity: int) -> bool:
+        """Whether a load of `load_bytes` from disk reads its cold files with O_DIRECT.
+
+        "auto": only when the host tier (of `host_capacity` bytes) keeps all of
+        it, so the chunks read are memory hits next time; a larger load would
+        evict its own first chunks, and they would be cold again for the next
+        load, which the page cache would have served. Caller's thread.
+        """
+        if self.cold_read == "auto":
+            return 0 < load_bytes <= host_capacity
+        return self.cold_read == "direct"
+
+    def _read_cold(self, path: str, max_size: int, direct: bool) -> "_C.ReadFuture | None":
+        """An O_DIRECT read, hashed on the I/O thread, when `direct` and the file is mostly out of the page cache."""
+        if direct and self.engine.is_cold(path, max_size):
             return self.engine.read(path, max(self.direct_read, 1), max_size, True)
         return None
 
@@ -138,27 +156,29 @@ class DiskTier:
         tmp = self.tmp / f"{self.lease().tmp_prefix}.{next(_seq)}.{final.name}"
         return self.engine.write(str(final), str(tmp), buf, size, self.direct_write, self.sync)
 
-    def read(self, rel: str, max_size: int, hash_payload: bool = False) -> "_C.ReadFuture":
-        """Starts reading a whole file; hash_payload also checksums its payload on the I/O thread."""
+    def read(self, rel: str, max_size: int, hash_payload: bool = False,
+             cold_direct: bool = False) -> "_C.ReadFuture":
+        """Starts reading a whole file; hash_payload also checksums its payload on the I/O thread.
+        cold_direct (see cold_direct()): a cold file is read with O_DIRECT."""
         path = self.abspath(rel)
-        cold = self._read_cold(path, max_size) if hash_payload and self.direct_read == 0 else None
+        cold = self._read_cold(path, max_size, cold_direct) if hash_payload and self.direct_read == 0 else None
         return cold or self.engine.read(path, self.direct_read, max_size, hash_payload)
 
-    def map(self, rel: str, max_size: int) -> "_C.MapFuture | _C.ReadFuture":
+    def map(self, rel: str, max_size: int, cold_direct: bool = False) -> "_C.MapFuture | _C.ReadFuture":
         """Starts mapping a whole file; the I/O thread brings its pages in and checksums its payload.
-        A cold file is read instead (a ReadFuture)."""
+        A cold file is read instead (a ReadFuture) when cold_direct."""
         path = self.abspath(rel)
-        return self._read_cold(path, max_size) or self.engine.map(path, max_size, True)
+        return self._read_cold(path, max_size, cold_direct) or self.engine.map(path, max_size, True)
 
     def map_scatter(self, rel: str, max_size: int, layout: _C.PagedLayout, ids: torch.Tensor, skip: int,
-                    payload_bytes: int) -> "_C.MapFuture | _C.ReadFuture":
+                    payload_bytes: int, cold_direct: bool = False) -> "_C.MapFuture | _C.ReadFuture":
         """Maps a chunk and copies it into host blocks on an I/O thread, hashing as it goes.
 
         The blocks are written before the checksum is known. A cold file is
-        read instead (a ReadFuture: the caller copies it after the check).
+        read instead when cold_direct (a ReadFuture: the caller copies it after the check).
         """
         path = self.abspath(rel)
-        return self._read_cold(path, max_size) or self.engine.map_scatter(
+        return self._read_cold(path, max_size, cold_direct) or self.engine.map_scatter(
             path, max_size, layout, ids.data_ptr(), len(ids), skip, payload_bytes)
 
     def remove(self, rel: str) -> None:

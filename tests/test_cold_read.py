@@ -1,0 +1,160 @@
+"""Which read a chunk file mostly out of the page cache gets (defaults' cold_read).
+
+"auto" (the default) reads it with O_DIRECT when the host tier keeps all that
+the load reads from disk, so the next load is a memory hit, and through the
+page cache otherwise (no host tier, or a load larger than it: the page cache is
+then the only cache the next load can hit). "direct" always goes around the
+page cache, "cache" never. The engine's counters (stats().io) say which read ran.
+"""
+
+import os
+import pathlib
+import uuid
+
+import pytest
+import torch
+
+import pykvstore as kv
+from pykvstore import _C, defaults
+from helpers import block_table, make_cache, reference, tokens
+
+CHUNK = 32
+
+
+def drop_page_cache(paths) -> None:
+    for p in paths:
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+@pytest.fixture
+def cold_dir(tmp_path):
+    """A directory whose files leave the page cache when told to (not tmpfs)."""
+    for d in (tmp_path, pathlib.Path(__file__).resolve().parents[1] / "test-artifacts" / uuid.uuid4().hex):
+        d.mkdir(parents=True, exist_ok=True)
+        probe = d / "probe"
+        probe.write_bytes(b"\1" * (1 << 20))
+        drop_page_cache([probe])
+        if _C.FileEngine(1).is_cold(str(probe)):
+            return d
+    pytest.skip("no file system here drops pages from its cache (tmpfs only)")
+
+
+@pytest.fixture
+def cold_read():
+    """Sets defaults' cold_read for the stores a test opens; restores it after."""
+    before = defaults.get("cold_read")
+    yield lambda mode: defaults.set(cold_read=mode)
+    defaults.set(cold_read=before)
+
+
+def stored(d: pathlib.Path):
+    """A bucket of 5 chunks whose files are out of the page cache: (tokens, source cache, its block ids, files)."""
+    src = make_cache("BHTC", seed=1)
+    toks, a = tokens(5 * CHUNK), block_table(20, 24, 1)
+    with kv.KVStore(d / "bucket", model="m", chunk_tokens=CHUNK) as s:
+        assert s.put(toks, kv.PagedKV(src, "BHTC"), a) == 5 * CHUNK
+    files = sorted((d / "bucket" / "data").rglob("*.safetensors"))
+    assert len(files) == 5
+    drop_page_cache(files)
+    return toks, src, a, files
+
+
+def cold(files) -> list[bool]:
+    engine = _C.FileEngine(1)
+    return [engine.is_cold(str(f)) for f in files]
+
+
+def page_cache_reads(io: dict) -> int:
+    return io["mapped_reads"] + io["buffered_reads"]
+
+
+def load(s: kv.KVStore, toks, src, a, n_tokens: int) -> dict:
+    """Loads the first n_tokens into a fresh cache, checks the bytes; the engine's counters after."""
+    dst, b = make_cache("BHTC", seed=2), block_table(20, 24, 2)
+    assert s.get(toks[:n_tokens], kv.PagedKV(dst, "BHTC"), b) == n_tokens
+    assert torch.equal(reference(dst, "BHTC", b, 8, 0, n_tokens), reference(src, "BHTC", a, 8, 0, n_tokens))
+    return dict(s.stats().io)
+
+
+def test_auto_is_the_default_and_the_setting_is_checked(monkeypatch):
+    saved = defaults._values.pop("cold_read", None)
+    try:
+        monkeypatch.delenv("PYKVSTORE_COLD_READ", raising=False)
+        assert defaults.get("cold_read") == "auto"
+        for raw, want in (("Direct", "direct"), ("CACHE", "cache"), ("auto", "auto")):
+            defaults._values.pop("cold_read")
+            monkeypatch.setenv("PYKVSTORE_COLD_READ", raw)
+            assert defaults.get("cold_read") == want
+        defaults._values.pop("cold_read")
+        monkeypatch.setenv("PYKVSTORE_COLD_READ", "fast")
+        with pytest.raises(kv.InputError, match=r"PYKVSTORE_COLD_READ='fast'.*auto/direct/cache"):
+            defaults.get("cold_read")
+        assert issubclass(kv.InputError, ValueError)
+        defaults.set(cold_read=" Cache ")
+        assert defaults.get("cold_read") == "cache"
+        for bad in ("fast", "", True, None, 1):
+            with pytest.raises(kv.InputError, match="cold_read must be one of auto/direct/cache"):
+                defaults.set(cold_read=bad)
+        assert defaults.get("cold_read") == "cache"  # a refused value changes nothing
+    finally:
+        defaults._values.pop("cold_read", None)
+        if saved is not None:
+            defaults._values["cold_read"] = saved
+
+
+def test_auto_reads_cold_files_direct_into_the_host_tier_and_warm_ones_from_the_page_cache(cold_dir, read_path,
+                                                                                           cold_read):
+    cold_read("auto")
+    toks, src, a, files = stored(cold_dir)
+    with kv.KVStore(cold_dir / "bucket", model="m", chunk_tokens=CHUNK) as s:  # a 1 GiB host tier
+        io = load(s, toks, src, a, 5 * CHUNK)
+        assert io["direct_reads"] + io["direct_fallbacks"] == 5 and page_cache_reads(io) - io["direct_fallbacks"] == 0
+        assert all(cold(files))  # around the page cache: the files stay out of it...
+        io2 = load(s, toks, src, a, 5 * CHUNK)
+        assert s.stats().host_hits == 5 and io2["bytes_read"] == io["bytes_read"]  # ...the host tier serves them
+    for f in files:  # into the page cache: a warm file is read from it, whatever its size
+        f.read_bytes()
+    with kv.KVStore(cold_dir / "bucket", model="m", chunk_tokens=CHUNK) as s:
+        io = load(s, toks, src, a, 5 * CHUNK)
+        assert io["direct_reads"] == 0 and io["mapped_reads" if read_path == "auto" else "buffered_reads"] == 5
+
+
+def test_auto_reads_through_the_page_cache_what_the_host_tier_cannot_keep(cold_dir, read_path, cold_read):
+    cold_read("auto")
+    toks, src, a, files = stored(cold_dir)
+    chunk = kv.PagedKV(src, "BHTC").geometry.chunk_bytes(CHUNK)
+    with kv.KVStore(cold_dir / "bucket", model="m", chunk_tokens=CHUNK, host_capacity=1) as s:  # no host tier
+        io = load(s, toks, src, a, 5 * CHUNK)
+        assert io["direct_reads"] == 0 and page_cache_reads(io) == 5
+        assert not any(cold(files))  # the page cache holds them for the next load
+    drop_page_cache(files)
+    with kv.KVStore(cold_dir / "bucket", model="m", chunk_tokens=CHUNK, host_capacity=3 * chunk + 100) as s:
+        io = load(s, toks, src, a, 5 * CHUNK)  # 5 chunks into a host tier of 3
+        assert io["direct_reads"] == 0 and page_cache_reads(io) == 5
+    drop_page_cache(files)
+    with kv.KVStore(cold_dir / "bucket", model="m", chunk_tokens=CHUNK, host_capacity=3 * chunk + 100) as s:
+        io = load(s, toks, src, a, 3 * CHUNK)  # 3 fit: direct, kept
+        assert io["direct_reads"] + io["direct_fallbacks"] == 3 and page_cache_reads(io) - io["direct_fallbacks"] == 0
+        io2 = load(s, toks, src, a, 5 * CHUNK)  # 3 host hits, and the 2 the load reads from disk fit too
+        assert s.stats().host_hits == 3
+        assert io2["direct_reads"] + io2["direct_fallbacks"] - io["direct_reads"] - io["direct_fallbacks"] == 2
+        assert page_cache_reads(io2) - io2["direct_fallbacks"] == page_cache_reads(io) - io["direct_fallbacks"]
+
+
+def test_cache_never_and_direct_always_go_around_the_page_cache(cold_dir, read_path, cold_read):
+    toks, src, a, files = stored(cold_dir)
+    cold_read("cache")
+    with kv.KVStore(cold_dir / "bucket", model="m", chunk_tokens=CHUNK) as s:  # the host tier could keep it all
+        io = load(s, toks, src, a, 5 * CHUNK)
+        assert io["direct_reads"] == 0 and page_cache_reads(io) == 5
+    drop_page_cache(files)
+    cold_read("direct")
+    with kv.KVStore(cold_dir / "bucket", model="m", chunk_tokens=CHUNK, host_capacity=1) as s:  # no host tier
+        io = load(s, toks, src, a, 5 * CHUNK)
+        assert io["direct_reads"] + io["direct_fallbacks"] == 5 and page_cache_reads(io) - io["direct_fallbacks"] == 0
+        assert all(cold(files))

@@ -33,6 +33,7 @@ import time
 from collections import deque
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Optional, Sequence, Union
+from urllib.parse import parse_qs, urlsplit
 
 from ..errors import InputError
 from ..sizes import parse_size
@@ -56,6 +57,15 @@ class RemoteStats:
 
     def to_dict(self) -> dict[str, int]:
         return asdict(self)
+
+
+def _check_url_options(url: str) -> None:
+    """Refuses URL options that would break the tier: decode_responses turns the binary
+    chunk values into str (a UnicodeDecodeError in the middle of a read); redis-py
+    reads any value of it, "no" included, as on."""
+    if "decode_responses" in parse_qs(urlsplit(url).query):
+        raise InputError("the remote URL option decode_responses is not supported: chunk values are binary; "
+                         "remove it from the URL")
 
 
 def _redis():
@@ -129,9 +139,12 @@ class RedisTier:
                 raise InputError(f"cluster nodes must be host:port, got {nodes!r}") from None
             self._make = lambda: redis.cluster.RedisCluster(startup_nodes=startup, ssl=ssl, **common)
         elif isinstance(url, str) and url.startswith(("redis://", "rediss://", "unix://")):
+            _check_url_options(url)
+            if ssl and url.startswith("unix://"):
+                raise InputError("ssl=True needs a redis:// or rediss:// URL: a unix:// socket has no TLS")
+            if ssl and url.startswith("redis://"):  # redis-py takes TLS from the scheme (an ssl= argument is a TypeError)
+                url = "rediss://" + url[len("redis://"):]
             kwargs = {k: v for k, v in common.items() if v is not None}
-            if ssl:
-                kwargs["ssl"] = True
             self._make = lambda: redis.Redis.from_url(url, **kwargs)
         else:
             raise InputError(f"remote must be a redis://, rediss://, unix:// or redis+cluster:// URL "
@@ -156,8 +169,8 @@ class RedisTier:
                 raise InputError(f"the Redis server refused the credentials: {e}") from None
             self._failed("auth", e)
         except redis.exceptions.ResponseError as e:
-            if first and ("NOAUTH" in str(e) or "WRONGPASS" in str(e)):
-                raise InputError(f"the Redis server refused the credentials: {e}") from None
+            if first and isinstance(e, redis.exceptions.NoPermissionError):  # an ACL user that may not PING
+                raise InputError(f"the Redis user lacks a permission the tier needs: {e}") from None
             self._failed("connect", e)
         except self._errors_t as e:
             self._failed("connect", e)
@@ -245,8 +258,6 @@ class RedisTier:
         """A value as read, unsigned and within `cap`, or None (counted as rejected)."""
         if not value:
             return None
-        if isinstance(value, str):
-            value = value.encode("latin-1")
         if len(value) > cap + (TAG_BYTES if self._signer else 0):
             self.count(rejected=1)
             self._warn_once("oversized", f"Redis value under {chunk_key[:16]} is larger than a chunk ({cap} bytes); a miss")
@@ -382,9 +393,11 @@ class RedisTier:
                     self._send_namespaces(namespaces)
                 if batch:
                     self._send(batch, size)
+                    batch = []  # counted by _send (put or dropped)
                 if touches:
                     self._refresh(touches)
             except Exception as e:  # noqa: BLE001 - the writer thread must outlive anything
+                self.count(dropped=len(batch))  # a batch that raised before _send counted it
                 self._warn_once("writer", f"Redis writer: {type(e).__name__}: {e}")
             with self._lock:
                 self._writing = 0

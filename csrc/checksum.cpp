@@ -207,6 +207,89 @@ inline void scramble(std::uint64_t* acc, const unsigned char* secret) {
   }
 }
 
+constexpr std::size_t kMergeStart = 11;  // where the secret's bytes for the final merge begin
+
+// The 64-bit digest of the 8 accumulators; XXH3-128 merges them twice, with two secrets and starts.
+std::uint64_t merge_accs(const std::uint64_t* acc, const unsigned char* secret, std::uint64_t start) {
+  for (int i = 0; i < 4; ++i)
+    start += fold_mul(acc[2 * i] ^ load64(secret + 16 * i), acc[2 * i + 1] ^ load64(secret + 16 * i + 8));
+  return avalanche3(start);
+}
+
+// ---------------------------------------------------------------------------
+// XXH3-128's inputs of 240 bytes or less. Each length class mixes its bytes
+// into a low and a high half with its own part of the secret; the published
+// algorithm (seed 0), checked against the xxhash package by tests/test_keys.py.
+
+struct Pair {
+  std::uint64_t lo, hi;
+};
+
+inline Pair mul_full(std::uint64_t a, std::uint64_t b) {  // 64x64->128
+  unsigned __int128 p = static_cast<unsigned __int128>(a) * b;
+  return {static_cast<std::uint64_t>(p), static_cast<std::uint64_t>(p >> 64)};
+}
+
+// 32 bytes (two 16-byte pieces) into both halves; each half also takes the other piece's sum.
+inline void mix32(Pair& acc, const unsigned char* a, const unsigned char* b, const unsigned char* secret) {
+  acc.lo += mix16(a, secret);
+  acc.lo ^= load64(b) + load64(b + 8);
+  acc.hi += mix16(b, secret + 16);
+  acc.hi ^= load64(a) + load64(a + 8);
+}
+
+inline Hash128 finish_mid(const Pair& acc, std::uint64_t len) {
+  std::uint64_t lo = acc.lo + acc.hi;
+  std::uint64_t hi = acc.lo * kP1 + acc.hi * kP4 + len * kP2;
+  return {avalanche3(lo), 0 - avalanche3(hi)};
+}
+
+Hash128 xxh3_128_short(const unsigned char* p, std::size_t len) {
+  const unsigned char* s = kSecret;
+  if (len == 0) return {avalanche64(load64(s + 64) ^ load64(s + 72)), avalanche64(load64(s + 80) ^ load64(s + 88))};
+  if (len <= 3) {
+    std::uint32_t lo = (static_cast<std::uint32_t>(p[0]) << 16) | (static_cast<std::uint32_t>(p[len >> 1]) << 24) |
+                       static_cast<std::uint32_t>(p[len - 1]) | (static_cast<std::uint32_t>(len) << 8);
+    std::uint32_t swapped = __builtin_bswap32(lo);
+    std::uint32_t hi = (swapped << 13) | (swapped >> 19);
+    return {avalanche64(lo ^ static_cast<std::uint64_t>(load32(s) ^ load32(s + 4))),
+            avalanche64(hi ^ static_cast<std::uint64_t>(load32(s + 8) ^ load32(s + 12)))};
+  }
+  if (len <= 8) {
+    std::uint64_t v = load32(p) + (static_cast<std::uint64_t>(load32(p + len - 4)) << 32);
+    Pair m = mul_full(v ^ (load64(s + 16) ^ load64(s + 24)), kP1 + (static_cast<std::uint64_t>(len) << 2));
+    m.hi += m.lo << 1;
+    m.lo ^= m.hi >> 3;
+    m.lo ^= m.lo >> 35;
+    m.lo *= kPrimeMx2;
+    m.lo ^= m.lo >> 28;
+    return {m.lo, avalanche3(m.hi)};
+  }
+  if (len <= 16) {
+    std::uint64_t in_lo = load64(p), in_hi = load64(p + len - 8);
+    Pair m = mul_full(in_lo ^ in_hi ^ (load64(s + 32) ^ load64(s + 40)), kP1);
+    m.lo += static_cast<std::uint64_t>(len - 1) << 54;
+    in_hi ^= load64(s + 48) ^ load64(s + 56);
+    m.hi += in_hi + (in_hi & 0xFFFFFFFFULL) * (kPrime32_2 - 1);
+    m.lo ^= __builtin_bswap64(m.hi);
+    Pair h = mul_full(m.lo, kP2);
+    h.hi += m.hi * kP2;
+    return {avalanche3(h.lo), avalanche3(h.hi)};
+  }
+  Pair acc{len * kP1, 0};
+  if (len <= 128) {
+    // pairs from both ends, the innermost first: (48, len-64), (32, len-48), (16, len-32), (0, len-16)
+    for (std::size_t i = (len - 1) / 32 + 1; i-- > 0;) mix32(acc, p + 16 * i, p + len - 16 * (i + 1), s + 32 * i);
+    return finish_mid(acc, len);
+  }
+  for (std::size_t i = 0; i < 4; ++i) mix32(acc, p + 32 * i, p + 32 * i + 16, s + 32 * i);
+  acc.lo = avalanche3(acc.lo);
+  acc.hi = avalanche3(acc.hi);
+  for (std::size_t i = 4; i < len / 32; ++i) mix32(acc, p + 32 * i, p + 32 * i + 16, s + 3 + 32 * (i - 4));
+  mix32(acc, p + len - 16, p + len - 32, s + 136 - 17 - 16);
+  return finish_mid(acc, len);
+}
+
 }  // namespace
 
 Xxh3::Xxh3() noexcept
@@ -254,23 +337,39 @@ void Xxh3::update(const void* data, std::size_t len) noexcept {
   pending_ = len;
 }
 
-std::uint64_t Xxh3::digest() const noexcept {
-  if (total_ <= kMidMax) return xxh3_short(head_, total_);
-  alignas(16) std::uint64_t acc[8];
-  std::memcpy(acc, acc_, sizeof acc);
+void Xxh3::final_acc(std::uint64_t* acc) const noexcept {
+  std::memcpy(acc, acc_, sizeof acc_);
   unsigned char tail[kStripe];  // the input's last 64 bytes
   std::memcpy(tail, last_ + pending_, kStripe - pending_);
   std::memcpy(tail + kStripe - pending_, buf_, pending_);
   accumulate_stripe(acc, tail, kSecret + kSecretSize - kStripe - 7);
-  std::uint64_t h = total_ * kP1;
-  for (int i = 0; i < 4; ++i) h += fold_mul(acc[2 * i] ^ load64(kSecret + 11 + 16 * i), acc[2 * i + 1] ^ load64(kSecret + 19 + 16 * i));
-  return avalanche3(h);
+}
+
+std::uint64_t Xxh3::digest() const noexcept {
+  if (total_ <= kMidMax) return xxh3_short(head_, total_);
+  alignas(16) std::uint64_t acc[8];
+  final_acc(acc);
+  return merge_accs(acc, kSecret + kMergeStart, total_ * kP1);
+}
+
+Hash128 Xxh3::digest128() const noexcept {
+  if (total_ <= kMidMax) return xxh3_128_short(head_, total_);
+  alignas(16) std::uint64_t acc[8];
+  final_acc(acc);
+  return {merge_accs(acc, kSecret + kMergeStart, total_ * kP1),
+          merge_accs(acc, kSecret + kSecretSize - sizeof acc - kMergeStart, ~(total_ * kP2))};
 }
 
 std::uint64_t xxh3_64(const void* data, std::size_t len) noexcept {
   Xxh3 h;
   h.update(data, len);
   return h.digest();
+}
+
+Hash128 xxh3_128(const void* data, std::size_t len) noexcept {
+  Xxh3 h;
+  h.update(data, len);
+  return h.digest128();
 }
 
 }  // namespace pykvstore

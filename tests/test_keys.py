@@ -7,7 +7,9 @@ import pytest
 import torch
 
 import pykvstore as kv
-from pykvstore.keys import as_tokens, chunk_keys, namespace_digest, salt_digest
+import xxhash
+
+from pykvstore.keys import as_tokens, chunk_keys, chunk_keys_hex, chunk_keys_py, namespace_digest, salt_digest
 
 ROOT = namespace_digest({"model": "m"})
 
@@ -137,3 +139,96 @@ def test_list_and_tuple_subclasses_convert_as_numpy_reads_them():
         want = np.asarray(seq).astype("<u4")
         assert want.tolist() == [6, 7]  # what numpy (the generic path) sees
         assert as_tokens(seq).tolist() == want.tolist()
+
+
+# --- the native XXH3-128 chain (_C.chain_keys) is the Python reference, byte for byte --------
+# Every bucket's keys were derived by chunk_keys_py (python-xxhash); lookup now derives them
+# natively. Any difference would turn every stored chunk into a miss.
+
+def test_native_xxh3_128_is_the_published_digest():
+    """Every length class of XXH3-128 (0, 1-3, 4-8, 9-16, 17-128, 129-240, longer; block
+    and stripe edges) against the xxhash package, on random bytes."""
+    rng = np.random.default_rng(3)
+    for n in [*range(0, 1100), 1023 + 1024, 2048, 4095, 4096, 4097, 16385, 65549, (1 << 20) + 3]:
+        data = rng.bytes(n)
+        assert kv._C.xxh3_128(data) == xxhash.xxh3_128(data).digest(), n
+
+
+@pytest.mark.parametrize("chunk_tokens", [1, 2, 3, 4, 5, 7, 28, 29, 30, 31, 32, 33, 56, 57, 60, 64, 100, 256, 1000])
+def test_native_chain_matches_the_python_reference(chunk_tokens):
+    """Chains of 0 to 6 chunks (a partial last one too) under roots of other lengths than a
+    namespace digest's 16 bytes, so the first link's input falls in every length class."""
+    rng = np.random.default_rng(chunk_tokens)
+    for root in (ROOT, b"", b"r", rng.bytes(7), rng.bytes(32), rng.bytes(300)):
+        for n in sorted({0, chunk_tokens - 1, chunk_tokens, chunk_tokens + 1, 3 * chunk_tokens, 6 * chunk_tokens - 1}):
+            toks = as_tokens(rng.integers(0, 2**32, n, dtype=np.uint64))
+            want = chunk_keys_py(root, toks, chunk_tokens)
+            assert len(want) == n // chunk_tokens
+            assert chunk_keys(root, toks, chunk_tokens) == want
+            assert chunk_keys_hex(root, toks, chunk_tokens) == [k.hex() for k in want]
+
+
+def test_key_format_is_pinned():
+    """Keys that buckets hold today (values from the pure-Python derivation before the
+    native one existed): the format must never drift, in either algorithm."""
+    t = as_tokens(np.arange(777))
+    assert chunk_keys_hex(ROOT, t, 256)[-1] == "628db63257c3df1678aeeda9fe3b6ee9"
+    assert chunk_keys_hex(ROOT, as_tokens(np.arange(40) * 99991), 3)[-1] == "dbbba43f7daa94d51abd5812c67bd095"
+    sha_root = namespace_digest({"model": "m"}, "sha256")
+    assert chunk_keys_hex(sha_root, t, 256, "sha256")[-1] == (
+        "de168d10af7bfac4267e6aea6a627b8efe06d71627833113eab43cc6c07dc017")
+
+
+def test_store_keys_are_the_reference_keys(tmp_path):
+    """What lookup, put and get ask the catalog for: the store's namespace, hashed by the reference."""
+    toks = np.random.default_rng(5).integers(0, 128000, 256 * 5 + 17)
+    for algo in ("xxh3_128", "sha256"):
+        with kv.KVStore(tmp_path / algo, model="m", hash=algo, geometry=kv.Geometry(3, 4, 16, "bfloat16")) as s:
+            ns = s._names.of(s._names.geometry)
+            want = [k.hex() for k in chunk_keys_py(ns.digest, as_tokens(toks), 256, algo)]
+            assert s.hashes(toks) == s.hashes(toks.tolist()) == want
+            assert len(want) == 5 and {len(k) for k in want} == {32 if algo == "xxh3_128" else 64}
+
+
+def test_sha256_chains_take_the_python_path():
+    t = as_tokens(np.arange(1000))
+    root = namespace_digest({"model": "m"}, "sha256")
+    want = chunk_keys_py(root, t, 100, "sha256")
+    assert chunk_keys(root, t, 100, "sha256") == want and len(want) == 10
+    assert chunk_keys_hex(root, t, 100, "sha256") == [k.hex() for k in want]
+
+
+def test_any_tokens_array_gives_the_keys_of_its_uint32_values():
+    """int64, big-endian and strided (non-contiguous) arrays are converted, never read raw."""
+    t = np.arange(0, 3000, 3, dtype=np.int64)
+    want = chunk_keys_py(ROOT, as_tokens(t), 100)
+    strided = np.column_stack([t, t]).astype("<u4")[:, 0]
+    assert not strided.flags.c_contiguous
+    for form in (t, t.astype(">u4"), strided, t.astype("<u4")):
+        assert chunk_keys(ROOT, form, 100) == want, form.dtype
+
+
+@pytest.mark.parametrize("bad, match", [(0, "positive, got 0"), (-256, "positive, got -256"),
+                                        (True, "an integer, got bool"), (2.5, "an integer, got float"),
+                                        ("256", "an integer, got str")])
+def test_bad_chunk_sizes_are_named(bad, match):
+    t = as_tokens(np.arange(512))
+    for fn in (chunk_keys, chunk_keys_hex, chunk_keys_py):
+        with pytest.raises(kv.InputError, match=match):
+            fn(ROOT, t, bad)
+
+
+def test_unknown_algorithm_is_named_on_every_path():
+    t = as_tokens(np.arange(512))
+    for fn in (chunk_keys, chunk_keys_hex, chunk_keys_py):
+        with pytest.raises(kv.InputError, match="unknown hash algorithm 'md5'"):
+            fn(ROOT, t, 256, "md5")
+
+
+def test_native_chain_refuses_what_keys_py_never_passes():
+    """The raw call: a chunk size of 0 and a non-contiguous buffer are errors, not a guess."""
+    with pytest.raises(ValueError, match="chunk_bytes must be positive"):
+        kv._C.chain_keys(ROOT, np.arange(8, dtype=np.uint32), 0, True)
+    with pytest.raises((ValueError, BufferError)):
+        kv._C.chain_keys(ROOT, np.arange(16, dtype=np.uint32)[::2], 4, True)
+    assert kv._C.chain_keys(ROOT, b"", 4, True) == []

@@ -4,12 +4,14 @@
 #include <pybind11/stl.h>
 
 #include <array>
+#include <vector>
 
 #include <cstring>
 
 #include "pykvstore/aligned_buffer.hpp"
 #include "pykvstore/block_copy.hpp"
 #include "pykvstore/checksum.hpp"
+#include "pykvstore/chunk_keys.hpp"
 #include "pykvstore/copy_engine.hpp"
 #include "pykvstore/cuda_runtime_info.hpp"
 #include "pykvstore/error.hpp"
@@ -84,6 +86,38 @@ py::object tokens_u32(py::handle seq) {
   return out;
 }
 
+// The chained XXH3-128 keys of the full chunks of `tokens` (contiguous token
+// bytes) under `root`: 32-character hex str (hex) or 16-byte bytes, one per
+// chunk. keys.py checks the arguments first. Keeps the GIL: a 128K-token
+// prompt takes tens of microseconds, less than taking the GIL back may wait.
+py::list chain_keys(const py::bytes& root, const py::object& tokens, std::size_t chunk_bytes, bool hex) {
+  if (chunk_bytes == 0) throw std::invalid_argument("chunk_bytes must be positive");
+  char* root_ptr = nullptr;
+  Py_ssize_t root_len = 0;
+  if (PyBytes_AsStringAndSize(root.ptr(), &root_ptr, &root_len) != 0) throw py::error_already_set();
+  Py_buffer view;
+  if (PyObject_GetBuffer(tokens.ptr(), &view, PyBUF_SIMPLE) != 0) throw py::error_already_set();  // contiguous only
+  const std::size_t chunks = static_cast<std::size_t>(view.len) / chunk_bytes;
+  std::vector<unsigned char> digests(chunks * kChunkKeyBytes);
+  chain_xxh3_128(reinterpret_cast<const unsigned char*>(root_ptr), static_cast<std::size_t>(root_len),
+                 static_cast<const unsigned char*>(view.buf), chunk_bytes, chunks, digests.data());
+  PyBuffer_Release(&view);
+  py::list out(chunks);
+  for (std::size_t i = 0; i < chunks; ++i) {
+    const unsigned char* d = digests.data() + i * kChunkKeyBytes;
+    PyObject* key;
+    if (hex) {
+      key = PyUnicode_New(2 * kChunkKeyBytes, 127);
+      if (key != nullptr) to_hex(d, kChunkKeyBytes, reinterpret_cast<char*>(PyUnicode_1BYTE_DATA(key)));
+    } else {
+      key = PyBytes_FromStringAndSize(reinterpret_cast<const char*>(d), kChunkKeyBytes);
+    }
+    if (key == nullptr) throw py::error_already_set();
+    PyList_SET_ITEM(out.ptr(), static_cast<Py_ssize_t>(i), key);
+  }
+  return out;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -104,6 +138,9 @@ PYBIND11_MODULE(_C, m) {
   m.attr("DIRECT_ALIGNMENT") = kDirectAlignment;
   m.def("tokens_u32", &tokens_u32, py::arg("tokens"),
         "A list or tuple of ints in [0, 2**32) as little-endian uint32 bytes (a bytearray); None otherwise.");
+  m.def("chain_keys", &chain_keys, py::arg("root"), py::arg("tokens"), py::arg("chunk_bytes"), py::arg("hex"),
+        "Chained XXH3-128 keys of the full chunk_bytes-sized chunks of a contiguous buffer under root "
+        "(keys.py's format): a list of hex str or of 16-byte bytes.");
   m.def("set_buffer_cache_limit", &set_buffer_cache_limit, py::arg("bytes"),
         "Bytes of freed aligned buffers kept for reuse (process-wide).");
   m.def("buffer_cache_bytes", &buffer_cache_bytes, "Bytes of freed aligned buffers held for reuse now.");
@@ -159,6 +196,19 @@ PYBIND11_MODULE(_C, m) {
       "XXH64 (seed 0) of buffer[offset:offset+length]: the checksum of chunks written before XXH3.");
   def_hash("xxh3_64", xxh3_64,
            "XXH3-64 (seed 0, default secret) of buffer[offset:offset+length]: the chunk payload checksum.");
+  m.def(
+      "xxh3_128",
+      [](const py::buffer& b) {
+        auto [p, n] = span(b, 0, -1);
+        std::array<unsigned char, kChunkKeyBytes> d;
+        const Hash128 h = xxh3_128(p, n);
+        for (int i = 0; i < 8; ++i) {
+          d[i] = static_cast<unsigned char>(h.high >> (56 - 8 * i));
+          d[8 + i] = static_cast<unsigned char>(h.low >> (56 - 8 * i));
+        }
+        return py::bytes(reinterpret_cast<const char*>(d.data()), d.size());
+      },
+      py::arg("buffer"), "XXH3-128 (seed 0) of a buffer as its canonical 16-byte digest (tests check it against xxhash).");
   py::class_<Xxh3>(m, "Xxh3", "XXH3-64 fed in pieces.")
       .def(py::init<>())
       .def("update",

@@ -15,7 +15,7 @@ from typing import Any, Optional
 
 from ..bucket import Bucket
 from ..errors import InputError
-from ..keys import FORMAT_VERSION, as_tokens, chunk_keys, namespace_digest
+from ..keys import FORMAT_VERSION, as_tokens, chunk_keys_hex, namespace_digest
 from ..layout import Geometry
 
 
@@ -79,7 +79,7 @@ class Namespaces:
 
     def keys(self, ns: Namespace, toks: Any) -> list[str]:
         """Chained chunk keys (hex) of the full chunks of `toks` in `ns`."""
-        return [k.hex() for k in chunk_keys(ns.digest, toks, self.chunk_tokens, self.hash)]
+        return chunk_keys_hex(ns.digest, toks, self.chunk_tokens, self.hash)
 
     def hashes(self, tokens: Any) -> list[str]:
         """Chained chunk keys (hex) of the full chunks of `tokens`, in the known geometry's namespace."""

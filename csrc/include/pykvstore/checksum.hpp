@@ -14,6 +14,13 @@ std::uint64_t xxh64(const void* data, std::size_t len, std::uint64_t seed = 0) n
 
 std::uint64_t xxh3_64(const void* data, std::size_t len) noexcept;
 
+// XXH3-128 (seed 0, default secret): the chained chunk keys (chunk_keys.hpp).
+// `high` is the digest's first 8 bytes in canonical (big-endian) form.
+struct Hash128 {
+  std::uint64_t low, high;
+};
+Hash128 xxh3_128(const void* data, std::size_t len) noexcept;
+
 // XXH3-64 fed in pieces, so a load can verify a chunk section by section
 // while each section is still in cache from being copied. Any split gives
 // the one-shot value.
@@ -22,9 +29,11 @@ class Xxh3 {
   Xxh3() noexcept;
   void update(const void* data, std::size_t len) noexcept;
   std::uint64_t digest() const noexcept;
+  Hash128 digest128() const noexcept;  // XXH3-128 of the same bytes
 
  private:
   void consume(const unsigned char* p, std::size_t stripes) noexcept;
+  void final_acc(std::uint64_t* acc) const noexcept;  // inputs over 240 bytes: acc_ with the last stripe
 
   alignas(16) std::uint64_t acc_[8];
   std::size_t stripe_ = 0;   // stripes of the current block consumed

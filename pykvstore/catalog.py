@@ -38,6 +38,14 @@ ALIVE = "(expires IS NULL OR expires > ?)"  # with `now` as its parameter
 # the state index, which it would otherwise pick and walk every ready chunk of
 # the bucket (lookup grew with the bucket: 25 ms for 500 keys among 50,000).
 _READY_BY_KEY = f"+state = {READY}"
+# lookup's prefix length in one statement: the keys travel as one JSON array
+# that json_each walks, each probing the key index (an IN list of 512 bound
+# parameters is first sorted into a temporary index: 0.30 ms against 0.16 for
+# a 128K-token prompt here). The first position without a ready, alive row is
+# the prefix length (NULL: every key is held), whatever order the rows come in.
+_PREFIX_LEN_SQL = ("SELECT min(CASE WHEN c.key IS NULL THEN j.key END) FROM json_each(?1) AS j "
+                   f"LEFT JOIN chunks AS c ON c.key = j.value AND +c.state = {READY} "
+                   "AND (c.expires IS NULL OR c.expires > ?2)")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
@@ -143,6 +151,10 @@ class Catalog:
         except sqlite3.Error:
             self._conn.close()
             raise
+        try:  # JSON is built into SQLite 3.38+ unless left out; older builds usually have it
+            self._json = self._conn.execute("SELECT count(*) FROM json_each('[]')").fetchone() == (0,)
+        except sqlite3.Error:
+            self._json = False  # ready_prefix_len takes the IN lists
 
     def close(self) -> None:
         with self._lock:
@@ -214,9 +226,29 @@ class Catalog:
     def ready_prefix_len(self, keys: Sequence[str], now: float) -> int:
         """Length of the longest prefix of `keys` whose chunks are ready and alive (lookup's hot path).
 
-        A batch that is wholly present costs one COUNT; only the batch where
-        the prefix ends fetches its keys.
+        One statement over the keys as a JSON array; chunk keys are hex, which
+        goes into the array as it is (anything else is encoded by json.dumps).
+        Without SQLite's JSON functions: ready_prefix_len_in.
         """
+        if not self._json:
+            return self.ready_prefix_len_in(keys, now)
+        if not keys:
+            return 0
+        flat = "".join(keys)
+        as_is = flat.isascii() and '"' not in flat and "\\" not in flat
+        doc = '["' + '","'.join(keys) + '"]' if as_is else json.dumps(list(keys))
+        try:
+            (first_missing,) = self.query(_PREFIX_LEN_SQL, (doc, now))[0]
+        except sqlite3.OperationalError:
+            if not as_is:
+                raise
+            # a control character in a key: SQLite refuses the array ("malformed JSON"), never misreads it
+            (first_missing,) = self.query(_PREFIX_LEN_SQL, (json.dumps(list(keys)), now))[0]
+        return len(keys) if first_missing is None else first_missing
+
+    def ready_prefix_len_in(self, keys: Sequence[str], now: float) -> int:
+        """ready_prefix_len with IN lists of bound keys: a batch that is wholly present costs one
+        COUNT; only the batch where the prefix ends fetches its keys."""
         n = 0
         for batch in _batches(keys, _PREFIX_BATCH):
             cond = f"{_READY_BY_KEY} AND {ALIVE} AND key IN ({_marks(len(batch))})"

@@ -245,7 +245,7 @@ class PagedKV:
                                     [v.shape[1], v.shape[2], v.shape[3], v.shape[4]], v.element_size(), planes or [])
             if self.device.type == "cpu":
                 self._native = layout
-            elif (engine := transfer.copy_engine(self.device)) is not None:
+            elif (engine := transfer.copy_engine(self.device)) is not None:  # pragma: gpu
                 self._dma = (engine, layout)
 
     @property
@@ -297,9 +297,9 @@ class PagedKV:
             _C.gather_blocks(self._native, ids.data_ptr(), len(ids), out.data_ptr(), max_threads)
             transfer.count_copy("gather", "native")
         elif self._dma is not None:
-            transfer.gather(*self._dma, ids, out, self.device)
+            transfer.gather(*self._dma, ids, out, self.device)  # pragma: gpu
         elif self.device.type != "cpu":
-            _device_gather(self._views, ids, out)
+            _device_gather(self._views, ids, out)  # pragma: gpu
         else:
             _gather_blocks(self._views, ids, out)
             transfer.count_copy("gather", "torch_host")
@@ -316,13 +316,13 @@ class PagedKV:
             _C.scatter_blocks(self._native, ids.data_ptr(), len(ids), src.data_ptr(), skip, max_threads)
             transfer.count_copy("scatter", "native")
         elif self._dma is not None:
-            ticket = transfer.scatter(*self._dma, ids, src, skip, self.device)
-            if pending is None:
+            ticket = transfer.scatter(*self._dma, ids, src, skip, self.device)  # pragma: gpu
+            if pending is None:  # pragma: gpu
                 ticket.wait()
             else:
                 pending.append((ticket, src))
         elif self.device.type != "cpu":
-            _device_scatter(self._views, ids, src, skip)
+            _device_scatter(self._views, ids, src, skip)  # pragma: gpu
         else:
             _scatter_blocks(self._views, ids, src, skip)
             transfer.count_copy("scatter", "torch_host")

@@ -81,9 +81,9 @@ def block_contiguous(view: torch.Tensor) -> bool:
 def gather(engine: "_C.CopyEngine", layout: "_C.PagedLayout", ids: torch.Tensor, out: torch.Tensor,
            device: torch.device) -> None:
     """Device blocks `ids` (a host int64 tensor) -> host chunk `out`; returns when the bytes are there."""
-    stream = torch.cuda.current_stream(device).cuda_stream
-    engine.copy_blocks(layout, ids.data_ptr(), len(ids), out.data_ptr(), 0, True, stream).wait()
-    count_copy("gather", "dma")
+    stream = torch.cuda.current_stream(device).cuda_stream  # pragma: gpu
+    engine.copy_blocks(layout, ids.data_ptr(), len(ids), out.data_ptr(), 0, True, stream).wait()  # pragma: gpu
+    count_copy("gather", "dma")  # pragma: gpu
 
 
 def scatter(engine: "_C.CopyEngine", layout: "_C.PagedLayout", ids: torch.Tensor, src: torch.Tensor, skip: int,
@@ -91,8 +91,8 @@ def scatter(engine: "_C.CopyEngine", layout: "_C.PagedLayout", ids: torch.Tensor
     """Host chunk `src` -> device blocks `ids`, tokens [skip, end). Returns at once:
     the caller's stream is ordered after the copies, and `src` must stay alive
     until the returned ticket is done (wait() on it)."""
-    stream = torch.cuda.current_stream(device).cuda_stream
-    ticket = engine.copy_blocks(layout, ids.data_ptr(), len(ids), src.data_ptr(), skip, False, stream)
-    engine.order_after(ticket, stream)
-    count_copy("scatter", "dma")
-    return ticket
+    stream = torch.cuda.current_stream(device).cuda_stream  # pragma: gpu
+    ticket = engine.copy_blocks(layout, ids.data_ptr(), len(ids), src.data_ptr(), skip, False, stream)  # pragma: gpu
+    engine.order_after(ticket, stream)  # pragma: gpu
+    count_copy("scatter", "dma")  # pragma: gpu
+    return ticket  # pragma: gpu

@@ -21,7 +21,7 @@ import torch
 from .. import _C, defaults
 from ..bucket import _UNSET, NoRoom
 from ..bucket.config import check_ttl_mode
-from ..catalog import WRITING, ChunkRow
+from ..catalog import READY, WRITING, ChunkRow
 from ..chunk_file import CHECKSUM_ALGO, MAX_TAG_INPUT, PAYLOAD_ALIGN, checksum, encode_header, header_length
 from ..errors import InputError
 from ..keys import FORMAT_VERSION
@@ -97,10 +97,15 @@ class PutPipeline:
         keys = p.names.keys(ns, toks[: n * ct])
         parents = [ns.hex] + keys[:-1]
         ttl, mode = expiry
+        self.retry_releases()  # a reservation left by an earlier failure would block its own chunk
         start_time = time.time()
         existing = p.bucket.existing(keys, start_time)
-        if existing:
-            p.bucket.refresh(list(existing), None if ttl is None else start_time + ttl, start_time)
+        held_ready = [k for k, state in existing.items() if state == READY]
+        if held_ready:
+            try:
+                p.bucket.refresh(held_ready, None if ttl is None else start_time + ttl, start_time)
+            except sqlite3.Error as e:  # they stay held, with the expiry they had: the put goes on
+                p.faults.warn_once("refresh", f"could not extend the expiry of held chunks: {e}")
         shape, nbytes = g.chunk_shape(ct), g.chunk_bytes(ct)
         protect = set(keys)
         owner = p.disk.lease().owner  # liveness others check by its lock, not by host:pid
@@ -140,6 +145,9 @@ class PutPipeline:
                 if failed_at < n:
                     break
                 if keys[i] in existing:
+                    if existing[keys[i]] != READY:  # reserved by another writer: held only once it is ready
+                        failed_at = i
+                        break
                     ok[i] = True
                     p.counters.add(put_chunks_present=1)
                     continue
@@ -170,8 +178,8 @@ class PutPipeline:
                     failed_at = i
                     break
                 if reserved is None:  # another writer got there first: held only once it is ready
-                    if keys[i] not in p.bucket.existing([keys[i]], time.time()):
-                        failed_at = i  # still being written elsewhere: lookup would not count it yet
+                    if p.bucket.existing([keys[i]], time.time()).get(keys[i]) != READY:
+                        failed_at = i  # still being written elsewhere (or gone): lookup would not count it
                         break
                     ok[i] = True
                     continue

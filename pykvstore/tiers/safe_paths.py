@@ -36,7 +36,7 @@ class UnsafePath(OSError):
 
 def check_chunk_rel(rel: str) -> str:
     """`rel` if it is a well-formed chunk path under data/; UnsafePath otherwise."""
-    m = _CHUNK_REL.match(rel) if isinstance(rel, str) else None
+    m = _CHUNK_REL.fullmatch(rel) if isinstance(rel, str) else None  # fullmatch: "$" lets a final "\n" through
     if m is None or m.group(1) in (".", ".."):
         raise UnsafePath(errno.EINVAL, "not a chunk path inside the bucket", str(rel)[:200])
     k0, k1, key = m.group(3), m.group(4), m.group(5)
@@ -46,7 +46,7 @@ def check_chunk_rel(rel: str) -> str:
 
 
 def check_digest(value: str, what: str) -> str:
-    if not isinstance(value, str) or not _HEX.match(value):
+    if not isinstance(value, str) or not _HEX.fullmatch(value):
         raise UnsafePath(errno.EINVAL, f"{what} is not a hex digest", str(value)[:80])
     return value
 
@@ -58,11 +58,12 @@ def open_dir(root_fd: int, rel_dir: str, create: bool = False) -> int:
     UnsafePath (ELOOP) where a component is a link, FileNotFoundError where
     one is missing and not created.
     """
+    parts = rel_dir.split("/")
+    if any(part in ("", ".", "..") for part in parts):  # refused before any directory is made
+        raise UnsafePath(errno.EINVAL, "not a plain relative directory", rel_dir)
     fd = os.dup(root_fd)
     try:
-        for part in rel_dir.split("/"):
-            if part in ("", ".", ".."):
-                raise UnsafePath(errno.EINVAL, "not a plain relative directory", rel_dir)
+        for part in parts:
             try:
                 try:
                     nxt = os.open(part, _DIR_FLAGS, dir_fd=fd)

@@ -27,18 +27,18 @@ log = logging.getLogger("pykvstore")
 
 
 def row_from_metadata(m: dict[str, str], rel: str, size: int) -> tuple[ChunkRow, dict[str, Any]]:
-    """A ready catalog row (and namespace params) from a chunk's header metadata; ChunkError if incomplete."""
-    try:
-        created = float(m["created"])
-        ttl = float(m["ttl"]) if m.get("ttl") else None
-        return ChunkRow(
-            key=m["key"], parent=m["parent"], namespace=m["namespace"], model=m["model"],
-            chunk_index=int(m["index"]), tokens=int(m["tokens"]), nbytes=size, path=rel,
-            created=created, last_access=created, tag=m.get("tag") or None, state=READY,
-            expires=created + ttl if ttl else None,
-            sliding_ttl=ttl if ttl and m.get("ttl_mode") == "sliding" else None), json.loads(m["params"])
-    except (KeyError, ValueError, TypeError) as e:
-        raise ChunkError(f"header metadata is incomplete: {e!r}") from None
+    """A ready catalog row (and namespace params) from the metadata of a header decode_header
+    returned: that validator has checked every field read here (present, typed, in range; params
+    a JSON object), so nothing here can fail on it (both callers, a rebuild and a remote landing,
+    pass only such headers)."""
+    created = float(m["created"])
+    ttl = float(m["ttl"]) if m.get("ttl") else None
+    return ChunkRow(
+        key=m["key"], parent=m["parent"], namespace=m["namespace"], model=m["model"],
+        chunk_index=int(m["index"]), tokens=int(m["tokens"]), nbytes=size, path=rel,
+        created=created, last_access=created, tag=m.get("tag") or None, state=READY,
+        expires=created + ttl if ttl else None,
+        sliding_ttl=ttl if ttl and m.get("ttl_mode") == "sliding" else None), json.loads(m["params"])
 
 
 class Integrity:
@@ -128,7 +128,9 @@ class Integrity:
         files = set(self.disk.chunk_files())
         report: dict[str, Any] = {"checked": 0, "ok": 0, "missing": [], "damaged": [], "unindexed": [],
                                   "dead_writers": 0, "repaired": False}
-        total = len(rows) + len(files)
+        writing = {self.disk.path_of(r) for r in self.catalog.writing_rows()}
+        # every row once, then every file no row names (a file is counted once, not once per loop)
+        total = len(rows) + len(files - {self.disk.path_of(r) for r in rows} - writing)
         for i, row in enumerate(rows):
             if progress:
                 progress(i + 1, total)
@@ -148,7 +150,6 @@ class Integrity:
                 report["ok"] += 1
             except (ChunkError, OSError) as e:
                 report["damaged"].append({"key": row.key, "path": rel, "error": str(e)})
-        writing = {self.disk.path_of(r) for r in self.catalog.writing_rows()}
         unindexed: list[tuple[ChunkRow, dict[str, Any]]] = []
         for j, rel in enumerate(sorted(files - writing)):
             if progress:

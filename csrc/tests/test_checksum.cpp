@@ -1,6 +1,7 @@
 // The streaming checksum: XXH3-64 fed in pieces equals the one-shot value for
 // every split, and both equal the published algorithm (reference values from the
 // xxhash package for one fixed pattern at every length class); XXH64 too.
+// XXH3-128 (the chunk keys' hash) likewise, fed in two pieces as the key chain feeds it.
 #include <algorithm>
 #include <random>
 #include <vector>
@@ -38,6 +39,31 @@ const Vector kReference[] = {
     {65549u, 0xae416f79588dd414ull, 0x4968c83280940fceull},
 };
 
+// The same pattern; values from xxhash.xxh3_128_intdigest (high, low).
+struct Vector128 {
+  std::size_t n;
+  std::uint64_t high, low;
+};
+const Vector128 kReference128[] = {
+    {0u, 0x99aa06d3014798d8ull, 0x6001c324468d497full},
+    {1u, 0x495b62073ef70ca4ull, 0x4c5cca45d0f4811full},
+    {3u, 0x390cdc5b4a895dd7ull, 0x6e3e2670e61106acull},
+    {4u, 0xaa6e2f274640a3f4ull, 0x3d668af6f2a44d77ull},
+    {8u, 0x6a86a3bda6af4e3dull, 0x61ddbe7f31a6100dull},
+    {9u, 0x664c7ca18afd6255ull, 0x8c7b67fd458a936bull},
+    {16u, 0x7f9a218b0425449aull, 0xe2ce54a7c19c730dull},
+    {17u, 0x66fc23f6439dbd77ull, 0x8d96ef110fcdebb4ull},
+    {128u, 0xaec730751478556cull, 0xff361dec1385710aull},
+    {129u, 0x98cd36ccbb557926ull, 0x4545b3a09738e31aull},
+    {240u, 0x5293e17bf553903dull, 0x3f2c53e72293711full},
+    {241u, 0xb53840fe3fedf161ull, 0x956cae592c67279eull},
+    {1023u, 0x0990de11f2b13621ull, 0xa94ffcd2254368e4ull},
+    {1024u, 0xf69630613f24324dull, 0x70bd377d9574f4bbull},
+    {1025u, 0x621af7b8277effa4ull, 0x66c4487c41e127a7ull},
+    {4103u, 0x302d47501d38d541ull, 0xcb98265b177d8e40ull},
+    {65549u, 0x23feed30ebc4e04eull, 0xae416f79588dd414ull},
+};
+
 std::vector<unsigned char> pattern(std::size_t n) {
   std::vector<unsigned char> d(n + 1);  // +1: data() of an empty vector may be null
   for (std::size_t i = 0; i < n; ++i) d[i] = static_cast<unsigned char>((i * 131 + 7) & 0xff);
@@ -73,6 +99,20 @@ int main() {
     Xxh3 h;
     for (std::size_t i = 0; i < v.n; ++i) h.update(d.data() + i, 1);
     CHECK_EQ(h.digest(), v.xxh3);
+  }
+  for (const Vector128& v : kReference128) {
+    auto d = pattern(v.n);
+    Hash128 one = xxh3_128(d.data(), v.n);
+    CHECK_EQ(one.high, v.high);
+    CHECK_EQ(one.low, v.low);
+    for (std::size_t cut = 0; cut <= v.n; cut += (v.n <= 300 ? 1 : 61)) {  // a parent key, then its chunk
+      Xxh3 h;
+      h.update(d.data(), cut);
+      h.update(d.data() + cut, v.n - cut);
+      Hash128 two = h.digest128();
+      CHECK_EQ(two.high, v.high);
+      CHECK_EQ(two.low, v.low);
+    }
   }
   return pykvstore_test::finish("test_checksum");
 }

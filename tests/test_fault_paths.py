@@ -431,3 +431,27 @@ def test_a_put_over_an_expired_chunk_replaces_it_and_its_tail(bucket):
         assert set(rows(s).values()) == {READY}
         assert s._catalog.counters()["mp/model"]["evicted_chunks:ttl"] == 3
         assert s._catalog.query("SELECT count(*) FROM chunks WHERE expires IS NOT NULL")[0][0] == 0
+
+
+def test_a_local_file_damaged_since_its_load_is_not_republished_to_a_server_that_lost_it(tmp_path, server):
+    """The server lost everything (FLUSHALL); local hits come from host memory and ask the tier
+    to refill it from the local files. Chunk 1's file was damaged meanwhile: it is not sent
+    (the refill reads and verifies the file), chunks 0 and 2 are."""
+    import redis
+
+    root = tmp_path / "a"
+    with open_store(str(root), remote=server.url) as a:
+        toks, cache, ids = args(9)
+        assert a.put(toks, cache, ids) == 96
+        assert a._remote.flush(30)
+        keys = a.hashes(toks)
+        path = root / a._disk.relpath("mp/model", a._catalog.namespaces("mp/model")[0][0], keys[1])
+        data = bytearray(path.read_bytes())
+        data[-100] ^= 1
+        path.write_bytes(bytes(data))
+        server.cli("flushall")
+        assert load_verified(a, 9) == 96  # from host memory: the damage on disk is not read here
+        assert a._remote.flush(30)
+        assert a.stats().remote["republished"] == 2
+        r = redis.Redis.from_url(server.url)
+        assert [bool(r.exists(f"pykvstore:{{{k}}}")) for k in keys] == [True, False, True]

@@ -5,6 +5,11 @@ key[-1] = H(namespace). The namespace digest covers everything that makes KV
 incompatible, so KV is never served to a model, layout or tenant it was not
 computed for. Keys depend on nothing in the process (no hash(), no pickle):
 every process, replica and machine derives the same ones.
+
+XXH3-128 chains are derived in C++ (_C.chain_keys, csrc/chunk_keys.cpp) in
+one call per prompt: lookup runs on the scheduler's thread for every waiting
+request, every step. chunk_keys_py is the definition they must match byte for
+byte (and sha256's path). Runs on the caller's thread; no state.
 """
 
 from __future__ import annotations

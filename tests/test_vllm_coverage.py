@@ -1,0 +1,70 @@
+"""The vLLM connector's fault and edge paths with real vLLM objects (.venv-vllm; skipped without it).
+
+A process of the vLLM venv (tests/vllm_connector_paths.py) builds vLLM's own
+config, resolves the connector through vLLM's factory and makes the calls
+vLLM's worker makes each step, with real faults: block ids the registered
+cache does not have, the file engine's injected write errors, KV tensors whose
+geometry differs from the model config's. Each must end in a miss, a
+recompute or a smaller store, with a warning, never an exception into vLLM.
+"""
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+VLLM_PYTHON = os.environ.get("PYKVSTORE_VLLM_PYTHON", str(ROOT / ".venv-vllm" / "bin" / "python"))
+pytestmark = pytest.mark.skipif(not Path(VLLM_PYTHON).exists(),
+                                reason="no vLLM environment (make vllm-env builds .venv-vllm)")
+
+
+@pytest.fixture(scope="module")
+def paths(tmp_path_factory):
+    work = tmp_path_factory.mktemp("vllm-paths")
+    r = subprocess.run([VLLM_PYTHON, str(ROOT / "tests" / "vllm_connector_paths.py"), str(work / "model"), str(work)],
+                       capture_output=True, text=True, timeout=600, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    line = next((ln for ln in r.stdout.splitlines() if ln.startswith("RESULT ")), None)
+    assert line, r.stdout[-3000:] + r.stderr[-3000:]
+    return json.loads(line[len("RESULT "):])
+
+
+def test_the_plugin_registers_once_and_vllm_resolves_the_connector_by_name(paths):
+    assert paths["registered_before"]  # vLLM ran the entry point while building its config
+    assert paths["resolves_to"] == "PyKVStoreConnector"  # and a second register() left it as it was
+
+
+def test_a_config_without_a_bucket_is_refused_by_name(paths):
+    assert "needs \"bucket\"" in paths["no_bucket"]
+
+
+def test_every_kv_layout_vllm_registers_is_recognised(paths):
+    dims = paths["dims"]
+    assert {k: v for k, v in dims.items() if k != "other"} == {d: d for d in ("2BTHD", "B2THD", "BHTC", "BTHC", "BTD")}
+    assert dims["other"].startswith("ValueError: unrecognised vLLM KV layout (10, 16, 2, 32)")
+
+
+def test_tensors_that_disagree_with_the_model_config_win(paths):
+    """The store is reopened for the geometry vLLM's tensors have: a store and a load round trip in it."""
+    g = paths["geometry"]
+    assert (g["config_heads"], g["heads"]) == (2, 4) and g["warned"]
+    assert g["failed"] == [] and g["round_trip"]
+    assert g["lookup"] == 512  # a lookup without tensors finds what was stored under the tensors' geometry
+
+
+def test_a_load_that_raises_is_recomputed_not_raised(paths):
+    """In the step and in the background: every block of the load is reported failed (vLLM recomputes
+    them), one warning each, and the engine call returns."""
+    l = paths["loads"]  # noqa: E741
+    assert l["stored"] == 512
+    assert l["in_step_failed"] == l["background_failed"] == [8, 9, 40, 41]
+    assert l["in_step_warned"] == l["background_warned"] == 1
+
+
+def test_a_store_that_fails_is_a_future_miss_not_an_engine_error(paths):
+    assert paths["store_raised"] == {"warned": 1, "held": 0}  # refused before anything was written
+    f = paths["store_fault"]  # the write thread met an I/O error on the second chunk
+    assert f["held"] == 256  # the chunk before the fault is kept
+    assert len(f["warned"]) == 1 and "injected fault" in f["warned"][0]

@@ -4,17 +4,18 @@ CPU, every run (Llama-3-8B KV, 32 MiB chunks):
   put through the pipeline (gather into pool buffers -> write threads) vs
   write+fsync of the same bytes; get from a warm page cache, mapped and through
   read buffers, vs reading the same bytes; a mapped load into engine blocks vs
-  one memcpy of the same bytes; a cold get (page cache dropped; cold_read
-  "direct", and through the page cache with and without readahead) vs the
-  disk's limit: parallel O_DIRECT reads, eight buffered readers, and fio at
-  QD32 where fio is installed.
+  one memcpy of the same bytes; a cold get by a fresh store (page cache
+  dropped) for each cold_read mode (auto, cache, direct), the reloads after it
+  (same store, new store) and a cold get in a fresh process, vs the disk's
+  limit: parallel O_DIRECT reads, eight buffered readers, and fio at QD32
+  where fio is installed (--cold-only: just these, after one put).
 GPU, where a CUDA device exists:
   D2H and H2D of 2,048 scattered 32 KiB blocks through the copy engine vs
   (a) one copy of a contiguous pinned buffer of the same size and (b) one
   cudaMemcpyAsync per block; and the time to load 32K tokens of Llama-3-8B KV
   (4 GiB) into paged blocks from the host tier and from a warm page cache.
 
-    python benchmarks/bench_transfer.py [--chunks 16] [--dir /tmp] [--gpu-only | --cpu-only]
+    python benchmarks/bench_transfer.py [--chunks 16] [--dir /tmp] [--gpu-only | --cpu-only | --cold-only]
 """
 
 from __future__ import annotations
@@ -120,6 +121,17 @@ def cpu_figures(n: int, work: Path, repeat: int) -> dict:
     return out
 
 
+def put_only(n: int, work: Path) -> Path:
+    """The bucket cpu_figures leaves (its put), without the other figures: for --cold-only."""
+    tokens = np.random.default_rng(0).integers(0, 128000, n * CHUNK)
+    blocks = n * CHUNK // BLOCK
+    src = kv.PagedKV(llama_cache("2BTHD", blocks + 8), "2BTHD")
+    ids = np.random.default_rng(1).permutation(blocks + 8)[:blocks]
+    with kv.KVStore(work / "bucket", model=MODEL, capacity="64GiB") as s:
+        assert s.put(tokens, src, ids) == n * CHUNK
+    return work
+
+
 def parallel_direct_read(files: list[str], threads: int = 16, request: int = 1 << 20) -> None:
     """The disk's limit without fio: every file read with O_DIRECT in `request`-byte
     pieces by `threads` threads (a queue `threads` deep), into buffers faulted in
@@ -175,13 +187,58 @@ def fio_read_GBps(files: list[str]) -> float | None:
     return json.loads(r.stdout)["jobs"][0]["read"]["bw_bytes"] / 1e9
 
 
+def _open(work: Path, mode: str, host_capacity=None) -> "kv.KVStore":
+    """A store over the benchmark's bucket with defaults' cold_read = mode (None: the default host tier)."""
+    before = kv.defaults.get("cold_read")
+    kv.defaults.set(cold_read=mode)
+    try:
+        return kv.KVStore(work / "bucket", model=MODEL, host_capacity=host_capacity)
+    finally:
+        kv.defaults.set(cold_read=before)
+
+
+def _reads(io: dict) -> dict:
+    return {"direct": io["direct_reads"], "page_cache": io["mapped_reads"] + io["buffered_reads"] - io["direct_fallbacks"]}
+
+
+def cold_child(work: Path, mode: str, n: int) -> None:
+    """One load in a fresh process (a restarted replica): its engine blocks already
+    touched (an engine allocates and zeroes them at start), its store opened, then
+    the get timed. Prints {"s": seconds, "reads": {...}}."""
+    tokens = np.random.default_rng(0).integers(0, 128000, n * CHUNK)
+    blocks = n * CHUNK // BLOCK
+    layers = [t.zero_() for t in (torch.empty(2, blocks + 8, BLOCK, 8, 128, dtype=torch.bfloat16) for _ in range(32))]
+    dst = kv.PagedKV(layers, "2BTHD")
+    dst_ids = np.random.default_rng(3).permutation(blocks + 8)[:blocks]
+    with _open(work, mode) as s:
+        t0 = time.perf_counter()
+        assert s.get(tokens, dst, dst_ids) == n * CHUNK
+        t = time.perf_counter() - t0
+        print(json.dumps({"s": t, "reads": _reads(s.stats().io)}))
+
+
 def cold_figures(n: int, work: Path, repeat: int) -> dict:
     """A cold get (every chunk file dropped from the page cache with fadvise
-    DONTNEED) against the disk's limit measured in the same run: parallel
-    O_DIRECT reads of the same files at queue depth 16, and eight buffered
-    readers. Each round drops the cache and runs every figure once, in turn, so
-    a noisy phase of the shared machine hits all of them; the ratio compares
-    the fastest runs, and the spread of each figure is its noise."""
+    DONTNEED, a fresh store: a restarted replica) for each cold_read mode against
+    the disk's limit measured in the same run: parallel O_DIRECT reads of the
+    same files at queue depth 16, and eight buffered readers. Each round drops
+    the cache before every figure and runs every figure once, in an order that
+    rotates, so a noisy phase of the shared machine hits all of them; the ratio
+    compares the fastest runs, and the spread of each figure is its noise.
+
+    After each mode's cold get: the same data loaded again by the same store
+    (its host tier), and by a new store without dropping the cache (a process
+    restarted on the same machine: the page cache, where the mode left the
+    files there; its pool is new, so its first touch is in the figure). Then
+    no host tier (host_capacity=1), where "auto" reads through the page cache,
+    and a load from a warm page cache (what "cache" gives a load after the
+    host tier let its chunks go, where "auto" reads them cold again). Stores
+    other than the new ones stay open, their pools touched by one untimed
+    cold get first. Last, a few rounds of one cold get in a fresh process per
+    mode (the first touch of a new process's memory included)."""
+    import subprocess
+    import sys
+
     from common import drop_file_cache
 
     tokens = np.random.default_rng(0).integers(0, 128000, n * CHUNK)  # what cpu_figures stored
@@ -190,67 +247,114 @@ def cold_figures(n: int, work: Path, repeat: int) -> dict:
     dst_ids = np.random.default_rng(3).permutation(blocks + 8)[:blocks]
     files = sorted(str(p) for p in (work / "bucket" / "data").rglob("*.safetensors"))
     total = sum(os.path.getsize(f) for f in files)
-    # No host tier (every get reads the files). cold_read="direct" reads cold files
-    # with O_DIRECT; the default goes through the page cache (readahead off: the
-    # path before issue 17), and once more with the engine asking for the pages of
-    # every file in flight.
-    before = kv.defaults.get("cold_read")
-    kv.defaults.set(cold_read="direct")
-    direct = kv.KVStore(work / "bucket", model=MODEL, host_capacity=1)
-    kv.defaults.set(cold_read="cache")
-    cached = kv.KVStore(work / "bucket", model=MODEL, host_capacity=1)
-    kv.defaults.set(cold_read=before)
+    reads: dict[str, dict] = {}
 
-    def get(store, readahead: bool, counter: str):
-        def run():
-            store.bucket.engine.readahead_enabled = readahead
-            before = store.stats().io[counter]
-            assert store.get(tokens, dst, dst_ids) == n * CHUNK
-            if readahead:  # every file was found cold
-                assert store.stats().io[counter] - before == n, (counter, store.stats().io)
-        return run
-
-    figures = {"disk_direct_qd16": lambda: parallel_direct_read(files),
-               "disk_buffered_8_readers": lambda: parallel_buffered_read(files),
-               "store_get_cold_direct": get(direct, True, "direct_reads"),
-               "store_get_cold_page_cache": get(cached, False, "cold_reads"),
-               "store_get_cold_page_cache_readahead": get(cached, True, "cold_reads")}
-    times: dict[str, list[float]] = {k: [] for k in figures}
-    cpu: dict[str, list[float]] = {k: [] for k in figures}  # this process's CPU seconds (all its threads)
-
-    def cpu_s() -> float:
+    def cpu_s() -> float:  # this process's CPU seconds, all its threads
         r = resource.getrusage(resource.RUSAGE_SELF)
         return r.ru_utime + r.ru_stime
 
+    def get_timed(s) -> tuple[float, float]:
+        c0, t0 = cpu_s(), time.perf_counter()
+        assert s.get(tokens, dst, dst_ids) == n * CHUNK
+        return time.perf_counter() - t0, cpu_s() - c0
+
+    # One store per mode, kept open: its pool's pages were faulted in by one
+    # untimed cold get first (a fresh process pays that first touch: the
+    # new_process figures), and its host tier is emptied before each round.
+    stores = {mode: _open(work, mode) for mode in ("auto", "cache", "direct")}
+    stores.update({f"{mode}_no_host_tier": _open(work, mode, host_capacity=1) for mode in ("auto", "direct")})
+    for s in stores.values():
+        drop_file_cache(files)
+        get_timed(s)
+
+    def restart(mode: str):
+        def run() -> dict[str, tuple[float, float]]:
+            s = stores[mode]
+            s._host.clear()
+            before = _reads(s.stats().io)
+            t = {f"store_get_cold_{mode}": get_timed(s)}
+            reads[mode] = {k: v - before[k] for k, v in _reads(s.stats().io).items()}
+            t[f"reload_{mode}_same_store_host_tier"] = get_timed(s)
+            with _open(work, mode) as s2:  # a new store on the same machine: where the mode left the files
+                t[f"reload_{mode}_new_store"] = get_timed(s2)
+            return t
+        return run
+
+    def no_host_tier(mode: str):
+        def run() -> dict[str, tuple[float, float]]:
+            s = stores[f"{mode}_no_host_tier"]
+            before = _reads(s.stats().io)
+            t = get_timed(s)
+            reads[f"{mode}_no_host_tier"] = {k: v - before[k] for k, v in _reads(s.stats().io).items()}
+            return {f"store_get_cold_{mode}_no_host_tier": t}
+        return run
+
+    def warm_page_cache() -> dict[str, tuple[float, float]]:
+        """A load from the page cache (files warm, no host tier): what "cache" gives a
+        later load once the host tier has let the chunks go; "auto" reads them cold again."""
+        warm_file_cache(files)
+        return {"page_cache_warm_get_no_host_tier": get_timed(stores["auto_no_host_tier"])}
+
+    def timed(name, fn):
+        def run() -> dict[str, tuple[float, float]]:
+            c0, t0 = cpu_s(), time.perf_counter()
+            fn()
+            return {name: (time.perf_counter() - t0, cpu_s() - c0)}
+        return run
+
+    figures = [timed("disk_direct_qd16", lambda: parallel_direct_read(files)),
+               timed("disk_buffered_8_readers", lambda: parallel_buffered_read(files)),
+               restart("auto"), restart("cache"), restart("direct"), no_host_tier("auto"), no_host_tier("direct"),
+               warm_page_cache]
+    times: dict[str, list[float]] = {}
+    cpu: dict[str, list[float]] = {}  # on a shared machine the figure that needs more CPU slows down more
+    load = [os.getloadavg()[0]]
     try:
-        for _ in range(repeat):
-            for name, fn in figures.items():
+        for r in range(repeat):
+            for fn in figures[r % len(figures):] + figures[: r % len(figures)]:
                 drop_file_cache(files)
-                c0, t0 = cpu_s(), time.perf_counter()
-                fn()
-                times[name].append(time.perf_counter() - t0)
-                cpu[name].append(cpu_s() - c0)
+                for name, (t, c) in fn().items():
+                    times.setdefault(name, []).append(t)
+                    cpu.setdefault(name, []).append(c)
+            load.append(os.getloadavg()[0])
     finally:
-        direct.close()
-        cached.close()
+        for s in stores.values():
+            s.close()
+
+    # A fresh process per load: the restarted replica, first touch of its memory included.
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")])))
+    for r in range(min(repeat, 3)):
+        for mode in ("auto", "cache", "direct"):
+            drop_file_cache(files)
+            out = subprocess.run([sys.executable, __file__, "--cold-child", mode, "--dir", str(work), "--chunks", str(n)],
+                                 capture_output=True, text=True, timeout=600, env=env)
+            if out.returncode != 0:
+                raise RuntimeError(out.stderr[-2000:])
+            child = json.loads(out.stdout.strip().splitlines()[-1])
+            times.setdefault(f"new_process_get_cold_{mode}", []).append(child["s"])
+            reads[f"{mode}_new_process"] = child["reads"]
+    load.append(os.getloadavg()[0])
+
     out: dict = {"bytes": total, "files": len(files), "rounds": repeat, "io_threads": kv.defaults.get("io_threads"),
-                 "inflight": kv.defaults.get("inflight")}
+                 "inflight": kv.defaults.get("inflight"), "host_capacity": kv.defaults.get("host_capacity"),
+                 "load_average_1min_per_round": [round(x, 2) for x in load], "reads_in_the_last_cold_get": reads}
     for name, ts in times.items():
-        out[name] = {"best_GBps": round(total / min(ts) / 1e9, 3), "median_GBps": round(total / sorted(ts)[len(ts) // 2] / 1e9, 3),
-                     "all_GBps": [round(total / t / 1e9, 3) for t in ts],
-                     # what each GB costs in CPU: on a shared machine the figure that needs
-                     # more of it slows down more when other work takes the cores
-                     "cpu_s_per_GB": round(statistics.median(cpu[name]) / (total / 1e9), 3)}
+        out[name] = {"best_GBps": round(total / min(ts) / 1e9, 3), "median_GBps": round(total / statistics.median(ts) / 1e9, 3),
+                     "all_GBps": [round(total / t / 1e9, 3) for t in ts]}
+        if name in cpu:
+            out[name]["cpu_s_per_GB"] = round(statistics.median(cpu[name]) / (total / 1e9), 3)
     drop_file_cache(files)
     fio = fio_read_GBps(files)
     out["disk_fio_qd32_GBps"] = fio if fio is not None else "fio not installed: the O_DIRECT baseline stands in"
     limit = max(out["disk_direct_qd16"]["best_GBps"], out["disk_buffered_8_readers"]["best_GBps"], fio or 0)
-    out["disk_limit_GBps"] = limit
     limit_median = max(out["disk_direct_qd16"]["median_GBps"], out["disk_buffered_8_readers"]["median_GBps"])
-    for name in ("store_get_cold_direct", "store_get_cold_page_cache", "store_get_cold_page_cache_readahead"):
-        out[name]["ratio_to_disk_limit"] = round(out[name]["best_GBps"] / limit, 3)
-        out[name]["median_ratio_to_disk_limit"] = round(out[name]["median_GBps"] / limit_median, 3)
-    out["store_get_cold_direct"]["target"] = 0.9
+    out["disk_limit_GBps"] = limit
+    out["disk_limit_median_GBps"] = limit_median
+    for name in times:
+        if "cold" in name:
+            out[name]["ratio_to_disk_limit"] = round(out[name]["best_GBps"] / limit, 3)
+            out[name]["median_ratio_to_disk_limit"] = round(out[name]["median_GBps"] / limit_median, 3)
+    out["store_get_cold_auto"]["target"] = 0.9
     return out
 
 
@@ -345,15 +449,23 @@ def main() -> None:
     only = ap.add_mutually_exclusive_group()
     only.add_argument("--gpu-only", action="store_true")
     only.add_argument("--cpu-only", action="store_true")
+    only.add_argument("--cold-only", action="store_true", help="the cold-read figures only (and the put they read)")
+    ap.add_argument("--cold-child", choices=("auto", "cache", "direct"), help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.cold_child:  # one cold get in this fresh process (cold_figures runs it)
+        cold_child(Path(args.dir), args.cold_child, args.chunks)
+        return
     work = Path(tempfile.mkdtemp(prefix="pykvstore-transfer-", dir=args.dir))
     out: dict = {"bench": "transfer", "machine": platform.machine(), "cpus": os.cpu_count(),
                  "cuda_compiled": kv.cuda_compiled, "defaults": kv.defaults.as_dict()}
     try:
-        if not args.gpu_only:
+        if args.cold_only:
+            out["cpu"] = {"cold_get": cold_figures(args.chunks, put_only(args.chunks, work),
+                                                   max(args.repeat, args.cold_rounds))}
+        elif not args.gpu_only:
             out["cpu"] = cpu_figures(args.chunks, work, args.repeat)
             out["cpu"]["cold_get"] = cold_figures(args.chunks, work, max(args.repeat, args.cold_rounds))
-        if not args.cpu_only:
+        if not (args.cpu_only or args.cold_only):
             out["gpu"] = (gpu_figures(work, args.repeat) if kv.cuda_available()
                           else "no CUDA device here: GPU figures come from benchmarks/gpu_check.sh")
     finally:

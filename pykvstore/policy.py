@@ -8,6 +8,7 @@ chooses a pinned chunk.
 
 from __future__ import annotations
 
+import numbers
 import sqlite3
 from collections.abc import Collection
 from typing import Optional, Protocol
@@ -75,8 +76,11 @@ class CostAware(_LeafPolicy):
     name = "cost"
 
     def __init__(self, attention_tokens: int = 8192) -> None:
-        if attention_tokens <= 0:
-            raise ValueError("attention_tokens must be positive")
+        if isinstance(attention_tokens, bool) or not isinstance(attention_tokens, numbers.Real) or \
+                not 0 < attention_tokens < float("inf"):  # NaN too: it would make every priority NaN
+            from .errors import InputError
+
+            raise InputError(f"attention_tokens must be a positive number of tokens, got {attention_tokens!r}")
         self.attention_tokens = float(attention_tokens)
         self.order = (f"credit + (hits + 1.0) * tokens * (1.0 + (chunk_index + 0.5) * tokens / {self.attention_tokens}) "
                       f"/ nbytes, last_access, chunk_index DESC")

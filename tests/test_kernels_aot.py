@@ -175,3 +175,28 @@ def test_one_row_per_program_starves_a_sharded_head():
     c = aot.compile_plan(views, ids, staging, per, True, 90, rows=1)
     assert c.programs_per_sm() * c.step_bytes(views[0].element_size()) < aot.hbm_need_per_sm(aot.GPUS[90])
     assert max(c.engine_widths()) < 16  # 128 threads over a 128-element row: one element each
+
+
+def test_the_address_check_flags_32_bit_index_math():
+    """narrow_address_math must see what it looks for, or `== []` above proves nothing: 32-bit
+    multiplies and pointer offsets are flagged, their 64-bit forms are not."""
+    narrow = ["%12 = arith.muli %10, %11 : tensor<128xi32>",
+              "%20 = tt.addptr %18, %19 : tensor<128x!tt.ptr<bf16>>, tensor<128xi32>"]
+    wide = ["%13 = arith.muli %10, %11 : tensor<128xi64>", "%14 = arith.muli %a, %b : i64",
+            "%21 = tt.addptr %18, %19 : tensor<128x!tt.ptr<bf16>>, tensor<128xi64>",
+            "%22 = tt.addptr %ids, %c : tensor<4x!tt.ptr<i64>>, tensor<4xi32>"]  # the block-id table itself
+    c = aot.Compiled(capability=90, constexprs={}, attrs={}, num_warps=4, ptx="", ttir="\n".join(narrow + wide),
+                     cubin=b"", ptxas_log="", registers=0, spill_store_bytes=0, spill_load_bytes=0, stack_bytes=0,
+                     local_bytes=0)
+    assert c.narrow_address_math() == narrow
+
+
+def test_the_report_has_one_row_per_model_and_direction():
+    """`python -m pykvstore.kernels.aot`'s table (benchmarks/README.md), for sm_90 (compiled above already)."""
+    rows = aot.report(capabilities=(90,), rows_options=(None,))
+    assert [(r["model"], r["op"]) for r in rows] == [(m, op) for m in aot.MODELS for op in ("gather", "scatter")]
+    need = round(aot.hbm_need_per_sm(aot.GPUS[90]))
+    for r in rows:
+        assert r["target"] == "sm_90" and r["gpu"] == aot.GPUS[90].name and r["need_per_sm"] == need
+        assert r["spill_bytes"] == 0 and r["engine_widths"] == r["staging_widths"] == [16], r
+        assert r["in_flight_per_sm"] == r["programs_per_sm"] * r["step_bytes"] >= 2 * need, r

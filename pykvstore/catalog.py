@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -140,6 +140,7 @@ class Catalog:
     def __init__(self, path: str, timeout: float = 60.0) -> None:
         self.path = path
         self._lock = threading.RLock()
+        self._after: list[Callable[[], None]] = []  # what the open transaction does once committed
         self._conn = sqlite3.connect(path, timeout=timeout, isolation_level=None, check_same_thread=False)
         try:
             self._conn.execute("PRAGMA journal_mode=WAL")
@@ -162,15 +163,31 @@ class Catalog:
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        """BEGIN IMMEDIATE: holds the bucket's write lock until commit."""
+        """BEGIN IMMEDIATE: holds the bucket's write lock until commit.
+
+        A failure inside, or of the COMMIT itself (a full disk), rolls back
+        (unless SQLite already did: a second error would hide the first) and
+        drops what `after_commit` queued; after a commit, that runs in order.
+        """
         with self._lock:
             self._conn.execute("BEGIN IMMEDIATE")
+            self._after = []
             try:
                 yield self._conn
+                self._conn.execute("COMMIT")
             except BaseException:
-                self._conn.execute("ROLLBACK")
+                self._after = []
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
                 raise
-            self._conn.execute("COMMIT")
+            after, self._after = self._after, []
+            for fn in after:
+                fn()
+
+    def after_commit(self, fn: Callable[[], None]) -> None:
+        """Runs `fn` once the open transaction commits, never if it rolls back (inside transaction() only):
+        what must not happen unless the rows' change holds, such as unlinking the files of deleted rows."""
+        self._after.append(fn)
 
     def query(self, sql: str, args: Iterable[Any] = ()) -> list[tuple]:
         with self._lock:

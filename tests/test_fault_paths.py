@@ -209,9 +209,90 @@ def test_a_locked_catalog_when_unreachable_chunks_are_dropped_keeps_the_prefix(b
             s.bucket.engine.inject_faults("write", 0)
         assert warned(caplog, "could not drop unreachable chunks")
         keys = s.hashes(toks)
-        assert rows(s) == {keys[0]: READY, keys[2]: READY}
+        assert rows(s) == {keys[0]: READY, keys[2]: READY} and s._puts._undropped == {keys[2]}
         assert s.lookup(toks) == 32 and len(data_files(bucket)) == 2
         del s.bucket.mark_ready
+        s._puts.retry_releases()  # what the next put does first: the drop is made now
+        assert rows(s) == {keys[0]: READY} and len(data_files(bucket)) == 1 and s._puts._undropped == set()
+        assert s.put(toks, cache, ids) == 96 and load_verified(s, 1) == 96
+
+
+def test_a_reservation_refused_after_its_eviction_keeps_every_evicted_file(bucket, caplog):
+    """A put into a full bucket: make_room deletes the victims' rows, then the reservation's own
+    row is refused (SQLite's authorizer on the store's connection denies the INSERT, as a full
+    disk or an I/O error would fail it) and the transaction rolls back. The victims' rows come
+    back, so their files must still be there (they were unlinked inside the transaction: lookup
+    said 96 and get loaded 64)."""
+    with open_store(str(bucket), capacity=3 * 16384) as s:
+        assert s.put(*args(1)) == 96
+        before = [p.read_bytes() for p in data_files(bucket)]
+
+        def no_insert(action, arg1, arg2, db, source):
+            return sqlite3.SQLITE_DENY if action == sqlite3.SQLITE_INSERT and arg1 == "chunks" else sqlite3.SQLITE_OK
+
+        s._catalog._conn.set_authorizer(no_insert)
+        try:
+            assert s.put(*args(2)) == 0
+        finally:
+            s._catalog._conn.set_authorizer(None)
+        assert warned(caplog, "cannot reserve space")
+        assert [p.read_bytes() for p in data_files(bucket)] == before and len(rows(s)) == 3
+        assert s.lookup(args(1)[0]) == 96 and load_verified(s, 1) == 96
+        assert s.put(*args(2)) == 96  # allowed again: sequence 1 is evicted, rows and files together
+        assert s.lookup(args(1)[0]) == 0 and len(data_files(bucket)) == 3 == len(rows(s))
+
+
+def test_a_transaction_sqlite_rolled_back_itself_reports_its_own_error_and_the_catalog_goes_on(bucket):
+    """SQLite interrupts the eviction's DELETE (a progress handler asks it to, as
+    sqlite3_interrupt would) and rolls the whole transaction back itself: evict raises that
+    error, not a second one from a ROLLBACK with no transaction open; no file is lost, and
+    the next transaction on the connection works."""
+    toks, cache, ids = args(1)
+    with open_store(str(bucket)) as s:
+        assert s.put(toks, cache, ids) == 96
+        conn = s._catalog._conn
+        deleting = []
+        conn.set_trace_callback(lambda sql: deleting.append(sql.startswith("DELETE FROM chunks")))
+        conn.set_progress_handler(lambda: 1 if deleting and deleting[-1] else 0, 1)
+        try:
+            with pytest.raises(sqlite3.OperationalError, match="interrupted"):
+                s.evict(toks)
+        finally:
+            conn.set_progress_handler(None, 1)
+            conn.set_trace_callback(None)
+        assert not conn.in_transaction and len(rows(s)) == 3 and len(data_files(bucket)) == 3
+        assert load_verified(s, 1) == 96
+        assert s.evict(toks) == 3 * 16384 and data_files(bucket) == []
+
+
+def test_a_drop_of_unreachable_chunks_sqlite_rolled_back_keeps_their_files(bucket, one_io_thread, caplog):
+    """Chunk 1's write fails (ENOSPC from the engine), chunk 2 is committed, and SQLite interrupts
+    the COMMIT of the transaction that drops chunk 2 (unreachable): chunk 2 stays indexed, so
+    its file must stay too; the next put fills the hole and all 96 tokens load."""
+    toks, cache, ids = args(1)
+    with open_store(str(bucket)) as s:
+        conn = s._catalog._conn
+        seen = []
+
+        def trace(sql):
+            seen.append(sql)
+
+        def interrupt():  # the COMMIT right after the drop's DELETE
+            return 1 if len(seen) > 1 and seen[-1] == "COMMIT" and seen[-2].startswith(
+                "DELETE FROM chunks WHERE key IN") else 0
+
+        conn.set_trace_callback(trace)
+        conn.set_progress_handler(interrupt, 1)
+        s.bucket.engine.inject_faults("write", 2, errno.ENOSPC)  # the 2nd write: chunk 1
+        try:
+            assert s.put(toks, cache, ids) == 32
+        finally:
+            s.bucket.engine.inject_faults("write", 0)
+            conn.set_progress_handler(None, 1)
+            conn.set_trace_callback(None)
+        assert warned(caplog, "could not drop unreachable chunks")
+        keys = s.hashes(toks)
+        assert rows(s) == {keys[0]: READY, keys[2]: READY} and len(data_files(bucket)) == 2
         assert s.put(toks, cache, ids) == 96 and load_verified(s, 1) == 96
 
 
@@ -358,6 +439,30 @@ def test_a_chunk_evicted_by_another_store_while_written_leaves_no_orphan_file(bu
         assert a.lookup(toks) == 0 == other.lookup(toks)
         a._disk.write = real
         assert a.put(toks, cache, ids) == 96 and load_verified(other, 1) == 96
+
+
+def test_a_chunk_written_again_between_an_eviction_commit_and_its_unlink_is_kept(bucket):
+    """Files of evicted rows are unlinked once the eviction commits; another store may reserve
+    and write the same keys in between (a pause hook runs its put at that moment): the files it
+    wrote are new ones, and the eviction's unlink leaves them (lookup and get agree on 96)."""
+    toks, cache, ids = args(1)
+    with open_store(str(bucket)) as a, open_store(str(bucket)) as b:
+        assert a.put(toks, cache, ids) == 96
+        real = a.bucket.catalog.after_commit
+        late_puts = []
+
+        def after_commit(fn):
+            def late():
+                late_puts.append(b.put(toks, cache, ids))  # between a's COMMIT and a's unlinks
+                fn()
+            real(late)
+
+        a.bucket.catalog.after_commit = after_commit
+        assert a.evict(toks) == 3 * 16384
+        del a.bucket.catalog.after_commit
+        assert late_puts == [96]
+        assert len(data_files(bucket)) == 3 and set(rows(b).values()) == {READY}
+        assert b.lookup(toks) == 96 and load_verified(b, 1) == 96
 
 
 # --- 4. another writer reserves the same key first ---------------------------------------------

@@ -63,44 +63,44 @@ def allow_reads(store) -> None:
 
 # --- 5. a rebuild and an fsck meeting bad files ------------------------------------------------
 
-def test_a_rebuild_meets_bad_files_and_indexes_only_sound_chunks(bucket, caplog, monkeypatch):
+def plant_bad_files(bucket: Path, monkeypatch) -> tuple[dict[str, Path], socket.socket]:
+    """Sequences 1 and 2 stored, then beside and among their chunk files: a truncated chunk
+    (sequence 2's last), a foreign safetensors file, a sound chunk copied where its header does
+    not place it, a FIFO, a socket, an empty file and a directory, each named like a chunk."""
     with open_store(str(bucket)) as s:
         assert s.put(*args(1)) == 96 and s.put(*args(2)) == 96
         p1, p2 = chunk_paths(s, 1), chunk_paths(s, 2)
     nsdir = p1[0].parents[2]
-    other_ns = nsdir.parent / ("f" * 32)
     bad = {}
-    # truncated inside its header
-    p2[2].write_bytes(p2[2].read_bytes()[:100])
+    p2[2].write_bytes(p2[2].read_bytes()[:100])  # truncated inside its header
     bad["truncated"] = p2[2]
-    # a safetensors file from elsewhere (no pykvstore metadata) under a chunk's name
     from safetensors.torch import save_file
 
     foreign = nsdir / "ab" / "cd" / ("ab" + "cd" * 15 + ".safetensors")
     foreign.parent.mkdir(parents=True)
     save_file({"x": torch.zeros(4)}, str(foreign), metadata={"format": "pt"})
     bad["foreign"] = foreign
-    # a sound chunk of sequence 1 copied where its header does not place it
-    misplaced = other_ns / p1[1].relative_to(nsdir)
+    misplaced = nsdir.parent / ("f" * 32) / p1[1].relative_to(nsdir)
     misplaced.parent.mkdir(parents=True)
     misplaced.write_bytes(p1[1].read_bytes())
     bad["misplaced"] = misplaced
-    # a FIFO and a socket named like chunks: never opened for reading as files
-    fifo = nsdir / "ef" / "01" / ("ef01" * 8 + ".safetensors")
-    fifo.parent.mkdir(parents=True)
-    os.mkfifo(fifo)
-    bad["fifo"] = fifo
-    sock_path = nsdir / "ef" / "01" / ("ef02" * 8 + ".safetensors")
+    odd = nsdir / "ef" / "01"
+    odd.mkdir(parents=True)
+    os.mkfifo(odd / ("ef01" * 8 + ".safetensors"))
+    bad["fifo"] = odd / ("ef01" * 8 + ".safetensors")
     sock = socket.socket(socket.AF_UNIX)
-    monkeypatch.chdir(sock_path.parent)  # a socket's path is limited to 107 bytes: bind it by name
-    sock.bind(sock_path.name)
+    monkeypatch.chdir(odd)  # a socket's path is limited to 107 bytes: bind it by name
+    sock.bind("ef02" * 8 + ".safetensors")
     monkeypatch.undo()
-    bad["socket"] = sock_path
-    # a directory where a chunk file would be, and an empty file
-    (nsdir / "ef" / "01" / ("ef03" * 8 + ".safetensors")).mkdir()
-    empty = nsdir / "ef" / "01" / ("ef04" * 8 + ".safetensors")
-    empty.write_bytes(b"")
-    bad["empty"] = empty
+    bad["socket"] = odd / ("ef02" * 8 + ".safetensors")
+    (odd / ("ef03" * 8 + ".safetensors")).mkdir()  # a directory: not a chunk file, left alone
+    (odd / ("ef04" * 8 + ".safetensors")).write_bytes(b"")
+    bad["empty"] = odd / ("ef04" * 8 + ".safetensors")
+    return bad, sock
+
+
+def test_a_rebuild_meets_bad_files_and_indexes_only_sound_chunks(bucket, caplog, monkeypatch):
+    bad, sock = plant_bad_files(bucket, monkeypatch)
     try:
         (bucket / "catalog.sqlite").unlink()
         with open_store(str(bucket)) as s:  # rebuilt from the files: no hang, no exception
@@ -116,6 +116,25 @@ def test_a_rebuild_meets_bad_files_and_indexes_only_sound_chunks(bucket, caplog,
     finally:
         sock.close()
     assert warned(caplog, "is not a valid chunk")
+
+
+def test_fsck_repair_meets_bad_files_and_sets_each_aside(bucket, monkeypatch):
+    bad, sock = plant_bad_files(bucket, monkeypatch)
+    try:
+        with kv.Bucket(bucket) as b:
+            report = b.fsck()
+            assert sorted(d["path"] for d in report["damaged"]) == sorted(
+                str(p.relative_to(bucket)) for p in bad.values())
+            assert report["ok"] == 5 and report["unindexed"] == [] and not report["repaired"]
+            assert all(os.path.lexists(p) for p in bad.values())  # a check alone changes nothing
+            report = b.fsck(repair=True)
+            assert report["repaired"] and b.fsck()["problems"] == 0
+        assert not any(os.path.lexists(p) for p in bad.values())
+        assert len(list((bucket / "quarantine").iterdir())) == len(bad)
+        with open_store(str(bucket)) as s:
+            assert check(s, 1) == 96 and check(s, 2) == 64
+    finally:
+        sock.close()
 
 
 def test_fsck_finds_a_file_holding_another_chunk_and_repair_drops_its_chain(bucket):
@@ -135,6 +154,8 @@ def test_fsck_finds_a_file_holding_another_chunk_and_repair_drops_its_chain(buck
         assert [i for i, _ in seen] == list(range(1, len(seen) + 1)) and seen[-1] == (6, 6)  # 5 rows, then the 1 file no row names
         report = b.fsck(repair=True)
         assert report["repaired"] and b.fsck()["problems"] == 0
+    quarantined = list((bucket / "quarantine").iterdir())  # kept for inspection, not deleted
+    assert len(quarantined) == 1 and quarantined[0].read_bytes() == p1[0].read_bytes()
     with open_store(str(bucket)) as s:
         assert check(s, 1) == 32 and check(s, 2) == 96
 

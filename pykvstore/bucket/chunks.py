@@ -22,7 +22,7 @@ class NoRoom(Exception):
 
 class ChunkIndex:
     """Part of Bucket: what a store asks of the catalog. Uses the bucket's `catalog`, `disk`,
-    `make_room` and `remove_rows` (eviction)."""
+    `make_room`, `remove_rows` and `_unlink_after_commit` (eviction)."""
 
     # --- lookups -------------------------------------------------------------
     def namespaces(self, model: Optional[str] = None) -> list[tuple[str, dict[str, Any]]]:
@@ -87,8 +87,7 @@ class ChunkIndex:
             if not tails:
                 rows = [r for r in rows if r.key in keys]
             Catalog.delete(c, [r.key for r in rows])
-            for r in rows:
-                self.disk.remove(self.disk.path_of(r))
+            self._unlink_after_commit(rows)  # eviction.py: the files go once the deletes hold
         return rows
 
     # --- use -------------------------------------------------------------------

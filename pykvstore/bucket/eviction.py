@@ -2,14 +2,16 @@
 
 Runs on whichever thread holds the transaction: the caller's (clear, resize,
 gc, a synchronous put), the store's put thread (put_async, remote landing)
-or its get thread (a damaged chunk). Rows go first and files after, so a
-transaction rolled back leaves every file in place; each removal is counted
-by cause and told to the listeners (the host tiers that keep copies).
+or its get thread (a damaged chunk). Rows go inside the transaction and files
+only once it commits, so a transaction that fails or rolls back leaves every
+file in place; each removal is counted by cause and told to the listeners (the
+host tiers that keep copies).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Collection, Iterable, Sequence
@@ -51,12 +53,22 @@ class Removed:
         return asdict(self)
 
 
+def _identity(path: str) -> Optional[tuple[int, int]]:
+    """(device, inode) of the entry at `path` itself (a link is not followed), None if there is none."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
 class Eviction:
     """Part of Bucket: room for new chunks, and the one way chunks leave with their files.
 
     Uses the bucket's `disk`, `policy` and `listeners`.
     """
 
+    catalog: Catalog
     disk: DiskTier
     policy: EvictionPolicy
     listeners: list[Callable[[str], None]]
@@ -67,15 +79,30 @@ class Eviction:
         return self._account(c, rows, cause, now)
 
     def _account(self, c: sqlite3.Connection, rows: Sequence[ChunkRow], cause: str, now: float) -> Removed:
-        """Unlinks the files of rows already deleted, tells listeners, counts the eviction."""
-        for r in rows:
-            self.disk.remove(self.disk.path_of(r))
-            for tell in self.listeners:
-                tell(r.key)
+        """Counts the eviction of rows already deleted; their files go, and the listeners are told,
+        once the transaction commits. Unlinked inside it, a transaction that failed later (the
+        reservation's insert, or its COMMIT on a full disk) rolled the rows back over files gone."""
+        self._unlink_after_commit(rows)
         removed = Removed().add(rows)
         for model, m in removed.by_model.items():
             Catalog.count(c, model, {f"evicted_chunks:{cause}": m["chunks"], f"evicted_bytes:{cause}": m["bytes"]}, now)
         return removed
+
+    def _unlink_after_commit(self, rows: Sequence[ChunkRow]) -> None:
+        """Queues the removal of `rows`' files (and the listeners' news) for the commit. Each file's
+        identity is taken now, under the write lock: one written at the same path after the commit
+        (the key reserved and written again by another writer) is not the one to unlink."""
+        doomed = [(r.key, self.disk.path_of(r)) for r in rows]
+        marks = [_identity(self.disk.abspath(rel)) for _, rel in doomed]
+
+        def unlink() -> None:
+            for (key, rel), mark in zip(doomed, marks):
+                if mark is not None and _identity(self.disk.abspath(rel)) == mark:
+                    self.disk.remove(rel)
+                for tell in self.listeners:
+                    tell(key)
+
+        self.catalog.after_commit(unlink)
 
     def make_room(self, c: sqlite3.Connection, nbytes: int, protect: Collection[str],
                   model: Optional[str] = None) -> Optional[Removed]:

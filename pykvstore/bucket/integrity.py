@@ -131,6 +131,7 @@ class Integrity:
         writing = {self.disk.path_of(r) for r in self.catalog.writing_rows()}
         # every row once, then every file no row names (a file is counted once, not once per loop)
         total = len(rows) + len(files - {self.disk.path_of(r) for r in rows} - writing)
+        damaged_rows: list[str] = []  # keys whose own file is damaged (an unindexed file's name is no row's)
         for i, row in enumerate(rows):
             if progress:
                 progress(i + 1, total)
@@ -150,6 +151,7 @@ class Integrity:
                 report["ok"] += 1
             except (ChunkError, OSError) as e:
                 report["damaged"].append({"key": row.key, "path": rel, "error": str(e)})
+                damaged_rows.append(row.key)
         unindexed: list[tuple[ChunkRow, dict[str, Any]]] = []
         for j, rel in enumerate(sorted(files - writing)):
             if progress:
@@ -160,12 +162,13 @@ class Integrity:
             except ChunkError as e:
                 report["damaged"].append({"key": Path(rel).stem, "path": rel, "error": str(e)})
         if repair:
+            for d in report["damaged"]:  # aside first: removing the rows unlinks the files still in place
+                self.disk.quarantine(d["path"])
             with self.catalog.transaction() as c:
-                gone = [d["key"] for d in report["damaged"]] + report["missing"]
+                # a bad file no row names drops no row: its name may be a sound chunk's key (a stray copy)
+                gone = damaged_rows + report["missing"]
                 dropped = Catalog.subtree(c, gone)
                 self.remove_rows(c, dropped, "corrupt", now)
-            for d in report["damaged"]:
-                self.disk.quarantine(d["path"])
             for row, params in unindexed:
                 self.catalog.add_namespace(row.namespace, row.model, params)
             self.catalog.insert_many(r for r, _ in unindexed)

@@ -121,14 +121,14 @@ class KVStore:
         self._names = Namespaces(self.bucket, self._remote, model=model, revision=revision, chunk_tokens=chunk_tokens,
                                  tp_rank=tp_rank, tp_size=tp_size, hash=hash, salt=salt_hex,
                                  geometry=geometry)
-        self._wire(set())
+        self._wire(set(), set())
         self._shadow = Shadow(self.bucket, bool(record), record_budget)  # shared by salted views
 
-    def _wire(self, unreleased: set[str]) -> None:
+    def _wire(self, unreleased: set[str], undropped: set[str]) -> None:
         """Builds the pipelines over this store's parts (once per store, and per salted view)."""
         parts = StoreParts(self.model, self.chunk_tokens, self.bucket, self._disk, self._pool, self._host,
                            self._remote, self._names, self._counters, self._faults)
-        self._puts = PutPipeline(parts, unreleased)
+        self._puts = PutPipeline(parts, unreleased, undropped)
         mmap = defaults.get("mmap_read") == "auto" and defaults.direct_mode("direct_read") == 0
         self._gets = GetPipeline(parts, mmap)
         self._landing = RemoteLanding(parts, self._puts, lambda fn, *a: self._worker("put").submit(fn, *a))
@@ -145,7 +145,7 @@ class KVStore:
         view = copy.copy(self)
         view._view_of = self._view_of or self
         view._names = self._names.with_salt(salt_digest(salt))
-        view._wire(self._puts._unreleased)
+        view._wire(self._puts._unreleased, self._puts._undropped)
         return view
 
     def _namespace(self, geometry: Geometry) -> Namespace:

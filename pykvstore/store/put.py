@@ -36,10 +36,13 @@ Expiry = tuple[Optional[float], Optional[str]]  # (ttl seconds or None, ttl mode
 class PutPipeline:
     """Writes the full chunks of a put into the bucket (and the host and remote tiers)."""
 
-    def __init__(self, parts: StoreParts, unreleased: Optional[set[str]] = None) -> None:
+    def __init__(self, parts: StoreParts, unreleased: Optional[set[str]] = None,
+                 undropped: Optional[set[str]] = None) -> None:
         self.p = parts
-        # reservations a failed write could not release yet (shared by a store's salted views)
+        # reservations a failed write could not release yet, and unreachable chunks a failed
+        # drop left indexed (both shared by a store's salted views; retried by retry_releases)
         self._unreleased: set[str] = set() if unreleased is None else unreleased
+        self._undropped: set[str] = set() if undropped is None else undropped
 
     def options(self, tag: Any, ttl: Any, ttl_mode: Optional[str]) -> Expiry:
         """Checks a put's tag; its expiry from its arguments or the bucket's defaults."""
@@ -226,8 +229,9 @@ class PutPipeline:
             return
         try:
             self.p.bucket.unlink_chunks(mine, tails=False)
-        except sqlite3.Error as e:  # they stay indexed: unreachable, evicted as leaves in time
-            self.p.faults.warn_once("drop", f"could not drop unreachable chunks: {e}")
+        except sqlite3.Error as e:  # rows and files stay (unreachable); retried with the releases
+            self.p.faults.warn_once("drop", f"could not drop unreachable chunks (will retry): {e}")
+            self._undropped.update(mine)
         for k in mine:
             self.p.host.discard(k)
 
@@ -243,10 +247,18 @@ class PutPipeline:
             self._unreleased.add(row.key)
 
     def retry_releases(self) -> None:
-        """Retries reservations `forget` could not release (the catalog's disk was full)."""
+        """Retries reservations `forget` could not release, and drops `_drop_unreachable` could
+        not make (the catalog's disk was full, or its lock held): before and after each put, and at close."""
         for key in list(self._unreleased):
             try:
                 self.p.bucket.abort(key)
                 self._unreleased.discard(key)
             except sqlite3.Error:
                 return
+        if self._undropped:
+            batch = set(self._undropped)
+            try:
+                self.p.bucket.unlink_chunks(batch, tails=False)
+            except sqlite3.Error:
+                return
+            self._undropped.difference_update(batch)

@@ -293,5 +293,7 @@ def serve(path: str, host: str = "127.0.0.1", port: int = 8470, read_only: bool 
     config = uvicorn.Config(app, log_level="warning", lifespan="off")
     try:
         uvicorn.Server(config).run(sockets=[sock])
+    except KeyboardInterrupt:  # Ctrl-C: uvicorn has shut down gracefully, then raised the signal again
+        pass
     finally:
         bucket.close()

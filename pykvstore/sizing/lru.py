@@ -129,6 +129,7 @@ def lru_profile(accesses: Iterable[Access], exact_limit: int = EXACT_LIMIT) -> P
             if prev is not None:
                 fen.add(prev[0], -prev[1])
                 held -= prev[1]
+                del last[k]  # out of the tree: a re-lay below must not put it back at its old place
             pos += 1
             if pos > fen.n:  # the sample ran over its estimate: re-lay the tree
                 fen, last, pos = _relay(last, fen.n * 2)

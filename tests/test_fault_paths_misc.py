@@ -57,6 +57,12 @@ def test_sizes_given_to_set_are_parsed_like_the_environment_s(monkeypatch):
     assert defaults.get("host_pool") == 64 << 20
 
 
+def test_yes_no_flags_read_strings_and_plain_values():
+    assert [defaults.parse_flag(v) for v in ("0", "false", " No ", "OFF", "1", "yes", "on")] == \
+        [False, False, False, False, True, True, True]
+    assert [defaults.parse_flag(v) for v in (0, 1, False, True, None)] == [False, True, False, True, False]
+
+
 def test_an_unknown_name_is_refused_by_get():
     with pytest.raises(InputError, match="unknown setting 'threads'"):
         defaults.get("threads")

@@ -16,6 +16,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -191,6 +192,37 @@ def test_open_dir_walks_plain_directories_only(tmp_path):
         assert list((tmp_path / "elsewhere").iterdir()) == []
     finally:
         os.close(root)
+
+
+def test_writers_racing_to_make_the_same_directories_all_get_them(tmp_path):
+    # Real threads on a real directory: each finds a level missing, another makes it first
+    # (mkdir's EEXIST), and every one of them must still get that directory.
+    root = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    errors: list[BaseException] = []
+
+    def make(rel: str, barrier: threading.Barrier) -> None:
+        barrier.wait()
+        try:
+            fd = open_dir(root, rel, create=True)
+            try:
+                assert os.fstat(fd).st_ino == os.stat(tmp_path / rel).st_ino
+            finally:
+                os.close(fd)
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    try:
+        for i in range(300):
+            barrier = threading.Barrier(4)
+            threads = [threading.Thread(target=make, args=(f"r{i}/a/b/c", barrier)) for _ in range(4)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+    finally:
+        os.close(root)
+    assert errors == []
+    assert len(list(tmp_path.glob("r*/a/b/c"))) == 300
 
 
 def test_open_regular_refuses_what_is_not_a_plain_file_reached_directly(tmp_path):

@@ -68,3 +68,7 @@ def test_a_store_that_fails_is_a_future_miss_not_an_engine_error(paths):
     f = paths["store_fault"]  # the write thread met an I/O error on the second chunk
     assert f["held"] == 256  # the chunk before the fault is kept
     assert len(f["warned"]) == 1 and "injected fault" in f["warned"][0]
+
+
+def test_tenant_views_are_bounded_least_recent_first(paths):
+    assert paths["views"] == {"kept": 4096, "oldest_dropped": True, "recent_kept": True, "same_base": True}

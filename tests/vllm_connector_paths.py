@@ -164,4 +164,18 @@ w._store(None).bucket.engine.inject_faults("write", 0)
 out["store_fault"] = {"warned": [m for m in warnings if "store for s2 met a fault" in m],
                       "held": w._store(None).lookup(tokens)}
 w.shutdown()
+# -- tenants (cache salts): views of the one store, at most 4096 kept, the least recent dropped
+w = connector("views")
+base = w._store(None)
+for i in range(4100):
+    w._store(f"tenant-{i}")
+# 4101 views asked for (the base's and 4100 salts'): the 5 least recent went, the base's view first
+dropped = all(s not in w._views for s in (None, "tenant-0", "tenant-3")) and "tenant-4" in w._views
+w._store("tenant-5")  # used again: now the most recent
+w._store("tenant-4100")
+w._store("tenant-4101")  # two more: tenant-4 and tenant-6 go, not tenant-5
+out["views"] = {"kept": len(w._views), "oldest_dropped": dropped,
+                "recent_kept": "tenant-5" in w._views and "tenant-6" not in w._views and "tenant-4101" in w._views,
+                "same_base": w._store(None) is base}
+w.shutdown()
 print("RESULT " + json.dumps(out), flush=True)

@@ -344,11 +344,12 @@ def _parser() -> argparse.ArgumentParser:
             sp.add_argument("--json", action="store_true", help="machine-readable output")
         return sp
 
-    def selectors(sp: argparse.ArgumentParser, ages: bool = True) -> None:
+    def selectors(sp: argparse.ArgumentParser, ages: bool = True,
+                  key_help: str = "chunk keys (hex): those chunks only") -> None:
         sp.add_argument("--model")
         sp.add_argument("--tag", help='origin tag ("" for untagged)')
         sp.add_argument("--namespace")
-        sp.add_argument("--key", nargs="+", help="chunk keys (hex); their chains go too")
+        sp.add_argument("--key", nargs="+", help=key_help)
         if ages:
             sp.add_argument("--idle-longer-than", dest="idle_longer_than", metavar="DURATION")
             sp.add_argument("--created-before", dest="created_before", metavar="ISO_TIME")
@@ -365,7 +366,7 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--chunks", action="store_true", help="one line per chunk")
     sp.add_argument("--limit", type=int)
     sp = cmd("clear", cmd_clear, "remove chunks by selector")
-    selectors(sp)
+    selectors(sp, key_help="chunk keys (hex); the chunks chained after them go too")
     sp.add_argument("--all", action="store_true", help="everything (pinned chunks only with --include-pinned)")
     sp.add_argument("--include-pinned", action="store_true")
     cmd("gc", cmd_gc, "reclaim expired chunks")

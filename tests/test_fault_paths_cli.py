@@ -73,6 +73,9 @@ def test_pin_by_key_pins_that_chunk_and_its_chain(filled, capsys):
     with kv.Bucket(filled) as b:
         pinned = {k for (k,) in b.catalog.query("SELECT key FROM chunks WHERE pinned")}
     assert pinned == {root} and root in chain
+    with pytest.raises(SystemExit):
+        cli.main(["pin", "--help"])
+    assert "chunk keys (hex): those chunks only" in " ".join(capsys.readouterr().out.split())
 
 
 def test_cost_refuses_a_bytes_per_token_that_is_not_positive(capsys):

@@ -244,6 +244,14 @@ def test_a_failure_inside_the_bucket_is_a_500_naming_only_the_error_type(app, fi
     assert str(filled) not in data["error"]
 
 
+def test_without_its_extra_the_dashboard_says_what_to_install(filled, monkeypatch):
+    from pykvstore import dashboard
+
+    monkeypatch.setitem(sys.modules, "uvicorn", None)  # the environment of an install without [dashboard]
+    with pytest.raises(InputError, match=r'the dashboard needs its extra: pip install "pykvstore\[dashboard\]"'):
+        dashboard.serve(str(filled), port=0, read_only=True)
+
+
 def test_loopback_names_are_recognised_and_others_are_not():
     from pykvstore.dashboard import allowed_hosts_for, is_loopback
 

@@ -508,6 +508,33 @@ def test_two_stores_racing_on_one_key_write_it_once_and_answer_what_is_held(buck
         assert load_verified(b, 1) == 96
 
 
+def test_a_key_another_store_committed_first_is_held_and_never_written_twice(bucket):
+    """Store b checks what is held, then store a stores the whole sequence before b reserves
+    its first chunk: b's reservations find a's ready chunks, b writes nothing, answers 96,
+    and a's files are the ones kept (same inodes)."""
+    toks, cache, ids = args(1)
+    with open_store(str(bucket)) as a, open_store(str(bucket)) as b:
+        real_reserve = b.bucket.reserve
+        done = []
+
+        def b_reserve(row, protect):
+            if not done:
+                done.append(a.put(toks, cache, ids))  # a gets there first, and finishes
+            return real_reserve(row, protect)
+
+        b.bucket.reserve = b_reserve
+        inodes = None
+        try:
+            assert b.put(toks, cache, ids) == 96 == b.lookup(toks)
+            inodes = [p.stat().st_ino for p in data_files(bucket)]
+        finally:
+            del b.bucket.reserve
+        assert done == [96] and len(inodes) == 3
+        assert b.stats().put_chunks_written == 0 and a.stats().put_chunks_written == 3
+        assert [p.stat().st_ino for p in data_files(bucket)] == inodes
+        assert load_verified(b, 1) == 96
+
+
 # --- a bad file where a directory should be; an expired row replaced ---------------------------
 
 def test_a_file_where_the_chunk_directory_should_be_fails_the_put_cleanly(bucket, caplog):

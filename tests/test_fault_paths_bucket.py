@@ -399,3 +399,18 @@ def test_a_fault_that_cannot_be_rebuilt_from_its_message_is_kept_as_a_runtime_er
     assert isinstance(kept, RuntimeError) and "UnicodeDecodeError" in str(kept) and kept.__traceback__ is None
     enospc = detached(OSError(errno.ENOSPC, "No space left on device", "/x"))
     assert isinstance(enospc, OSError) and enospc.errno == errno.ENOSPC and enospc.filename == "/x"
+
+
+def test_the_sizing_cache_stays_bounded_however_many_questions_are_asked(bucket):
+    """A dashboard may ask for many capacity lists; the bucket keeps at most 17 answers (then
+    starts over), and an answer after the reset is the same as before it."""
+    with open_store(str(bucket)) as s:
+        for seed in range(3):
+            assert s.put(*args(seed)) == 96
+        s.stats()  # the recorder's waiting records are written
+    with kv.Bucket(bucket) as b:
+        first = b.size([16384]).to_dict()
+        for n in range(2, 19):  # the 18th answer finds 17 kept
+            b.size([16384 * n])
+            assert len(b._sizing_cache) <= 17
+        assert b.size([16384]).to_dict() == first

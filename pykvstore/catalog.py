@@ -244,23 +244,18 @@ class Catalog:
         """Length of the longest prefix of `keys` whose chunks are ready and alive (lookup's hot path).
 
         One statement over the keys as a JSON array; chunk keys are hex, which
-        goes into the array as it is (anything else is encoded by json.dumps).
-        Without SQLite's JSON functions: ready_prefix_len_in.
+        goes into the array as it is. Keys that cannot go in as they are take
+        ready_prefix_len_in, which binds each key as it is: encoded instead,
+        a NUL (\\u0000) ended json_each's value there, so 'a\\0b' read as a held
+        'a'. As without SQLite's JSON functions.
         """
-        if not self._json:
-            return self.ready_prefix_len_in(keys, now)
         if not keys:
             return 0
         flat = "".join(keys)
-        as_is = flat.isascii() and '"' not in flat and "\\" not in flat
-        doc = '["' + '","'.join(keys) + '"]' if as_is else json.dumps(list(keys))
-        try:
-            (first_missing,) = self.query(_PREFIX_LEN_SQL, (doc, now))[0]
-        except sqlite3.OperationalError:
-            if not as_is:
-                raise
-            # a control character in a key: SQLite refuses the array ("malformed JSON"), never misreads it
-            (first_missing,) = self.query(_PREFIX_LEN_SQL, (json.dumps(list(keys)), now))[0]
+        if not self._json or not (flat.isascii() and flat.isprintable()) or '"' in flat or "\\" in flat:
+            return self.ready_prefix_len_in(keys, now)
+        doc = '["' + '","'.join(keys) + '"]'
+        (first_missing,) = self.query(_PREFIX_LEN_SQL, (doc, now))[0]
         return len(keys) if first_missing is None else first_missing
 
     def ready_prefix_len_in(self, keys: Sequence[str], now: float) -> int:

@@ -130,6 +130,14 @@ def _chunk_tokens(chunk_tokens: int) -> int:
     return int(chunk_tokens)
 
 
+def _one_dim(tokens: np.ndarray) -> np.ndarray:
+    """Both derivations read 1-D tokens only: over a 2-D array the native chain would hash
+    every element and the reference count rows, so their keys would differ."""
+    if tokens.ndim != 1:
+        raise TokensError(f"tokens must be 1-D, got an array of shape {tuple(tokens.shape)}")
+    return tokens
+
+
 def _token_bytes(tokens: np.ndarray) -> np.ndarray:
     """`tokens` as contiguous little-endian uint32 (a copy only when they are not already)."""
     if tokens.dtype != TOKEN_DTYPE or not tokens.flags.c_contiguous:
@@ -144,6 +152,7 @@ def chunk_keys_py(root: bytes, tokens: np.ndarray, chunk_tokens: int, algorithm:
     XXH3-128 chain with it.
     """
     chunk_tokens = _chunk_tokens(chunk_tokens)
+    tokens = _one_dim(tokens)
     new = _hasher(algorithm)
     data = memoryview(tokens.astype(TOKEN_DTYPE, copy=False).tobytes())
     step = chunk_tokens * TOKEN_DTYPE.itemsize
@@ -166,6 +175,8 @@ def chunk_keys(root: bytes, tokens: np.ndarray, chunk_tokens: int, algorithm: st
     chunk_tokens = _chunk_tokens(chunk_tokens)
     if algorithm != "xxh3_128":
         return chunk_keys_py(root, tokens, chunk_tokens, algorithm)
+    if chunk_tokens > len(_one_dim(tokens)):  # no full chunk (and chunk_bytes might not fit a size_t)
+        return []
     return _C.chain_keys(bytes(root), _token_bytes(tokens), chunk_tokens * TOKEN_DTYPE.itemsize, False)
 
 
@@ -179,6 +190,8 @@ def chunk_keys_hex(root: bytes, tokens: np.ndarray, chunk_tokens: int, algorithm
     chunk_tokens = _chunk_tokens(chunk_tokens)
     if algorithm != "xxh3_128":
         return [k.hex() for k in chunk_keys_py(root, tokens, chunk_tokens, algorithm)]
+    if chunk_tokens > len(_one_dim(tokens)):  # no full chunk (and chunk_bytes might not fit a size_t)
+        return []
     return _C.chain_keys(bytes(root), _token_bytes(tokens), chunk_tokens * TOKEN_DTYPE.itemsize, True)
 
 

@@ -1,0 +1,112 @@
+"""Hostile review of the native chunk keys (20b8dc8), the one-statement prefix query (003c7e9)
+and the after-commit unlinks (93d5742, 83705ef): inputs a careless caller or a crafted row can
+hand these paths, each checked against the definition it must match (chunk_keys_py, and
+ready_prefix_len_in, the IN-list statements that bind every key as it is)."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+
+import pykvstore as kv
+from pykvstore.catalog import READY, WRITING, Catalog, ChunkRow
+from pykvstore.keys import chunk_keys, chunk_keys_hex, chunk_keys_py, namespace_digest
+
+ROOT = namespace_digest({"model": "m"})
+
+
+# --- keys: what the native chain gets must be what the reference gets -----------------------
+
+@pytest.mark.parametrize("shape", [(8, 8), (2, 4, 8), ()])
+def test_tokens_that_are_not_1d_are_refused_by_both_derivations(shape):
+    """A 2-D array used to give the native chain one key per chunk of all its elements while
+    the reference counted rows (8 keys against 1 for chunk_tokens=8), and a 0-d array a key
+    from the native chain but a TypeError from the reference: keys that disagree are keys two
+    processes would not share. Both now refuse anything but 1-D tokens by name."""
+    toks = np.arange(int(np.prod(shape)), dtype=np.uint32).reshape(shape)
+    for derive in (chunk_keys, chunk_keys_hex, chunk_keys_py):
+        with pytest.raises(kv.TokensError, match="1-D"):
+            derive(ROOT, toks, 8)
+    # Fortran order too: nothing reaches the native call that the reference would not read the same
+    with pytest.raises(kv.TokensError, match="1-D"):
+        chunk_keys(ROOT, np.asfortranarray(np.arange(64, dtype=np.uint32).reshape(8, 8)), 8)
+
+
+@pytest.mark.parametrize("chunk_tokens", [2**40, 2**62, 2**62 + 1, 2**64, np.uint64(2**63)])
+def test_a_chunk_longer_than_any_prompt_gives_no_keys_like_the_reference(chunk_tokens):
+    """chunk_tokens * 4 past 2**64 did not fit the binding's size_t: a TypeError whose message
+    printed the whole token array, where the reference answers [] (no full chunk)."""
+    toks = np.arange(100, dtype=np.uint32)
+    assert chunk_keys_py(ROOT, toks, chunk_tokens) == []
+    assert chunk_keys(ROOT, toks, chunk_tokens) == []
+    assert chunk_keys_hex(ROOT, toks, chunk_tokens) == []
+
+
+def test_a_store_with_a_huge_chunk_answers_its_hashes_as_empty(tmp_path):
+    with kv.KVStore(tmp_path / "b", model="m", chunk_tokens=2**62, capacity="1GiB",
+                    geometry=kv.Geometry(3, 4, 16, "bfloat16")) as s:
+        assert s.hashes(list(range(100))) == []
+        assert s.lookup(list(range(100))) == 0
+
+
+def test_every_dtype_order_and_stride_gives_the_reference_keys():
+    rng = np.random.default_rng(7)
+    base = rng.integers(0, 2**31, 96)
+    arrays = [base.astype(dt) for dt in ("<u4", ">u4", "<i8", ">i8", ">u8", "<i4")]
+    arrays += [(base % 250).astype(dt) for dt in ("u1", "<u2", ">u2")]
+    arrays += [base.astype("<u4")[::2], base.astype("<u4")[::-1], base.astype(">u4")[::3], np.empty(0, "<u4")]
+    ro = base.astype("<u4")
+    ro.flags.writeable = False
+    arrays.append(ro)
+    for a in arrays:
+        for ct in (1, 2, 3, 5, 16, 96, 97):
+            ref = chunk_keys_py(ROOT, a, ct)
+            assert chunk_keys(ROOT, a, ct) == ref, (a.dtype, a.strides, ct)
+            assert chunk_keys_hex(ROOT, a, ct) == [k.hex() for k in ref]
+
+
+# --- the prefix query: the JSON array must never read a key as another -----------------------
+
+def _catalog(tmp_path, keys_states) -> Catalog:
+    cat = Catalog(str(tmp_path / "catalog.sqlite"))
+    cat.insert_many(ChunkRow(key=k, parent="ns", namespace="ns", model="m", chunk_index=i, tokens=16, nbytes=1,
+                             path=f"data/{i}", created=0.0, last_access=0.0, state=st, expires=exp)
+                    for i, (k, st, exp) in enumerate(keys_states))
+    return cat
+
+
+def test_a_key_with_a_nul_is_never_read_as_the_shorter_key_before_it(tmp_path):
+    """json.dumps writes NUL as \\u0000 and SQLite's json_each cut the value there: the key
+    'a\\0zzz' was answered as held because 'a' is (over-reporting: get could not load it), and a
+    held 'b\\0c' was answered as missing."""
+    cat = _catalog(tmp_path, [("a", READY, None), ("b\x00c", READY, None)])
+    try:
+        assert cat.ready_prefix_len(["a\x00zzz"], 1.0) == cat.ready_prefix_len_in(["a\x00zzz"], 1.0) == 0
+        assert cat.ready_prefix_len(["b\x00c"], 1.0) == 1
+        assert cat.ready_prefix_len(["a", "b\x00c", "a\x00"], 1.0) == 2
+    finally:
+        cat.close()
+
+
+def test_the_json_statement_agrees_with_the_in_lists_on_any_keys(tmp_path):
+    """Random keys over every ASCII character and a few others (NUL, controls, quotes,
+    backslashes, BOM, line separator, an emoji, number- and literal-looking text), ready,
+    writing, expired or absent, in random orders with duplicates."""
+    rnd = random.Random(5)
+    alpha = [chr(i) for i in range(128)] + ["é", "\u2028", "\U0001F600", "\ufeff"]
+    keys = list(dict.fromkeys(["".join(rnd.choice(alpha) for _ in range(rnd.randint(0, 6))) for _ in range(300)]
+                              + ["0123", "1e5", "null", "true", "[1]", "{}", " ", "0", "-0"]))
+    states = []
+    for k in keys:
+        r = rnd.random()
+        if r < 0.8:
+            states.append((k, READY if r < 0.7 else WRITING, rnd.choice([None, None, None, 5.0, 15.0])))
+    cat = _catalog(tmp_path, states)
+    try:
+        for _ in range(1500):
+            q = [rnd.choice(keys) for _ in range(rnd.randint(0, 8))]
+            assert cat.ready_prefix_len(q, 10.0) == cat.ready_prefix_len_in(q, 10.0), q
+    finally:
+        cat.close()

@@ -309,9 +309,13 @@ class Catalog:
                 f"WHERE key = ? AND state = {WRITING}", (now, now, key))
             return cur.rowcount == 1
 
-    def abort(self, key: str) -> None:
+    def abort(self, key: str, owner: Optional[str] = None) -> None:
+        """Deletes the `writing` row of `key` (with `owner`, only if that writer reserved it)."""
         with self.transaction() as c:
-            c.execute(f"DELETE FROM chunks WHERE key = ? AND state = {WRITING}", (key,))
+            if owner is None:
+                c.execute(f"DELETE FROM chunks WHERE key = ? AND state = {WRITING}", (key,))
+            else:
+                c.execute(f"DELETE FROM chunks WHERE key = ? AND state = {WRITING} AND owner = ?", (key, owner))
 
     @staticmethod
     def touch(c: sqlite3.Connection, keys: Sequence[str], now: float) -> None:

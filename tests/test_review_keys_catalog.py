@@ -6,6 +6,7 @@ ready_prefix_len_in, the IN-list statements that bind every key as it is)."""
 from __future__ import annotations
 
 import random
+import sqlite3
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ import pytest
 import pykvstore as kv
 from pykvstore.catalog import READY, WRITING, Catalog, ChunkRow
 from pykvstore.keys import chunk_keys, chunk_keys_hex, chunk_keys_py, namespace_digest
+from workers import CT, load_verified, open_store, sequence
 
 ROOT = namespace_digest({"model": "m"})
 
@@ -110,3 +112,62 @@ def test_the_json_statement_agrees_with_the_in_lists_on_any_keys(tmp_path):
             assert cat.ready_prefix_len(q, 10.0) == cat.ready_prefix_len_in(q, 10.0), q
     finally:
         cat.close()
+
+
+# --- releases retried later must release this store's reservation only -----------------------
+
+def _args(seed: int):
+    toks, cache, ids = sequence(seed)
+    return toks, kv.PagedKV(cache, "BHTC"), ids
+
+
+def _rows(store) -> dict[str, int]:
+    return dict(store._catalog.query("SELECT key, state FROM chunks"))
+
+
+def test_a_retried_release_never_drops_another_writers_reservation(bucket):
+    """Store a's commit and release of a chunk both fail (another connection holds the
+    catalog's write lock): its reservation stays, to be released before a's next put. An
+    evict removes it meanwhile and store b reserves and writes the same key. a's retried
+    release deleted b's reservation (any `writing` row of that key), so b's commit found no
+    row and b's put answered 0 with nothing stored; it now releases a's own reservation only."""
+    toks, cache, ids = _args(1)
+    with open_store(str(bucket)) as a, open_store(str(bucket)) as b:
+        a._catalog._conn.execute("PRAGMA busy_timeout = 50")  # give up on the held lock in 50 ms, not 60 s
+        holder = sqlite3.connect(bucket / "catalog.sqlite", isolation_level=None, timeout=5)
+        real_a = a._disk.write
+
+        def write_then_lock(rel, buf, size):  # the real write; the lock is taken once it is in place
+            fut = real_a(rel, buf, size)
+            fut.result()
+            holder.execute("BEGIN IMMEDIATE")
+            return fut
+
+        a._disk.write = write_then_lock
+        try:
+            assert a.put(toks[:CT], cache, ids) == 0
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
+            del a._disk.write
+        (k0,) = a._puts._unreleased
+        assert _rows(a) == {k0: WRITING}
+        assert b.evict(toks) > 0 and _rows(b) == {}  # the stale reservation goes with its chain
+
+        real_b, answers = b._disk.write, []
+
+        def write_while_a_puts(rel, buf, size):  # a's next put runs while b's first chunk is in flight
+            fut = real_b(rel, buf, size)
+            if not answers:
+                fut.result()
+                answers.append(a.put(*_args(2)))
+            return fut
+
+        b._disk.write = write_while_a_puts
+        try:
+            assert b.put(toks, cache, ids) == 3 * CT
+        finally:
+            del b._disk.write
+        assert answers == [3 * CT] and a._puts._unreleased == set()
+        assert set(_rows(b).values()) == {READY} and len(_rows(b)) == 6
+        assert b.lookup(toks) == 3 * CT and load_verified(b, 1) == 3 * CT

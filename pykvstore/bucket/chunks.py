@@ -74,9 +74,10 @@ class ChunkIndex:
         """Commits a reserved chunk whose file is written; False if it was removed meanwhile."""
         return self.catalog.mark_ready(key, now)
 
-    def abort(self, key: str) -> None:
-        """Releases a reservation whose write failed."""
-        self.catalog.abort(key)
+    def abort(self, key: str, owner: Optional[str] = None) -> None:
+        """Releases a reservation whose write failed (with `owner`: only that writer's; the
+        row may have gone since, and the key been reserved by another writer)."""
+        self.catalog.abort(key, owner)
 
     def unlink_chunks(self, keys: Collection[str], *, tails: bool) -> list[ChunkRow]:
         """Deletes the rows of `keys` (with tails, every chunk chained after them too) and

@@ -82,8 +82,10 @@ class GetPipeline:
         # that copy itself while it verifies the chunk.
         mapped = self._mmap and cache.device.type == "cpu"
         layout = cache.host_layout if mapped else None
-        # Cold files go around the page cache when the host tier keeps what this load reads (defaults' cold_read).
-        direct = p.disk.cold_direct(sum(nbytes for r in rows[first:] if r.key not in p.host), p.host.capacity)
+        # Cold files go around the page cache when the host tier keeps what this load reads (defaults' cold_read):
+        # all of its chunks, host hits included. Counting only those read from disk, a prompt larger than the
+        # host tier evicted its own hits (read with O_DIRECT before, so cold again) and went to the disk every time.
+        direct = p.disk.cold_direct((len(rows) - first) * nbytes, p.host.capacity)
 
         def read(i: int, row: ChunkRow):
             rel = p.disk.path_of(row)  # derived from (model, namespace, key), never the row's path

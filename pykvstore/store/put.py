@@ -241,7 +241,7 @@ class PutPipeline:
         is reclaimed by the first open after it exits."""
         self.p.disk.remove(self.p.disk.path_of(row))
         try:
-            self.p.bucket.abort(row.key)
+            self.p.bucket.abort(row.key, row.owner)
         except sqlite3.Error as e:
             self.p.faults.warn_once("abort", f"could not release a failed chunk's reservation (will retry): {e}")
             self._unreleased.add(row.key)
@@ -249,12 +249,16 @@ class PutPipeline:
     def retry_releases(self) -> None:
         """Retries reservations `forget` could not release, and drops `_drop_unreachable` could
         not make (the catalog's disk was full, or its lock held): before and after each put, and at close."""
-        for key in list(self._unreleased):
-            try:
-                self.p.bucket.abort(key)
-                self._unreleased.discard(key)
-            except sqlite3.Error:
-                return
+        if self._unreleased:
+            # this store's reservations only: one may have been removed since (an evict) and
+            # its key reserved by another writer, whose write must not lose its row
+            owner = self.p.disk.lease().owner
+            for key in list(self._unreleased):
+                try:
+                    self.p.bucket.abort(key, owner)
+                    self._unreleased.discard(key)
+                except sqlite3.Error:
+                    return
         if self._undropped:
             batch = set(self._undropped)
             try:

@@ -94,12 +94,14 @@ class DiskTier:
         engine.readahead_enabled = defaults.get("readahead")
 
     def cold_direct(self, load_bytes: int, host_capacity: int) -> bool:
-        """Whether a load of `load_bytes` from disk reads its cold files with O_DIRECT.
+        """Whether a load of chunks totalling `load_bytes` reads its cold files with O_DIRECT.
 
         "auto": only when the host tier (of `host_capacity` bytes) keeps all of
         it, so the chunks read are memory hits next time; a larger load would
         evict its own first chunks, and they would be cold again for the next
-        load, which the page cache would have served. Caller's thread.
+        load, which the page cache would have served. `load_bytes` counts every
+        chunk the load touches, its host hits too: they are evicted as surely
+        as chunks read from disk. Caller's thread.
         """
         if self.cold_read == "auto":
             return 0 < load_bytes <= host_capacity

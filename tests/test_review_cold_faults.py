@@ -1,0 +1,92 @@
+"""Faults a hostile review of cold_read=auto and the Redis tier's URL handling found.
+
+1. cold_read="auto" decided O_DIRECT from the bytes a load reads from disk
+   alone. A load whose host hits plus disk reads exceed the host tier evicts
+   its own host hits while it keeps the chunks it just read; those hits were
+   read with O_DIRECT before, so they are cold on disk again, and the next
+   load of the same prompt reads them with O_DIRECT once more: a prompt larger
+   than the host tier never warmed the page cache and went to the disk on every
+   load (what "auto" exists to avoid).
+2. A remote URL the tier refused echoed itself whole in the InputError,
+   password included (an upper-case scheme, a space from an env file, a cluster
+   node with credentials); credentials in a redis+cluster:// URL were taken for
+   part of a host name (the password then showed in the connect warning).
+3. URL options redis-py cannot take (an unknown name, a value it cannot parse,
+   a port out of range) raised TypeError or a plain ValueError out of the
+   store's constructor instead of an InputError.
+"""
+
+import logging
+import os
+import pathlib
+import uuid
+
+import pytest
+import torch
+
+import pykvstore as kv
+from pykvstore import _C, defaults
+from helpers import block_table, make_cache, reference, tokens
+
+CHUNK = 32
+SECRET = "hunter2-do-not-echo"
+
+
+def drop_page_cache(paths) -> None:
+    for p in paths:
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+@pytest.fixture
+def cold_dir(tmp_path):
+    """A directory whose files leave the page cache when told to (not tmpfs)."""
+    for d in (tmp_path, pathlib.Path(__file__).resolve().parents[1] / "test-artifacts" / uuid.uuid4().hex):
+        d.mkdir(parents=True, exist_ok=True)
+        probe = d / "probe"
+        probe.write_bytes(b"\1" * (1 << 20))
+        drop_page_cache([probe])
+        if _C.FileEngine(1).is_cold(str(probe)):
+            return d
+    pytest.skip("no file system here drops pages from its cache (tmpfs only)")
+
+
+@pytest.fixture
+def auto_cold_read():
+    before = defaults.get("cold_read")
+    defaults.set(cold_read="auto")
+    yield
+    defaults.set(cold_read=before)
+
+
+def load(s: kv.KVStore, toks, src, a, n_tokens: int) -> dict:
+    dst, b = make_cache("BHTC", seed=2), block_table(20, 24, 2)
+    assert s.get(toks[:n_tokens], kv.PagedKV(dst, "BHTC"), b) == n_tokens
+    assert torch.equal(reference(dst, "BHTC", b, 8, 0, n_tokens), reference(src, "BHTC", a, 8, 0, n_tokens))
+    return dict(s.stats().io)
+
+
+def test_a_load_larger_than_the_host_tier_warms_the_page_cache_even_when_part_of_it_is_held(
+        cold_dir, read_path, auto_cold_read):
+    src = make_cache("BHTC", seed=1)
+    toks, a = tokens(5 * CHUNK), block_table(20, 24, 1)
+    with kv.KVStore(cold_dir / "bucket", model="m", chunk_tokens=CHUNK) as s:
+        assert s.put(toks, kv.PagedKV(src, "BHTC"), a) == 5 * CHUNK
+    files = sorted((cold_dir / "bucket" / "data").rglob("*.safetensors"))
+    drop_page_cache(files)
+    chunk = kv.PagedKV(src, "BHTC").geometry.chunk_bytes(CHUNK)
+    engine = _C.FileEngine(1)
+    with kv.KVStore(cold_dir / "bucket", model="m", chunk_tokens=CHUNK, host_capacity=3 * chunk + 100) as s:
+        first = load(s, toks, src, a, 3 * CHUNK)  # 3 chunks fit the host tier: read around the page cache
+        assert first["direct_reads"] + first["direct_fallbacks"] == 3
+        # The whole prompt (5 chunks) cannot stay in a host tier of 3: whatever it
+        # reads from disk goes through the page cache, so two loads leave every
+        # file warm and the third reads none of them around it.
+        for _ in range(3):
+            io = load(s, toks, src, a, 5 * CHUNK)
+        assert io["direct_reads"] == first["direct_reads"], "a load the host tier cannot keep read with O_DIRECT"
+        assert not any(engine.is_cold(str(f)) for f in files), "the page cache never warmed: every load hits the disk"

@@ -201,6 +201,15 @@ def _reads(io: dict) -> dict:
     return {"direct": io["direct_reads"], "page_cache": io["mapped_reads"] + io["buffered_reads"] - io["direct_fallbacks"]}
 
 
+def _await_prefault(s: "kv.KVStore") -> float:
+    """Seconds until the store's pool prefault (store/prefault.py) is done: a replica's
+    first request comes after its engine loaded the model, while this ran."""
+    t0 = time.perf_counter()
+    if s._gets.prefault is not None:
+        s._gets.prefault.join()
+    return time.perf_counter() - t0
+
+
 def cold_child(work: Path, mode: str, n: int) -> None:
     """One load in a fresh process (a restarted replica): its engine blocks already
     touched (an engine allocates and zeroes them at start), its store opened, then
@@ -211,10 +220,11 @@ def cold_child(work: Path, mode: str, n: int) -> None:
     dst = kv.PagedKV(layers, "2BTHD")
     dst_ids = np.random.default_rng(3).permutation(blocks + 8)[:blocks]
     with _open(work, mode) as s:
+        prefault_s = _await_prefault(s)
         t0 = time.perf_counter()
         assert s.get(tokens, dst, dst_ids) == n * CHUNK
         t = time.perf_counter() - t0
-        print(json.dumps({"s": t, "reads": _reads(s.stats().io)}))
+        print(json.dumps({"s": t, "reads": _reads(s.stats().io), "prefault_s": prefault_s}))
 
 
 def cold_figures(n: int, work: Path, repeat: int) -> dict:
@@ -235,7 +245,9 @@ def cold_figures(n: int, work: Path, repeat: int) -> dict:
     host tier let its chunks go, where "auto" reads them cold again). Stores
     other than the new ones stay open, their pools touched by one untimed
     cold get first. Last, a few rounds of one cold get in a fresh process per
-    mode (the first touch of a new process's memory included)."""
+    mode (the first touch of a new process's memory included). A new store or
+    process waits for its pool prefault (seconds reported) before its get, as a
+    replica's first request waits for its engine to load the model."""
     import subprocess
     import sys
 
@@ -248,6 +260,7 @@ def cold_figures(n: int, work: Path, repeat: int) -> dict:
     files = sorted(str(p) for p in (work / "bucket" / "data").rglob("*.safetensors"))
     total = sum(os.path.getsize(f) for f in files)
     reads: dict[str, dict] = {}
+    prefault_s: list[float] = []  # a new store's pool prefault, awaited before its first get
 
     def cpu_s() -> float:  # this process's CPU seconds, all its threads
         r = resource.getrusage(resource.RUSAGE_SELF)
@@ -276,6 +289,7 @@ def cold_figures(n: int, work: Path, repeat: int) -> dict:
             reads[mode] = {k: v - before[k] for k, v in _reads(s.stats().io).items()}
             t[f"reload_{mode}_same_store_host_tier"] = get_timed(s)
             with _open(work, mode) as s2:  # a new store on the same machine: where the mode left the files
+                prefault_s.append(_await_prefault(s2))
                 t[f"reload_{mode}_new_store"] = get_timed(s2)
             return t
         return run
@@ -332,12 +346,14 @@ def cold_figures(n: int, work: Path, repeat: int) -> dict:
                 raise RuntimeError(out.stderr[-2000:])
             child = json.loads(out.stdout.strip().splitlines()[-1])
             times.setdefault(f"new_process_get_cold_{mode}", []).append(child["s"])
+            prefault_s.append(child["prefault_s"])
             reads[f"{mode}_new_process"] = child["reads"]
     load.append(os.getloadavg()[0])
 
     out: dict = {"bytes": total, "files": len(files), "rounds": repeat, "io_threads": kv.defaults.get("io_threads"),
                  "inflight": kv.defaults.get("inflight"), "host_capacity": kv.defaults.get("host_capacity"),
-                 "load_average_1min_per_round": [round(x, 2) for x in load], "reads_in_the_last_cold_get": reads}
+                 "load_average_1min_per_round": [round(x, 2) for x in load], "reads_in_the_last_cold_get": reads,
+                 "prefault": kv.defaults.get("prefault"), "prefault_s_awaited": [round(x, 2) for x in prefault_s]}
     for name, ts in times.items():
         out[name] = {"best_GBps": round(total / min(ts) / 1e9, 3), "median_GBps": round(total / statistics.median(ts) / 1e9, 3),
                      "all_GBps": [round(total / t / 1e9, 3) for t in ts]}

@@ -52,6 +52,10 @@ _SPEC: dict[str, tuple[str, str, Any]] = {
     # all that the load reads (its next load is a memory hit), else through the
     # page cache (a load larger than the host tier, or no host tier).
     "cold_read": ("PYKVSTORE_COLD_READ", "auto", str.lower),
+    # A store opened over its model's chunks faults in, on a thread, the pool
+    # pages a cold load of them would write (an unpinned pool commits a page
+    # at its first write, inside the first load's reads otherwise): "auto" or "off".
+    "prefault": ("PYKVSTORE_PREFAULT", "auto", str.lower),
     # Reads through the page cache ask, when submitted, for the missing pages of
     # every file in flight (a deep disk queue where the device's readahead
     # window is small). Off: on the machine it was measured on it cost CPU and
@@ -66,8 +70,8 @@ def _check(name: str, value: Any) -> Any:
         raise InputError(f"{name} must be one of off/auto/on, got {value!r}")
     if name == "cold_read" and value not in _COLD_READS:
         raise InputError(f"cold_read must be one of {'/'.join(_COLD_READS)}, got {value!r}")
-    if name == "mmap_read" and value not in ("off", "auto"):
-        raise InputError(f"mmap_read must be off or auto, got {value!r}")
+    if name in ("mmap_read", "prefault") and value not in ("off", "auto"):
+        raise InputError(f"{name} must be off or auto, got {value!r}")
     if name in ("io_threads", "inflight") and (not isinstance(value, int) or value < 1):
         raise InputError(f"{name} must be a positive integer, got {value!r}")
     return value

@@ -158,3 +158,47 @@ def test_cache_never_and_direct_always_go_around_the_page_cache(cold_dir, read_p
         io = load(s, toks, src, a, 5 * CHUNK)
         assert io["direct_reads"] + io["direct_fallbacks"] == 5 and page_cache_reads(io) - io["direct_fallbacks"] == 0
         assert all(cold(files))
+
+
+def resident(address: int, length: int) -> list[bool]:
+    """Which pages of this process's memory at [address, address + length) are faulted in (mincore)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+    vec = (ctypes.c_ubyte * (-(-length // 4096)))()
+    assert libc.mincore(address, length, vec) == 0, ctypes.get_errno()
+    return [bool(v & 1) for v in vec]
+
+
+@pytest.fixture
+def prefault_mode():
+    before = defaults.get("prefault")
+    yield lambda mode: defaults.set(prefault=mode)
+    defaults.set(prefault=before)
+
+
+def test_a_store_over_stored_chunks_faults_in_the_pool_pages_a_load_of_them_writes(cold_dir, prefault_mode):
+    """At open, a thread populates the pool's first pages, as many as the model's chunks
+    take (a cold load writes them into pool buffers); the rest of the pool stays untouched."""
+    prefault_mode("auto")
+    with kv.KVStore(cold_dir / "empty", model="m", chunk_tokens=CHUNK) as s:
+        assert s._gets.prefault is None  # nothing stored: nothing to load
+    toks, src, a, files = stored(cold_dir)
+    stored_bytes = sum(kv.PagedKV(src, "BHTC").geometry.chunk_bytes(CHUNK) for _ in files)
+    with kv.KVStore(cold_dir / "bucket", model="m", chunk_tokens=CHUNK) as s:
+        t = s._gets.prefault
+        assert t is not None
+        t.join(30)
+        pool = s._pool
+        assert stored_bytes <= t.nbytes == t.done < stored_bytes + len(files) * 8192 + 4096
+        assert all(resident(pool.base, t.nbytes))
+        beyond = -(-t.nbytes // (2 << 20)) * (2 << 20)  # past the huge page the last one may sit in
+        assert not any(resident(pool.base + beyond, 2 << 20))
+        io = load(s, toks, src, a, 5 * CHUNK)  # and the load is what it was
+        assert io["direct_reads"] + io["direct_fallbacks"] == 5
+    prefault_mode("off")
+    with kv.KVStore(cold_dir / "bucket", model="m", chunk_tokens=CHUNK) as s:
+        assert s._gets.prefault is None and not any(resident(s._pool.base, 2 << 20))
+    with pytest.raises(kv.InputError, match="prefault must be off or auto"):
+        defaults.set(prefault="on")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import threading
 import time
 from collections import deque
 from typing import Any, Optional
@@ -24,6 +25,7 @@ from ..chunk_file import CHECKSUM_ALGO, ChunkHeader, decode_header, format_check
 from ..errors import ChunkError
 from ..layout import Geometry, PagedKV
 from .namespaces import Namespace
+from . import prefault
 from .parts import StoreParts
 
 log = logging.getLogger("pykvstore")
@@ -57,6 +59,14 @@ class GetPipeline:
     def __init__(self, parts: StoreParts, mmap: bool) -> None:
         self.p = parts
         self._mmap = mmap
+        # The pool pages a cold load of this model's chunks would write, faulted in now (prefault.py).
+        self.prefault: Optional[threading.Thread] = None
+        if defaults.get("prefault") == "auto":
+            try:
+                stored = parts.bucket.catalog.usage(parts.model)[0]
+            except sqlite3.Error:
+                stored = 0
+            self.prefault = prefault.start(parts.pool, stored)
 
     def load(self, toks, cache: PagedKV, ids: torch.Tensor, n: int, start: int) -> int:
         """Loads chunks from chunk start // chunk_tokens on; returns the end of what is loaded (0: none)."""

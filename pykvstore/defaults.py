@@ -45,8 +45,8 @@ _SPEC: dict[str, tuple[str, str, Any]] = {
     "fsync": ("PYKVSTORE_FSYNC", "1", parse_flag),
     # A chunk file mostly out of the page cache (a cold restart; or a chunk just
     # written with O_DIRECT): "direct" reads it with O_DIRECT into a pool buffer,
-    # which spends no CPU filling the page cache (0.9x the disk's limit on a
-    # shared 2-core VM, where the page cache held it to 0.67x) but leaves the
+    # which spends no CPU filling the page cache (0.84-1.0x the disk's limit on
+    # a shared 2-core VM, where the page cache held it to 0.3-0.5x) but leaves the
     # file cold; "cache" reads it through the page cache like a warm one, which
     # then serves the next loads; "auto" reads direct when the host tier keeps
     # all that the load reads (its next load is a memory hit), else through the

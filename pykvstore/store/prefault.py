@@ -5,7 +5,7 @@ page is faulted in the first time anything writes it. A cold load reads
 with O_DIRECT into pool buffers the host tier then keeps, so the first load
 of a restarted process pays that first touch inside its reads: on the shared
 2-core VM this was measured on (huge pages, compacted at fault time) a fresh
-process's first cold get ran 0.3 GB/s, and 1.9-2.1 GB/s once the pool was
+process's first cold get ran 0.1-0.5 GB/s, and 1.5-1.7 GB/s once the pool was
 faulted in beforehand (benchmarks/results/2026-11-30-cpu-transfer-cold-auto.json).
 
 A store opened over a bucket that holds its model's chunks starts one

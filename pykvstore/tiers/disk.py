@@ -16,9 +16,9 @@ tier, which then keeps the verified chunk, so the next load of it is a memory
 hit and a page-cache copy would only be a second copy of the same bytes; a
 load larger than the host tier (or a store without one) reads through the page
 cache, the only cache its next load can hit. "direct" reads every cold file
-with O_DIRECT, "cache" none. Measured on a shared 2-core machine, filling the
-page cache held cold loads to about two thirds of the disk's speed, O_DIRECT
-to 0.9x (benchmarks/bench_transfer.py, cold_get). With readahead on, the
+with O_DIRECT, "cache" none. Measured on a shared 2-core machine, cold loads
+through the page cache ran at 0.3-0.5x of the disk's limit, with O_DIRECT at
+0.84-1.0x (benchmarks/bench_transfer.py --cold-only). With readahead on, the
 engine asks for the missing pages of every file a load has in flight when it
 is submitted. The check and the submission run on the caller's thread; the
 reads, checksums and copies on the I/O threads.
@@ -204,6 +204,60 @@ class DiskTier:
             pass
         except OSError as e:
             log.warning("could not remove %s: %s", str(rel)[:200], e)
+
+    def set_aside(self, rel: str) -> Optional[str]:
+        """Moves a chunk file out of data/ into tmp/ under one of this writer's temp names and
+        returns that name (None: no file there). For an eviction, inside its transaction:
+        unlinked once it commits, put back if it rolls back; a writer killed in between leaves
+        a dead writer's temp file, which the next open removes, not a chunk file that fsck
+        --repair would index again. Raises OSError (UnsafePath) when the file cannot be moved."""
+        check_chunk_rel(rel)
+        name = os.path.basename(rel)
+        aside = f"{self.lease().tmp_prefix}.{next(_seq)}.{name}"
+        root = self._root_fd()
+        try:
+            try:
+                parent = open_dir(root, os.path.dirname(rel))
+            except FileNotFoundError:
+                return None
+            try:
+                tmp = open_dir(root, "tmp")
+            except OSError:
+                os.close(parent)
+                raise
+        finally:
+            os.close(root)
+        try:
+            os.rename(name, aside, src_dir_fd=parent, dst_dir_fd=tmp)
+        except FileNotFoundError:
+            return None
+        finally:
+            os.close(parent)
+            os.close(tmp)
+        return aside
+
+    def drop_aside(self, aside: str, rel: Optional[str] = None) -> None:
+        """Unlinks a file set_aside moved (rel=None), or moves it back to `rel` (a rolled-back
+        eviction). A failure is logged: a file left in tmp/ goes when this writer's lease does."""
+        try:
+            root = self._root_fd()
+            try:
+                tmp = open_dir(root, "tmp")
+                try:
+                    if rel is None:
+                        os.unlink(aside, dir_fd=tmp)
+                    else:
+                        parent = open_dir(root, os.path.dirname(rel), create=True)
+                        try:
+                            os.rename(aside, os.path.basename(rel), src_dir_fd=tmp, dst_dir_fd=parent)
+                        finally:
+                            os.close(parent)
+                finally:
+                    os.close(tmp)
+            finally:
+                os.close(root)
+        except OSError as e:
+            log.warning("could not %s tmp/%s: %s", "remove" if rel is None else f"put back {rel[:200]} from", aside, e)
 
     def quarantine(self, rel: str) -> None:
         """Moves a damaged file (or link, or FIFO) aside for inspection, out of the bucket's data.

@@ -90,3 +90,39 @@ def test_a_load_larger_than_the_host_tier_warms_the_page_cache_even_when_part_of
             io = load(s, toks, src, a, 5 * CHUNK)
         assert io["direct_reads"] == first["direct_reads"], "a load the host tier cannot keep read with O_DIRECT"
         assert not any(engine.is_cold(str(f)) for f in files), "the page cache never warmed: every load hits the disk"
+
+
+redis = pytest.importorskip("redis")
+from pykvstore.tiers.redis import RedisTier  # noqa: E402
+
+
+@pytest.mark.parametrize("url", [
+    f"REDIS://:{SECRET}@127.0.0.1:1/0",  # a scheme in capitals
+    f" redis://:{SECRET}@127.0.0.1:1/0",  # a space an env file left
+    f"http://user:{SECRET}@127.0.0.1:1/0",
+    f"redis+cluster://user:{SECRET}@127.0.0.1:x",  # a cluster node with credentials and a bad port
+    f"redis+cluster://:{SECRET}@127.0.0.1:1",  # credentials belong in username=/password=
+    [f"user:{SECRET}@127.0.0.1:7000"],
+])
+def test_a_refused_remote_url_never_shows_its_password(url, caplog):
+    caplog.set_level(logging.DEBUG)
+    with pytest.raises(kv.InputError) as e:
+        RedisTier(url, timeout=0.2)
+    assert SECRET not in str(e.value) and SECRET not in caplog.text
+    assert "***" in str(e.value)  # where the credentials were, so the operator sees which URL it was
+
+
+@pytest.mark.parametrize("url, what", [
+    (f"redis://:{SECRET}@127.0.0.1:1/0?foo=1", "foo"),  # redis-py passes unknown names on: a TypeError
+    (f"redis://:{SECRET}@127.0.0.1:1/0?socket_timeout=soon", "socket_timeout"),  # a plain ValueError
+    (f"redis://:{SECRET}@127.0.0.1:99999/0", "Port"),
+    (f"redis://:{SECRET}@[::1/0", "IPv6"),
+    (f"unix://:{SECRET}@/nonexistent.sock?db=x", "db"),
+])
+def test_url_options_redis_py_cannot_take_are_an_input_error(url, what, tmp_path):
+    with pytest.raises(kv.InputError, match=what) as e:
+        RedisTier(url, timeout=0.2)
+    assert SECRET not in str(e.value)
+    with pytest.raises(kv.InputError):  # and from the store, with nothing written
+        kv.KVStore(tmp_path / "b", model="m", chunk_tokens=CHUNK, remote=url)
+    assert not (tmp_path / "b" / "data").exists() or not any((tmp_path / "b" / "data").rglob("*.safetensors"))

@@ -28,6 +28,7 @@ thread ("pykvstore-redis") sends.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from collections import deque
@@ -63,9 +64,40 @@ def _check_url_options(url: str) -> None:
     """Refuses URL options that would break the tier: decode_responses turns the binary
     chunk values into str (a UnicodeDecodeError in the middle of a read); redis-py
     reads any value of it, "no" included, as on."""
-    if "decode_responses" in parse_qs(urlsplit(url).query):
+    try:
+        query = parse_qs(urlsplit(url).query)
+    except ValueError as e:  # an unclosed [IPv6] host
+        raise InputError(f"the remote URL {_redact(url)} is not valid: {e}") from None
+    if "decode_responses" in query:
         raise InputError("the remote URL option decode_responses is not supported: chunk values are binary; "
                          "remove it from the URL")
+
+
+def _redact(url: Any) -> str:
+    """A remote URL (or node list) as an error may show it: what precedes the last '@' after
+    the scheme (user:password, even with a raw '/' or '@' in the password) and any
+    password= option read as ***. Errors name the URL so the operator sees which one."""
+    if isinstance(url, (list, tuple)):
+        return "[" + ", ".join(_redact(u) for u in url) + "]"
+    text = str(url)
+    at = text.rfind("@")
+    if at >= 0:
+        scheme = text.find("://")
+        start = scheme + 3 if 0 <= scheme < at else 0
+        text = text[:start] + "***" + text[at:]
+    return repr(re.sub(r"(?i)(password=)[^&#]*", r"\1***", text))
+
+
+def _scrub(message: str, url: str, password: Optional[str]) -> str:
+    """`message` (redis-py's) without the URL's or the argument's password in it."""
+    try:
+        secrets = [password, urlsplit(url).password]
+    except ValueError:
+        secrets = [password]
+    for secret in secrets:
+        if secret:
+            message = message.replace(secret, "***")
+    return message
 
 
 def _redis():
@@ -133,10 +165,13 @@ class RedisTier:
         common = dict(socket_timeout=timeout, socket_connect_timeout=timeout, username=username, password=password)
         if isinstance(url, (list, tuple)) or (isinstance(url, str) and url.startswith("redis+cluster://")):
             nodes = url if isinstance(url, (list, tuple)) else url[len("redis+cluster://"):].split(",")
+            if any("@" in str(n) for n in nodes):  # else taken for part of a host name (and logged with it)
+                raise InputError(f"cluster nodes must be host:port; credentials go in username= and password=, "
+                                 f"got {_redact(nodes)}")
             try:
                 startup = [redis.cluster.ClusterNode(h, int(p)) for h, p in (n.rsplit(":", 1) for n in nodes)]
             except ValueError:
-                raise InputError(f"cluster nodes must be host:port, got {nodes!r}") from None
+                raise InputError(f"cluster nodes must be host:port, got {_redact(nodes)}") from None
             self._make = lambda: redis.cluster.RedisCluster(startup_nodes=startup, ssl=ssl, **common)
         elif isinstance(url, str) and url.startswith(("redis://", "rediss://", "unix://")):
             _check_url_options(url)
@@ -148,8 +183,9 @@ class RedisTier:
             self._make = lambda: redis.Redis.from_url(url, **kwargs)
         else:
             raise InputError(f"remote must be a redis://, rediss://, unix:// or redis+cluster:// URL "
-                             f"or a list of host:port, got {url!r}")
+                             f"or a list of host:port, got {_redact(url)}")
         self.client = None
+        self._url, self._password = url, password  # what _connect's errors must not show
         self._connect(first=True)
         self._writer = threading.Thread(target=self._run, name="pykvstore-redis", daemon=True)
         self._writer.start()
@@ -174,6 +210,11 @@ class RedisTier:
             self._failed("connect", e)
         except self._errors_t as e:
             self._failed("connect", e)
+        except (TypeError, ValueError) as e:  # URL options redis-py cannot take (an unknown name, a bad value)
+            msg = _scrub(f"{type(e).__name__}: {e}", str(self._url), self._password)
+            if first:
+                raise InputError(f"the remote URL {_redact(self._url)} is not one redis-py can use ({msg})") from None
+            self._failed("connect", RuntimeError(msg))
         return False
 
     def _available(self) -> bool:

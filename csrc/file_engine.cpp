@@ -263,7 +263,7 @@ std::size_t FileEngine::write_now(const std::string& final_path, const std::stri
   int err = 0;
   if (direct) {
     // O_DIRECT wants whole aligned blocks: write the padded length, trim after.
-    err = pwrite_all(fd.get(), buf.data(), round_up(size, kDirectAlignment));
+    err = pwrite_all(fd.get(), buf.direct_io_data(size), round_up(size, kDirectAlignment));
     if (err == EINVAL && mode == DirectMode::Auto) {
       // Some file systems accept the flag at open and refuse the write.
       fd.reset();

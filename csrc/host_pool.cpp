@@ -2,6 +2,7 @@
 
 #include <sys/mman.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <iterator>
 #include <new>
@@ -16,8 +17,9 @@ namespace pykvstore {
 
 HostPool::HostPool(std::size_t capacity, bool pin, bool huge_pages)
     : capacity_(round_up(capacity == 0 ? kDirectAlignment : capacity, kDirectAlignment)) {
+  const std::size_t reserved = capacity_ * kAddressSpread;
   if (pin && cuda_device_count() > 0) {
-    void* p = cuda_host_alloc(capacity_);
+    void* p = cuda_host_alloc(reserved);
     if (p != nullptr) {
       base_ = static_cast<std::uint8_t*>(p);
       pinned_ = true;
@@ -25,25 +27,25 @@ HostPool::HostPool(std::size_t capacity, bool pin, bool huge_pages)
   }
   if (base_ == nullptr) {
     // MAP_NORESERVE: pages are committed on first touch, so an unused pool costs nothing.
-    void* p = ::mmap(nullptr, capacity_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+    void* p = ::mmap(nullptr, reserved, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
                      -1, 0);
     if (p == MAP_FAILED) throw std::bad_alloc();
     base_ = static_cast<std::uint8_t*>(p);
 #ifdef MADV_HUGEPAGE
-    if (huge_pages) huge_pages_ = ::madvise(p, capacity_, MADV_HUGEPAGE) == 0;
+    if (huge_pages) huge_pages_ = ::madvise(p, reserved, MADV_HUGEPAGE) == 0;
 #endif
   }
   add_free(0, capacity_);
   free_bytes_ = capacity_;
-  PYKVSTORE_ASAN_POISON(base_, capacity_);  // free ranges are poisoned until allocated
+  // Free ranges and redzones are poisoned as allocation first reaches them (allocate).
 }
 
 HostPool::~HostPool() {
-  PYKVSTORE_ASAN_UNPOISON(base_, capacity_);  // the addresses may be mapped again
+  PYKVSTORE_ASAN_FORGET(base_, capacity_ * kAddressSpread);  // the addresses may be mapped again
   if (pinned_)
     cuda_host_free(base_);
   else
-    ::munmap(base_, capacity_);
+    ::munmap(base_, capacity_ * kAddressSpread);
 }
 
 void HostPool::add_free(std::size_t offset, std::size_t length) {
@@ -92,24 +94,37 @@ std::uint8_t* HostPool::allocate(std::size_t bytes) {
   free_bytes_ -= want;
   ++live_;
   ++allocations_;
-  PYKVSTORE_ASAN_UNPOISON(base_ + offset, want);
-  return base_ + offset;
+  std::uint8_t* p = base_ + offset * kAddressSpread;
+#ifdef PYKVSTORE_ASAN
+  const std::size_t reach = (offset + want) * kAddressSpread;  // the end of this buffer's redzone
+  if (reach > poisoned_) {
+    // Ahead of the need (twice the reach, 16 MiB at least), so a free range
+    // after the furthest buffer is poisoned too, in a few steps per pool.
+    const std::size_t mark = std::min(capacity_ * kAddressSpread, std::max(2 * reach, reach + (16u << 20)));
+    PYKVSTORE_ASAN_POISON(base_ + poisoned_, mark - poisoned_);
+    poisoned_ = mark;
+  }
+#endif
+  // Only what was asked for: the tail up to `want` and, under ASan, the
+  // redzone of `want` bytes after it stay poisoned.
+  PYKVSTORE_ASAN_UNPOISON(p, bytes == 0 ? 1 : bytes);
+  return p;
 }
 
 void HostPool::release(std::uint8_t* p, std::size_t bytes) {
   const std::size_t length = round_up(bytes == 0 ? 1 : bytes, kDirectAlignment);
-  if (!contains(p) || p + length > base_ + capacity_)
+  if (!contains(p) || offset_of(p) + length > capacity_)
     throw std::invalid_argument("HostPool::release: the range is not from this pool");
   std::lock_guard<std::mutex> lock(mutex_);
   PYKVSTORE_ASAN_POISON(p, length);  // a use after release, or an overflow into it, is reported
-  add_free(static_cast<std::size_t>(p - base_), length);
+  add_free(offset_of(p), length);
   free_bytes_ += length;
   --live_;
 }
 
 bool HostPool::contains(const void* p) const noexcept {
   auto* b = static_cast<const std::uint8_t*>(p);
-  return b >= base_ && b < base_ + capacity_;
+  return b >= base_ && b < base_ + capacity_ * kAddressSpread;
 }
 
 PoolStats HostPool::stats() const {

@@ -17,7 +17,7 @@ constexpr std::size_t P = kDirectAlignment;
 
 namespace {
 
-std::size_t off(const HostPool& pool, const std::uint8_t* p) { return (reinterpret_cast<std::uintptr_t>(p) - pool.base()) / P; }
+std::size_t off(const HostPool& pool, const std::uint8_t* p) { return pool.offset_of(p) / P; }
 
 void best_fit_picks_the_smallest_hole() {
   HostPool pool(64 * P, false, false);

@@ -1,5 +1,7 @@
 // Page-aligned host memory: the staging area for chunk files. Alignment and a
 // capacity rounded up to kDirectAlignment let O_DIRECT read and write it as is.
+// Under ASan (`make sanitize-address`) only the first size() bytes are
+// addressable; the rounding tail is poisoned.
 #pragma once
 
 #include <cstddef>
@@ -37,6 +39,11 @@ class AlignedBuffer {
   bool from_pool() const noexcept { return pool_ != nullptr; }
   // Shrinks the visible size (a read that found a shorter file); never grows.
   void set_size(std::size_t size);
+  // data(), for an O_DIRECT write of the first `length` bytes padded up to
+  // the alignment. Under ASan the bytes past size() are poisoned (a write past
+  // the buffer is reported); the kernel reads the padding as the last block's
+  // tail, so this makes [length, round_up(length)) addressable first.
+  const std::uint8_t* direct_io_data(std::size_t length) const noexcept;
 
  private:
   std::uint8_t* data_ = nullptr;

@@ -2,6 +2,17 @@
 // region is pinned (page-locked), so a chunk kept here feeds DMA directly;
 // elsewhere it is anonymous page-aligned memory whose pages stay faulted in
 // across reuse. Thread-safe; allocation is best fit with coalescing on free.
+//
+// Under AddressSanitizer (`make sanitize-address`) each pool offset maps to
+// twice its address (kAddressSpread): an allocation of n rounded bytes is
+// followed by n poisoned bytes no other allocation can use, so a write past
+// one live buffer is reported instead of landing in its live neighbour. The
+// bookkeeping (offsets, best fit, stats) is the same in every build; only the
+// address range reserved (MAP_NORESERVE, never touched) doubles. Poisoning is
+// lazy, to twice the end of the furthest redzone handed out so far (16 MiB
+// more at least): a 1.5 GiB pool of which a test uses 10 MiB costs ASan about
+// 4 MiB of shadow, not 384. Beyond that mark nothing was ever handed out; a
+// wild access there is the one kind not reported.
 #pragma once
 
 #include <cstddef>
@@ -9,7 +20,15 @@
 #include <map>
 #include <mutex>
 
+#include "pykvstore/detail/asan.hpp"
+
 namespace pykvstore {
+
+#ifdef PYKVSTORE_ASAN
+constexpr std::size_t kAddressSpread = 2;  // offset o lives at base + 2o; [o+n, 2(o+n)) is the redzone
+#else
+constexpr std::size_t kAddressSpread = 1;
+#endif
 
 struct PoolStats {
   std::size_t capacity = 0;
@@ -31,19 +50,26 @@ class HostPool {
   HostPool(const HostPool&) = delete;
   HostPool& operator=(const HostPool&) = delete;
 
-  // `bytes` rounded up to the page; nullptr when no free range fits.
+  // `bytes` rounded up to the page; nullptr when no free range fits. Under
+  // ASan only the `bytes` asked for are addressable: the rounding tail and
+  // the redzone after it stay poisoned.
   std::uint8_t* allocate(std::size_t bytes);
   // Returns a range allocate() handed out (same rounded size).
   void release(std::uint8_t* p, std::size_t bytes);
   bool contains(const void* p) const noexcept;
   PoolStats stats() const;
   std::uintptr_t base() const noexcept { return reinterpret_cast<std::uintptr_t>(base_); }
+  // Where in the pool's capacity `p` (from allocate) starts: (p - base) in
+  // normal builds, the same number under ASan's spread addresses.
+  std::size_t offset_of(const void* p) const noexcept {
+    return static_cast<std::size_t>(static_cast<const std::uint8_t*>(p) - base_) / kAddressSpread;
+  }
 
  private:
   void add_free(std::size_t offset, std::size_t length);  // coalesces with neighbours
 
   std::uint8_t* base_ = nullptr;
-  std::size_t capacity_ = 0;
+  std::size_t capacity_ = 0;  // what allocations can use; capacity_ * kAddressSpread is reserved
   bool pinned_ = false;
   bool huge_pages_ = false;
   mutable std::mutex mutex_;
@@ -53,6 +79,9 @@ class HostPool {
   std::size_t live_ = 0;
   std::uint64_t allocations_ = 0;
   std::uint64_t exhausted_ = 0;
+#ifdef PYKVSTORE_ASAN
+  std::size_t poisoned_ = 0;  // bytes from base_ poisoned as free or redzone (all but live buffers)
+#endif
 };
 
 }  // namespace pykvstore

@@ -126,3 +126,31 @@ def test_url_options_redis_py_cannot_take_are_an_input_error(url, what, tmp_path
     with pytest.raises(kv.InputError):  # and from the store, with nothing written
         kv.KVStore(tmp_path / "b", model="m", chunk_tokens=CHUNK, remote=url)
     assert not (tmp_path / "b" / "data").exists() or not any((tmp_path / "b" / "data").rglob("*.safetensors"))
+
+
+def test_fsck_reports_and_repairs_a_row_whose_namespace_is_no_digest(tmp_path):
+    """A catalog row whose namespace (or key) is no hex digest, here 'hex\\n' (what 60560b6's
+    fullmatch now refuses): no path can be derived for it, and fsck, fsck --repair and every
+    get of its prompt raised UnsafePath ('pykvstore fsck' exit 1), so the repair tool could
+    not repair it. It is reported damaged; repair drops it and its tail, and the sound file
+    it stood for is indexed again from its header."""
+    src = make_cache("BHTC", seed=1)
+    toks = tokens(3 * CHUNK)
+    with kv.KVStore(tmp_path / "b", model="m", chunk_tokens=CHUNK) as s:
+        assert s.put(toks, kv.PagedKV(src, "BHTC"), block_table(12, 24, 1)) == 3 * CHUNK
+    with kv.Bucket(tmp_path / "b") as b:
+        with b.catalog.transaction() as c:
+            c.execute("UPDATE chunks SET namespace = namespace || char(10) WHERE chunk_index = 1")
+        bad = b.catalog.rows("chunk_index = 1")[0]
+        r = b.fsck()
+        assert [(d["key"], d["path"]) for d in r["damaged"] if d["key"] == bad.key] == [(bad.key, None)]
+        assert "hex digest" in r["damaged"][0]["error"] and not r["repaired"] and r["problems"] >= 1
+        r = b.fsck(repair=True)
+        assert r["repaired"]
+        assert b.fsck()["problems"] == 0
+    with kv.KVStore(tmp_path / "b", model="m", chunk_tokens=CHUNK) as s:
+        assert s.lookup(toks) == 2 * CHUNK  # chunk 1 indexed again from its file; chunk 2 went with the bad row
+        dst, b_ids = make_cache("BHTC", seed=2), block_table(12, 24, 2)
+        assert s.get(toks, kv.PagedKV(dst, "BHTC"), b_ids) == 2 * CHUNK
+        assert torch.equal(reference(dst, "BHTC", b_ids, 8, 0, 2 * CHUNK),
+                           reference(src, "BHTC", block_table(12, 24, 1), 8, 0, 2 * CHUNK))

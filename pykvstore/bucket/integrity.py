@@ -22,6 +22,7 @@ from ..chunk_file import decode_header, payload_checksum_ok
 from ..errors import ChunkError
 from ..lease import Reclaimer
 from ..tiers.disk import DiskTier
+from ..tiers.safe_paths import UnsafePath
 
 log = logging.getLogger("pykvstore")
 
@@ -110,7 +111,10 @@ class Integrity:
                         gone = c.execute(f"DELETE FROM chunks WHERE key = ? AND state = {WRITING} AND owner = ?",
                                          (row.key, row.owner)).rowcount
                     if gone:
-                        self.disk.remove(self.disk.path_of(row))
+                        try:
+                            self.disk.remove(self.disk.path_of(row))
+                        except UnsafePath:  # a key or namespace that is no digest names no file
+                            pass
                         dead.append(row)
             self.disk.clean_tmp(proof.dead_tmp)
             proof.sweep()
@@ -128,15 +132,28 @@ class Integrity:
         files = set(self.disk.chunk_files())
         report: dict[str, Any] = {"checked": 0, "ok": 0, "missing": [], "damaged": [], "unindexed": [],
                                   "dead_writers": 0, "repaired": False}
-        writing = {self.disk.path_of(r) for r in self.catalog.writing_rows()}
+        unnamed: dict[str, str] = {}  # rows no path can be derived for (a key or namespace that is no digest)
+
+        def rel_of(row: ChunkRow) -> Optional[str]:
+            try:
+                return self.disk.path_of(row)
+            except UnsafePath as e:
+                unnamed[row.key] = str(e)
+                return None
+
+        writing = {rel_of(r) for r in self.catalog.writing_rows()} - {None}
         # every row once, then every file no row names (a file is counted once, not once per loop)
-        total = len(rows) + len(files - {self.disk.path_of(r) for r in rows} - writing)
+        total = len(rows) + len(files - {rel_of(r) for r in rows} - writing)
         damaged_rows: list[str] = []  # keys whose own file is damaged (an unindexed file's name is no row's)
         for i, row in enumerate(rows):
             if progress:
                 progress(i + 1, total)
             report["checked"] += 1
-            rel = self.disk.path_of(row)
+            rel = rel_of(row)
+            if rel is None:  # damaged, with no file of its own to move aside (a sound one is indexed below)
+                report["damaged"].append({"key": row.key, "path": None, "error": unnamed[row.key]})
+                damaged_rows.append(row.key)
+                continue
             if rel not in files:
                 report["missing"].append(row.key)
                 continue
@@ -163,12 +180,14 @@ class Integrity:
                 report["damaged"].append({"key": Path(rel).stem, "path": rel, "error": str(e)})
         if repair:
             for d in report["damaged"]:  # aside first: removing the rows unlinks the files still in place
-                self.disk.quarantine(d["path"])
+                if d["path"] is not None:
+                    self.disk.quarantine(d["path"])
             with self.catalog.transaction() as c:
                 # a bad file no row names drops no row: its name may be a sound chunk's key (a stray copy)
                 gone = damaged_rows + report["missing"]
                 dropped = Catalog.subtree(c, gone)
-                self.remove_rows(c, dropped, "corrupt", now)
+                Catalog.delete(c, [r.key for r in dropped if r.key in unnamed])  # no file of theirs to unlink
+                self.remove_rows(c, [r for r in dropped if r.key not in unnamed], "corrupt", now)
             for row, params in unindexed:
                 self.catalog.add_namespace(row.namespace, row.model, params)
             self.catalog.insert_many(r for r, _ in unindexed)

@@ -141,6 +141,7 @@ class Catalog:
         self.path = path
         self._lock = threading.RLock()
         self._after: list[Callable[[], None]] = []  # what the open transaction does once committed
+        self._undo: list[Callable[[], None]] = []  # ... and once rolled back
         self._conn = sqlite3.connect(path, timeout=timeout, isolation_level=None, check_same_thread=False)
         try:
             self._conn.execute("PRAGMA journal_mode=WAL")
@@ -166,21 +167,24 @@ class Catalog:
         """BEGIN IMMEDIATE: holds the bucket's write lock until commit.
 
         A failure inside, or of the COMMIT itself (a full disk), rolls back
-        (unless SQLite already did: a second error would hide the first) and
-        drops what `after_commit` queued; after a commit, that runs in order.
+        (unless SQLite already did: a second error would hide the first), drops
+        what `after_commit` queued and runs what `after_rollback` did, last
+        first; after a commit, what `after_commit` queued runs in order.
         """
         with self._lock:
             self._conn.execute("BEGIN IMMEDIATE")
-            self._after = []
+            self._after, self._undo = [], []
             try:
                 yield self._conn
                 self._conn.execute("COMMIT")
             except BaseException:
-                self._after = []
+                undo, self._after, self._undo = self._undo, [], []
                 if self._conn.in_transaction:
                     self._conn.execute("ROLLBACK")
+                for fn in reversed(undo):
+                    fn()
                 raise
-            after, self._after = self._after, []
+            after, self._after, self._undo = self._after, [], []
             for fn in after:
                 fn()
 
@@ -188,6 +192,11 @@ class Catalog:
         """Runs `fn` once the open transaction commits, never if it rolls back (inside transaction() only):
         what must not happen unless the rows' change holds, such as unlinking the files of deleted rows."""
         self._after.append(fn)
+
+    def after_rollback(self, fn: Callable[[], None]) -> None:
+        """Runs `fn` if the open transaction rolls back (inside transaction() only): what undoes a
+        change made beside the rows, such as putting back the files of rows it deleted."""
+        self._undo.append(fn)
 
     def query(self, sql: str, args: Iterable[Any] = ()) -> list[tuple]:
         with self._lock:

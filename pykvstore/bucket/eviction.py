@@ -2,10 +2,12 @@
 
 Runs on whichever thread holds the transaction: the caller's (clear, resize,
 gc, a synchronous put), the store's put thread (put_async, remote landing)
-or its get thread (a damaged chunk). Rows go inside the transaction and files
-only once it commits, so a transaction that fails or rolls back leaves every
-file in place; each removal is counted by cause and told to the listeners (the
-host tiers that keep copies).
+or its get thread (a damaged chunk). Rows go inside the transaction, their
+files out of data/ with them (set aside in tmp/), unlinked once it commits and
+put back if it rolls back, so a transaction that fails leaves every file in
+place and a writer killed after the commit leaves no chunk file without a
+row; each removal is counted by cause and told to the listeners (the host
+tiers that keep copies).
 """
 
 from __future__ import annotations
@@ -89,20 +91,45 @@ class Eviction:
         return removed
 
     def _unlink_after_commit(self, rows: Sequence[ChunkRow]) -> None:
-        """Queues the removal of `rows`' files (and the listeners' news) for the commit. Each file's
-        identity is taken now, under the write lock: one written at the same path after the commit
-        (the key reserved and written again by another writer) is not the one to unlink."""
-        doomed = [(r.key, self.disk.path_of(r)) for r in rows]
-        marks = [_identity(self.disk.abspath(rel)) for _, rel in doomed]
+        """Moves `rows`' files out of data/ now, under the write lock, as this writer's temp
+        files (disk.set_aside); unlinks them once the transaction commits, puts them back if it
+        rolls back, and tells the listeners after the commit. A writer killed after the commit
+        leaves a dead writer's temp files, which the next open removes: left in data/, they
+        were chunk files no row named, and fsck --repair indexed them again (cleared chunks
+        came back). A file that cannot be moved (an unsafe path) is unlinked after the commit
+        only if the same file is still there: one written at that path after the commit (the
+        key reserved and written again by another writer) is not the one to unlink."""
+        keys = [r.key for r in rows]
+        aside: list[tuple[str, str]] = []  # (chunk path, temp name)
+        in_place: list[tuple[str, tuple[int, int]]] = []  # (chunk path, identity)
+        for r in rows:
+            rel = self.disk.path_of(r)
+            try:
+                name = self.disk.set_aside(rel)
+            except OSError:
+                mark = _identity(self.disk.abspath(rel))
+                if mark is not None:
+                    in_place.append((rel, mark))
+                continue
+            if name is not None:
+                aside.append((rel, name))
 
         def unlink() -> None:
-            for (key, rel), mark in zip(doomed, marks):
-                if mark is not None and _identity(self.disk.abspath(rel)) == mark:
+            for _, name in aside:
+                self.disk.drop_aside(name)
+            for rel, mark in in_place:
+                if _identity(self.disk.abspath(rel)) == mark:
                     self.disk.remove(rel)
+            for key in keys:
                 for tell in self.listeners:
                     tell(key)
 
+        def put_back() -> None:
+            for rel, name in reversed(aside):
+                self.disk.drop_aside(name, rel)
+
         self.catalog.after_commit(unlink)
+        self.catalog.after_rollback(put_back)
 
     def make_room(self, c: sqlite3.Connection, nbytes: int, protect: Collection[str],
                   model: Optional[str] = None) -> Optional[Removed]:

@@ -154,6 +154,7 @@ step(w, PyKVStoreMetadata(stores=[_Transfer("s1", tokens, [0, 1, 40, 41], None)]
 out["store_raised"] = {"warned": len([m for m in warnings if "store for s1 failed" in m]),
                        "held": w._store(None).lookup(tokens)}
 w.shutdown()
+kv.defaults.set(inflight=1)  # one chunk write at a time: the second write is the second chunk's
 w = connector("stores-async")
 w.register_kv_caches(caches)
 w._store(None).bucket.engine.inject_faults("write", 2, errno.EIO)  # the second chunk's write fails

@@ -322,6 +322,7 @@ ReadResult FileEngine::read_now(const std::string& path, DirectMode mode, std::s
                                bool hash_payload) {
   Fd fd;
   bool direct = false;
+  bool refused = false;  // EINVAL from the O_DIRECT open: a refusal, or no regular file there (a FIFO)
   // Regular files only, never through a final symbolic link, never blocking on a FIFO.
   if (mode != DirectMode::Off) {
     try {
@@ -332,7 +333,7 @@ ReadResult FileEngine::read_now(const std::string& path, DirectMode mode, std::s
         counters_.errors.fetch_add(1, std::memory_order_relaxed);
         throw;
       }
-      counters_.direct_fallbacks.fetch_add(1, std::memory_order_relaxed);
+      refused = true;
     }
   }
   if (!direct) {
@@ -342,6 +343,8 @@ ReadResult FileEngine::read_now(const std::string& path, DirectMode mode, std::s
       counters_.errors.fetch_add(1, std::memory_order_relaxed);
       throw;
     }
+    // A fallback only once the plain open shows a regular file: a FIFO or directory is no refusal.
+    if (refused) counters_.direct_fallbacks.fetch_add(1, std::memory_order_relaxed);
   }
   struct stat st;
   if (::fstat(fd.get(), &st) != 0) {

@@ -154,3 +154,18 @@ def test_fsck_reports_and_repairs_a_row_whose_namespace_is_no_digest(tmp_path):
         assert s.get(toks, kv.PagedKV(dst, "BHTC"), b_ids) == 2 * CHUNK
         assert torch.equal(reference(dst, "BHTC", b_ids, 8, 0, 2 * CHUNK),
                            reference(src, "BHTC", block_table(12, 24, 1), 8, 0, 2 * CHUNK))
+
+
+def test_a_fifo_or_directory_at_a_chunk_path_is_no_o_direct_fallback(tmp_path):
+    """An O_DIRECT read (a cold file under cold_read=auto/direct, or direct_read) of a FIFO or a
+    directory put where a chunk file was fails as "not a regular file" (EINVAL): it counted a
+    direct_fallback, the counter that says a file system refused O_DIRECT, though none did."""
+    engine = _C.FileEngine(1)
+    fifo, folder = tmp_path / "fifo.safetensors", tmp_path / "dir.safetensors"
+    os.mkfifo(fifo)
+    folder.mkdir()
+    for path in (fifo, folder):
+        with pytest.raises(OSError, match="not a regular file"):
+            engine.read(str(path), 1, 1 << 20, True).result()
+    c = engine.counters()
+    assert c["errors"] == 2 and c["direct_fallbacks"] == 0 and c["direct_reads"] + c["buffered_reads"] == 0

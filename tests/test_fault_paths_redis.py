@@ -107,6 +107,23 @@ def test_a_user_that_may_not_ping_is_a_configuration_error(server):
         RedisTier(server.url, username="noping", password="pw-123456")
 
 
+def test_a_permission_lost_while_running_rests_the_tier_without_raising(server, caplog):
+    # The tier's own reconnect meets an ACL user that may not PING: after construction that is
+    # no longer a configuration error to raise, only a failure that rests the tier.
+    server.stop()
+    t = RedisTier(server.url, username="noping", password="pw-123456", retry_after=0.05)
+    try:
+        assert t.client is None
+        server.start()
+        server.cli("acl", "setuser", "noping", "on", ">pw-123456", "~*", "+@all", "-ping")
+        # nothing used the tier meanwhile, so it reconnects only now (one warning per kind: "connect" was said)
+        assert until(lambda: t.get_many([K1]) == [None] and t.stats.errors >= 2)
+        assert t.client is None
+        assert "ping" in server.cli("acl", "log")  # the server refused the tier's PING: NOPERM
+    finally:
+        t.close()
+
+
 def test_a_server_that_comes_up_demanding_a_password_rests_the_tier_then_it_recovers(server, caplog):
     # The tier's own reconnect (a client never made: the server was down at construction);
     # a server that then demands a password is a configuration error the serving path survives.

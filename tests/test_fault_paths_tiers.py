@@ -63,8 +63,10 @@ def test_a_lease_whose_write_fails_leaves_no_temp_file(tmp_path):
     # A real fault: a file size limit of 0 bytes (RLIMIT_FSIZE) fails the lease's first write with EFBIG.
     r = run_py("import resource, signal\nfrom pathlib import Path\n"
                "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
-               "resource.setrlimit(resource.RLIMIT_FSIZE, (0, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))\n"
-               "try:\n    lease.Lease(Path(sys.argv[2]))\nexcept OSError as e:\n    print('errno', e.errno)\n",
+               "before = resource.getrlimit(resource.RLIMIT_FSIZE)\n"
+               "resource.setrlimit(resource.RLIMIT_FSIZE, (0, before[1]))\n"
+               "try:\n    lease.Lease(Path(sys.argv[2]))\nexcept OSError as e:\n    print('errno', e.errno)\n"
+               "resource.setrlimit(resource.RLIMIT_FSIZE, before)\n",  # (so a coverage run can write its data)
                str(tmp_path))
     assert r.stdout.split() == ["errno", str(errno.EFBIG)], r.stderr
     assert os.listdir(tmp_path / "leases") == []  # the locked temp file was removed again
@@ -134,6 +136,10 @@ def test_old_host_pid_owners_are_judged_by_the_pid(tmp_path):
         assert r.dead(f"{HOST}:{gone}") is True or pid_alive(gone)  # reused pids stay alive, rightly
         assert r.dead(f"another-host-{HOST}:{gone}") is False  # another host's pid says nothing here
         assert r.dead_tmp(f"{HOST}.{os.getpid()}.1.x.safetensors") is False
+    (tmp_path / "leases").mkdir(exist_ok=True)
+    with Reclaimer(tmp_path) as r:  # this version's temp names carry the lease id
+        assert r.dead_tmp(f"@{'e' * 24}.1.x.safetensors") is True  # no such lease: its writer is gone
+        assert r.dead_tmp("@../../x.1.x.safetensors") is False  # not a name we write
 
 
 SYSTEM_PYTHON = "/usr/bin/python3"  # the probe runs as nobody, who may not run the venv's interpreter
@@ -269,6 +275,11 @@ def test_quarantine_and_read_head_refuse_a_path_outside_the_layout(store, caplog
     disk.quarantine("tmp/other.safetensors")
     assert (disk.tmp / "other.safetensors").read_bytes() == b"another writer's temp file"
     assert os.listdir(disk.quarantine_dir) == []
+
+
+def test_quarantining_a_file_already_gone_is_quiet(store, caplog):
+    store.bucket.disk.quarantine(REL)  # another process set it aside (or evicted it) first
+    assert "could not move" not in caplog.text and os.listdir(store.bucket.disk.quarantine_dir) == []
 
 
 def test_a_temp_file_another_cleaner_removed_first_is_not_an_error(store):

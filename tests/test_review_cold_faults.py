@@ -169,3 +169,24 @@ def test_a_fifo_or_directory_at_a_chunk_path_is_no_o_direct_fallback(tmp_path):
             engine.read(str(path), 1, 1 << 20, True).result()
     c = engine.counters()
     assert c["errors"] == 2 and c["direct_fallbacks"] == 0 and c["direct_reads"] + c["buffered_reads"] == 0
+
+
+@pytest.mark.parametrize("name", ["0a1b (copy).safetensors", "x\ny.safetensors", "ünï.safetensors"])
+def test_fsck_repair_sets_aside_a_stray_file_whatever_its_name(tmp_path, name):
+    """A file an operator left under data/ ('<key> (copy).safetensors' from a file manager,
+    a name with a newline or non-ASCII letters): fsck reports it damaged, and --repair said
+    "repaired" but could neither move it to quarantine nor remove it (scan paths were held to
+    [A-Za-z0-9._-] names), so every later fsck found it again. It goes to quarantine now, and
+    nothing outside data/ is reachable through such a name."""
+    with kv.KVStore(tmp_path / "b", model="m", chunk_tokens=CHUNK) as s:
+        assert s.put(tokens(2 * CHUNK), kv.PagedKV(make_cache("BHTC", seed=1), "BHTC"), block_table(8, 24, 1)) == 64
+    model_dir = next((tmp_path / "b" / "data").iterdir())
+    (model_dir / name).write_bytes(b"not a chunk")
+    with kv.Bucket(tmp_path / "b") as b:
+        r = b.fsck()
+        assert [d["path"] for d in r["damaged"]] == [f"data/{model_dir.name}/{name}"]
+        assert b.fsck(repair=True)["repaired"]
+        after = b.fsck()
+        assert after["problems"] == 0, after
+    assert not (model_dir / name).exists()
+    assert [p.name.split(".", 1)[1] for p in (tmp_path / "b" / "quarantine").iterdir()] == [name]

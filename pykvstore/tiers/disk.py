@@ -49,8 +49,10 @@ log = logging.getLogger("pykvstore")
 HOST = socket.gethostname()
 _SLUG = re.compile(r"[^A-Za-z0-9._-]+")
 _seq = itertools.count()
-# What a scan of data/ may yield: any plain relative path below data/ (checked again before use).
-_SCAN_REL = re.compile(r"^data(?:/(?!\.\.?(?:/|$))[A-Za-z0-9._-]+)+$")
+# What a scan of data/ may yield: any plain relative path below data/ (checked again before use), whatever
+# its names hold (an operator's '<key> (copy).safetensors', a newline, any letter): held to [A-Za-z0-9._-],
+# such a file could be neither read, moved aside nor removed, and fsck --repair never got rid of it.
+_SCAN_REL = re.compile(r"data(?:/(?!\.\.?(?:/|\Z))[^/\x00]+)+")
 
 
 def model_slug(model: str) -> str:
@@ -267,7 +269,7 @@ class DiskTier:
         """
         name = os.path.basename(str(rel))
         try:
-            if not _SCAN_REL.match(str(rel)):
+            if not _SCAN_REL.fullmatch(str(rel)):
                 check_chunk_rel(rel)
             root = self._root_fd()
             try:
@@ -318,7 +320,7 @@ class DiskTier:
 
         Regular files reached without links only (UnsafePath otherwise); a FIFO never blocks.
         """
-        if not _SCAN_REL.match(str(rel)):
+        if not _SCAN_REL.fullmatch(str(rel)):
             check_chunk_rel(rel)
         fd = open_regular(f"{self.base}/{rel}")
         with os.fdopen(fd, "rb") as f:

@@ -231,6 +231,35 @@ def test_writers_racing_to_make_the_same_directories_all_get_them(tmp_path):
     assert len(list(tmp_path.glob("r*/a/b/c"))) == 300
 
 
+def test_a_file_removed_while_it_is_opened_is_missing_never_unsafe(tmp_path):
+    # Another thread writes and removes the file over and over (an eviction racing a read): some
+    # opens land between open() and the /proc check, on a file already unlinked (" (deleted)").
+    # That is a missing chunk (FileNotFoundError), never a path through a link (UnsafePath).
+    path = str(tmp_path / "c.safetensors")
+    stop = threading.Event()
+
+    def churn() -> None:
+        while not stop.is_set():
+            with open(path, "wb") as f:
+                f.write(b"x")
+            os.unlink(path)
+
+    t = threading.Thread(target=churn)
+    t.start()
+    opened = missing = 0
+    try:
+        for _ in range(40000):
+            try:
+                os.close(open_regular(path))
+                opened += 1
+            except FileNotFoundError:
+                missing += 1
+    finally:
+        stop.set()
+        t.join()
+    assert opened > 0 and missing > 0  # both sides of the race were met
+
+
 def test_open_regular_refuses_what_is_not_a_plain_file_reached_directly(tmp_path):
     with pytest.raises(FileNotFoundError):
         open_regular(str(tmp_path / "missing"))

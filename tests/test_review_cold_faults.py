@@ -190,3 +190,20 @@ def test_fsck_repair_sets_aside_a_stray_file_whatever_its_name(tmp_path, name):
         assert after["problems"] == 0, after
     assert not (model_dir / name).exists()
     assert [p.name.split(".", 1)[1] for p in (tmp_path / "b" / "quarantine").iterdir()] == [name]
+
+
+def test_fsck_refuses_a_chunk_file_far_larger_than_its_row_without_reading_it(tmp_path):
+    """fsck read each row's file whole with a 1 TiB limit: a chunk file replaced by a large sparse
+    file raised MemoryError (std::bad_alloc) out of fsck and 'pykvstore fsck' (a traceback), and
+    one that fits in memory was read into it whole (gigabytes of zeros on a serving host).
+    A file larger than get would ever read for its row is damaged, like one that is too short."""
+    with kv.KVStore(tmp_path / "b", model="m", chunk_tokens=CHUNK) as s:
+        assert s.put(tokens(2 * CHUNK), kv.PagedKV(make_cache("BHTC", seed=1), "BHTC"), block_table(8, 24, 1)) == 64
+    with kv.Bucket(tmp_path / "b") as b:
+        row = b.catalog.rows("chunk_index = 1")[0]
+        os.truncate(tmp_path / "b" / row.path, 1 << 40)  # sparse: no disk space, no memory unless read
+        r = b.fsck()
+        assert [d["key"] for d in r["damaged"]] == [row.key] and "larger" in r["damaged"][0]["error"]
+        assert b.fsck(repair=True)["repaired"] and b.fsck()["problems"] == 0
+    for f in (tmp_path / "b" / "quarantine").iterdir():
+        f.unlink()

@@ -112,6 +112,14 @@ def test_a_refused_remote_url_never_shows_its_password(url, caplog):
     assert "***" in str(e.value)  # where the credentials were, so the operator sees which URL it was
 
 
+@pytest.mark.parametrize("nodes", [[("h", 7000)], [None], [], "redis+cluster://", ["h:-1"], ["h:70000"], [":7000"]])
+def test_cluster_nodes_that_are_not_host_port_are_an_input_error(nodes):
+    """A node list of tuples or None raised AttributeError; an empty one, a port out of range or
+    no host made a tier that rested forever on every use instead of refusing the setting."""
+    with pytest.raises(kv.InputError, match="cluster nodes must be host:port"):
+        RedisTier(nodes, timeout=0.2)
+
+
 @pytest.mark.parametrize("url, what", [
     (f"redis://:{SECRET}@127.0.0.1:1/0?foo=1", "foo"),  # redis-py passes unknown names on: a TypeError
     (f"redis://:{SECRET}@127.0.0.1:1/0?socket_timeout=soon", "socket_timeout"),  # a plain ValueError

@@ -169,9 +169,12 @@ class RedisTier:
                 raise InputError(f"cluster nodes must be host:port; credentials go in username= and password=, "
                                  f"got {_redact(nodes)}")
             try:
-                startup = [redis.cluster.ClusterNode(h, int(p)) for h, p in (n.rsplit(":", 1) for n in nodes)]
-            except ValueError:
+                pairs = [(h, int(p)) for h, p in (n.rsplit(":", 1) for n in nodes)]
+            except (ValueError, TypeError, AttributeError):  # no ':', a bad port, a node that is no string
+                pairs = []
+            if not pairs or any(not h or not 0 < p < 65536 for h, p in pairs):
                 raise InputError(f"cluster nodes must be host:port, got {_redact(nodes)}") from None
+            startup = [redis.cluster.ClusterNode(h, p) for h, p in pairs]
             self._make = lambda: redis.cluster.RedisCluster(startup_nodes=startup, ssl=ssl, **common)
         elif isinstance(url, str) and url.startswith(("redis://", "rediss://", "unix://")):
             _check_url_options(url)

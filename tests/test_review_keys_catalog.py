@@ -5,6 +5,7 @@ ready_prefix_len_in, the IN-list statements that bind every key as it is)."""
 
 from __future__ import annotations
 
+import errno
 import random
 import sqlite3
 import subprocess
@@ -210,3 +211,50 @@ def test_chunks_cleared_by_a_process_killed_before_its_unlinks_stay_gone(bucket)
         assert report["unindexed"] == [] and s.lookup(toks) == 0
         assert sorted((bucket / "data").rglob("*.safetensors")) == []
         assert list((bucket / "tmp").iterdir()) == []
+
+
+# --- a drop retried later must not take chunks another writer has made reachable -----------
+
+@pytest.fixture
+def one_io_thread():
+    """One I/O thread: the n-th write the engine starts is the n-th chunk of a put."""
+    before = kv.defaults.get("io_threads")
+    kv.defaults.set(io_threads=1)
+    yield
+    kv.defaults.set(io_threads=before)
+
+
+def test_a_retried_drop_keeps_chunks_another_store_made_reachable(bucket, one_io_thread):
+    """Store a's write of chunk 1 fails, chunk 2 is committed, and dropping chunk 2
+    (unreachable) fails on a locked catalog: it is retried before a's next put. Store b puts
+    the same sequence meanwhile, fills chunk 1 and answers 96, and lookup says 96. a's retried
+    drop deleted chunk 2 anyway (lookup fell to 64 under b's answer); a drop now takes only
+    chunks whose parent is still missing."""
+    toks, cache, ids = _args(1)
+    with open_store(str(bucket)) as a, open_store(str(bucket)) as b:
+        a._catalog._conn.execute("PRAGMA busy_timeout = 50")
+        holder = sqlite3.connect(bucket / "catalog.sqlite", isolation_level=None, timeout=5)
+        real = a.bucket.mark_ready
+
+        def mark_ready(key, now):  # the real commit; the lock is taken once chunk 2 is committed
+            ok = real(key, now)
+            if key == a.hashes(toks)[2]:
+                holder.execute("BEGIN IMMEDIATE")
+            return ok
+
+        a.bucket.mark_ready = mark_ready
+        a.bucket.engine.inject_faults("write", 2, errno.ENOSPC)  # a's 2nd write: chunk 1
+        try:
+            assert a.put(toks, cache, ids) == CT
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
+            a.bucket.engine.inject_faults("write", 0)
+            del a.bucket.mark_ready
+        keys = a.hashes(toks)
+        assert a._puts._undropped == {keys[2]}
+        assert b.put(toks, cache, ids) == 3 * CT and b.lookup(toks) == 3 * CT
+        assert a.put(*_args(2)) == 3 * CT  # retries the drop first
+        assert a._puts._undropped == set()
+        assert b.lookup(toks) == 3 * CT and load_verified(b, 1) == 3 * CT
+        assert len(_rows(a)) == 6 and len(sorted((bucket / "data").rglob("*.safetensors"))) == 6

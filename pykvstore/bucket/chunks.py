@@ -91,6 +91,25 @@ class ChunkIndex:
             self._unlink_after_commit(rows)  # eviction.py: the files go once the deletes hold
         return rows
 
+    def unlink_unreachable(self, keys: Collection[str]) -> list[ChunkRow]:
+        """Deletes the rows and files of those `keys` whose parent has no alive row (or is one
+        of them going), counted as no eviction: a put's chunks written after one that failed.
+        Another writer may have filled the gap since (or be writing it): those chunks are
+        reachable, and dropping them took chunks its put had answered as held."""
+        with self.catalog.transaction() as c:
+            rows = [r for r in Catalog.subtree(c, list(keys)) if r.key in keys]
+            present = self.catalog.existing(list({r.parent for r in rows}), time.time())
+            gone: set[str] = set()
+            while True:
+                more = {r.key for r in rows if r.key not in gone and (r.parent not in present or r.parent in gone)}
+                if not more:
+                    break
+                gone |= more
+            doomed = [r for r in rows if r.key in gone]
+            Catalog.delete(c, [r.key for r in doomed])
+            self._unlink_after_commit(doomed)
+        return doomed
+
     # --- use -------------------------------------------------------------------
     def record(self, model: str, values: dict[str, int], touch: Optional[Sequence[str]] = None) -> None:
         """Adds to `model`'s counters (puts, hits, bytes, ...) and marks `touch` as just used."""

@@ -228,7 +228,7 @@ class PutPipeline:
         if not mine:
             return
         try:
-            self.p.bucket.unlink_chunks(mine, tails=False)
+            self.p.bucket.unlink_unreachable(mine)
         except sqlite3.Error as e:  # rows and files stay (unreachable); retried with the releases
             self.p.faults.warn_once("drop", f"could not drop unreachable chunks (will retry): {e}")
             self._undropped.update(mine)
@@ -262,7 +262,7 @@ class PutPipeline:
         if self._undropped:
             batch = set(self._undropped)
             try:
-                self.p.bucket.unlink_chunks(batch, tails=False)
+                self.p.bucket.unlink_unreachable(batch)  # not those another writer made reachable since
             except sqlite3.Error:
                 return
             self._undropped.difference_update(batch)

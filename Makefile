@@ -59,6 +59,11 @@ SAN_DIR := build/sanitize
 SAN_TESTS := tests/test_native.py tests/test_transfer.py tests/test_store.py tests/test_faults.py \
 	tests/test_multiprocess.py
 SAN_SKIP := not test_ten_thousand_puts_with_faults_return_every_pool_byte
+# Under TSan: the Python tests whose work runs on the engine's I/O threads and
+# Python threads at once (about 80 s on two cores, less the fault loop: 225 s
+# there); of the multiprocess tests the one with concurrent writers.
+SAN_THREAD_TESTS := tests/test_native.py tests/test_transfer.py tests/test_store.py \
+	tests/test_multiprocess.py::test_capacity_is_never_exceeded_by_concurrent_writers
 
 .PHONY: cpp-test sanitize sanitize-address sanitize-thread coverage
 cpp-test: $(DEPS)
@@ -67,7 +72,8 @@ cpp-test: $(DEPS)
 	cd $(CTEST_DIR) && ctest --output-on-failure
 
 # ASan+UBSan: the C++ tests (poisoning cases included), then the Python tests
-# against the sanitized _C. TSan: the C++ tests of the threaded paths.
+# against the sanitized _C. TSan: the C++ tests of the threaded paths, then the
+# threaded Python tests against a TSan _C (no suppressions file: none needed).
 sanitize: sanitize-address sanitize-thread
 sanitize-address: $(DEPS)
 	cmake -S . -B $(SAN_DIR)-address $(CMAKE_PY) -DPYKVSTORE_SANITIZE=address \
@@ -94,9 +100,12 @@ coverage: $(BUILT)
 		print(f"[coverage] TOTAL pykvstore/: {cpu:.1f}% of lines excluding GPU-only code (# pragma: gpu), " \
 		      f"{every:.1f}% of all lines; per file: build/coverage/coverage.json")'
 sanitize-thread: $(DEPS)
-	cmake -S . -B $(SAN_DIR)-thread $(CMAKE_PY) -DPYKVSTORE_SANITIZE=thread >/dev/null
-	cmake --build $(SAN_DIR)-thread --target pykvstore_cpp_tests
+	cmake -S . -B $(SAN_DIR)-thread $(CMAKE_PY) -DPYKVSTORE_SANITIZE=thread \
+		-DCMAKE_LIBRARY_OUTPUT_DIRECTORY=$(abspath $(SAN_DIR)-thread)/lib >/dev/null
+	cmake --build $(SAN_DIR)-thread
 	cd $(SAN_DIR)-thread && TSAN_OPTIONS=halt_on_error=1 ctest --output-on-failure
+	tests/run_sanitized.sh thread $(SAN_DIR)-thread $(abspath $(PY)) -q -k "$(SAN_SKIP)" \
+		$(addprefix $(CURDIR)/,$(SAN_THREAD_TESTS))
 
 bench: $(BUILT)
 	$(PY) benchmarks/bench_store.py

@@ -57,6 +57,10 @@ int main(int argc, char** argv) {
     AlignedBuffer a(2 * P, pool);  // the rest of the pool is free after it
     volatile std::uint8_t* p = a.data();
     p[2 * P] = 1;  // one byte past the end
+  } else if (std::strcmp(what, "far_overflow_into_free_range") == 0) {
+    AlignedBuffer a(2 * P, pool);  // the only buffer: free pool space follows it, past its redzone
+    volatile std::uint8_t* p = a.data();
+    p[2 * P * kAddressSpread] = 1;  // where the free range after a lies: 2 pages past its redzone
   } else if (std::strcmp(what, "overflow_into_live_neighbour") == 0) {
     AlignedBuffer a(2 * P, pool), b(P, pool);  // b starts where a ends, in the pool's offsets
     if (pool->offset_of(b.data()) != pool->offset_of(a.data()) + 2 * P) {

@@ -55,13 +55,26 @@ def as_1d_array(value: Any, what: str, error: type[InputError]) -> np.ndarray:
     return arr
 
 
+_BOOL_HINT = " (bools are not token ids)"
+
+
+def _refuse_bools(items: Sequence[Any]) -> None:
+    """TokensError naming the first bool (Python's or numpy's) among `items`, if there is one."""
+    if not {bool, np.bool_}.isdisjoint(map(type, items)):
+        i = next(i for i, t in enumerate(items) if isinstance(t, (bool, np.bool_)))
+        raise TokensError(f"tokens must be integers, got {items[i]!r} at index {i}{_BOOL_HINT}")
+
+
 def as_tokens(tokens: Any) -> np.ndarray:
     """Tokens as a 1-D little-endian uint32 array, or a TokensError naming the problem.
 
     Accepts lists, tuples, ranges, numpy arrays and torch tensors of integers.
     A list or tuple of plain ints is converted natively (a 128K-token prompt in
     about a tenth of np.asarray's time); anything else in one takes the generic
-    path, which names the problem.
+    path, which names the problem. Bools are no token ids in any form: numpy
+    turned [1, True] into int64 [1, 1] while an object array of the same items
+    was refused (the native converter takes exact ints only, so the check
+    costs only lists it declined).
     """
     if type(tokens) in (list, tuple):  # a subclass may present other items than it stores: numpy asks it
         raw = _C.tokens_u32(tokens)
@@ -73,13 +86,16 @@ def as_tokens(tokens: Any) -> np.ndarray:
     if arr.dtype == object:  # Python ints too large for int64, or mixed objects
         items = arr.tolist()
         if not all(isinstance(t, (int, np.integer)) and not isinstance(t, bool) for t in items):
+            _refuse_bools(items)
             raise TokensError("tokens must be integers, got a sequence with non-integer items")
         lo, hi = min(items), max(items)
         if lo < 0 or hi > 0xFFFFFFFF:
             raise TokensError(f"token ids must lie in [0, 2**32), got values from {lo} to {hi}")
         return np.array(items, dtype=TOKEN_DTYPE)
     if not np.issubdtype(arr.dtype, np.integer):
-        raise TokensError(f"tokens must be integers, got dtype {arr.dtype}")
+        raise TokensError(f"tokens must be integers, got dtype {arr.dtype}{_BOOL_HINT if arr.dtype == bool else ''}")
+    if isinstance(tokens, (list, tuple)):  # numpy reads bools beside ints as ints
+        _refuse_bools(tokens)
     lo, hi = int(arr.min()), int(arr.max())
     if lo < 0 or hi > 0xFFFFFFFF:
         raise TokensError(f"token ids must lie in [0, 2**32), got values from {lo} to {hi}")

@@ -22,22 +22,22 @@ refilled: `touch` re-publishes local hits whose remote copy is gone
 (rate-limited) and carries sliding TTLs over to the remote expiry, on the
 writer thread. Which thread runs what: get_many, held_prefix, namespaces on
 the caller's thread; put, add_namespace and touch only queue; the writer
-thread ("pykvstore-redis") sends.
+thread ("pykvstore-redis") sends. The URL, its options and a cluster's nodes
+are checked, and the client factory made, in redis_url.py.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 import threading
 import time
 from collections import deque
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Optional, Sequence, Union
-from urllib.parse import parse_qs, urlsplit
 
 from ..errors import InputError
 from ..sizes import parse_size
+from .redis_url import _check_url_options, _redact, _redis, _scrub, client_factory  # noqa: F401 - importable here too
 from .redis_values import TAG_BYTES, make_signer, parse_namespaces
 
 log = logging.getLogger("pykvstore")
@@ -58,55 +58,6 @@ class RemoteStats:
 
     def to_dict(self) -> dict[str, int]:
         return asdict(self)
-
-
-def _check_url_options(url: str) -> None:
-    """Refuses URL options that would break the tier: decode_responses turns the binary
-    chunk values into str (a UnicodeDecodeError in the middle of a read); redis-py
-    reads any value of it, "no" included, as on."""
-    try:
-        query = parse_qs(urlsplit(url).query)
-    except ValueError as e:  # an unclosed [IPv6] host
-        raise InputError(f"the remote URL {_redact(url)} is not valid: {e}") from None
-    if "decode_responses" in query:
-        raise InputError("the remote URL option decode_responses is not supported: chunk values are binary; "
-                         "remove it from the URL")
-
-
-def _redact(url: Any) -> str:
-    """A remote URL (or node list) as an error may show it: what precedes the last '@' after
-    the scheme (user:password, even with a raw '/' or '@' in the password) and any
-    password= option read as ***. Errors name the URL so the operator sees which one."""
-    if isinstance(url, (list, tuple)):
-        return "[" + ", ".join(_redact(u) for u in url) + "]"
-    text = str(url)
-    at = text.rfind("@")
-    if at >= 0:
-        scheme = text.find("://")
-        start = scheme + 3 if 0 <= scheme < at else 0
-        text = text[:start] + "***" + text[at:]
-    return repr(re.sub(r"(?i)(password=)[^&#]*", r"\1***", text))
-
-
-def _scrub(message: str, url: str, password: Optional[str]) -> str:
-    """`message` (redis-py's) without the URL's or the argument's password in it."""
-    try:
-        secrets = [password, urlsplit(url).password]
-    except ValueError:
-        secrets = [password]
-    for secret in secrets:
-        if secret:
-            message = message.replace(secret, "***")
-    return message
-
-
-def _redis():
-    try:
-        import redis
-        import redis.cluster
-    except ImportError:  # pragma: no cover - only without the extra
-        raise ImportError("the Redis tier needs redis-py: pip install redis") from None
-    return redis
 
 
 class RedisTier:
@@ -162,31 +113,8 @@ class RedisTier:
         self._ns_cache: dict[str, tuple[float, dict[str, str]]] = {}
         self._batch_bytes = 64 << 20  # per read round trip
         self._value_size = 0  # the largest chunk value seen: sizes the read batches
-        common = dict(socket_timeout=timeout, socket_connect_timeout=timeout, username=username, password=password)
-        if isinstance(url, (list, tuple)) or (isinstance(url, str) and url.startswith("redis+cluster://")):
-            nodes = url if isinstance(url, (list, tuple)) else url[len("redis+cluster://"):].split(",")
-            if any("@" in str(n) for n in nodes):  # else taken for part of a host name (and logged with it)
-                raise InputError(f"cluster nodes must be host:port; credentials go in username= and password=, "
-                                 f"got {_redact(nodes)}")
-            try:
-                pairs = [(h, int(p)) for h, p in (n.rsplit(":", 1) for n in nodes)]
-            except (ValueError, TypeError, AttributeError):  # no ':', a bad port, a node that is no string
-                pairs = []
-            if not pairs or any(not h or not 0 < p < 65536 for h, p in pairs):
-                raise InputError(f"cluster nodes must be host:port, got {_redact(nodes)}") from None
-            startup = [redis.cluster.ClusterNode(h, p) for h, p in pairs]
-            self._make = lambda: redis.cluster.RedisCluster(startup_nodes=startup, ssl=ssl, **common)
-        elif isinstance(url, str) and url.startswith(("redis://", "rediss://", "unix://")):
-            _check_url_options(url)
-            if ssl and url.startswith("unix://"):
-                raise InputError("ssl=True needs a redis:// or rediss:// URL: a unix:// socket has no TLS")
-            if ssl and url.startswith("redis://"):  # redis-py takes TLS from the scheme (an ssl= argument is a TypeError)
-                url = "rediss://" + url[len("redis://"):]
-            kwargs = {k: v for k, v in common.items() if v is not None}
-            self._make = lambda: redis.Redis.from_url(url, **kwargs)
-        else:
-            raise InputError(f"remote must be a redis://, rediss://, unix:// or redis+cluster:// URL "
-                             f"or a list of host:port, got {_redact(url)}")
+        self._make, url = client_factory(url, username=username, password=password, ssl=ssl,
+                                         timeout=timeout)
         self.client = None
         self._url, self._password = url, password  # what _connect's errors must not show
         self._connect(first=True)

@@ -9,11 +9,16 @@ processes sharing the bucket see a chunk either reserved, ready or absent.
 
 from __future__ import annotations
 
+import logging
+import sqlite3
 import time
 from collections.abc import Collection, Sequence
 from typing import Any, Optional
 
 from ..catalog import WRITING, Catalog, ChunkRow
+from ..tiers.safe_paths import UnsafePath
+
+log = logging.getLogger("pykvstore")
 
 
 class NoRoom(Exception):
@@ -22,7 +27,7 @@ class NoRoom(Exception):
 
 class ChunkIndex:
     """Part of Bucket: what a store asks of the catalog. Uses the bucket's `catalog`, `disk`,
-    `make_room`, `remove_rows` and `_unlink_after_commit` (eviction)."""
+    `make_room`, `remove_rows` and `_unlink_after_commit` (eviction), `remove_chains` (lifecycle)."""
 
     # --- lookups -------------------------------------------------------------
     def namespaces(self, model: Optional[str] = None) -> list[tuple[str, dict[str, Any]]]:
@@ -37,8 +42,29 @@ class ChunkIndex:
         return self.catalog.ready_prefix_len(keys, now)
 
     def ready_prefix(self, keys: Sequence[str], now: float) -> list[ChunkRow]:
-        """The rows of the leading `keys` that are ready and unexpired."""
-        return self.catalog.ready_prefix(keys, now)
+        """The rows of the leading `keys` that are ready and unexpired, as far as a chunk path
+        can be derived for them: a row whose namespace is no hex digest (a crafted or damaged
+        catalog, say 'hex\\n') ends the prefix as a damaged chunk ends a load. Its path_of
+        raised out of the get, so every get of the prompt loaded 0 ('get failed') while lookup
+        said held, until fsck ran. It is dropped with its tail (counted 'corrupt'; it names no
+        file of its own), so lookup agrees from then on. One check per namespace."""
+        rows = self.catalog.ready_prefix(keys, now)
+        named: set[tuple[str, str]] = set()
+        for i, row in enumerate(rows):
+            if (row.model, row.namespace) in named:
+                continue
+            try:
+                self.disk.path_of(row)
+            except UnsafePath as e:
+                log.warning("catalog row of chunk %s names no chunk path (%s); dropped with its tail, "
+                            "served as a miss", row.key[:16], e)
+                try:
+                    self.remove_chains([row.key], "corrupt")
+                except sqlite3.Error as err:  # still a miss; dropped by the next get or fsck --repair
+                    log.warning("could not drop a damaged chunk from the catalog: %s", err)
+                return rows[:i]
+            named.add((row.model, row.namespace))
+        return rows
 
     def existing(self, keys: Sequence[str], now: float) -> dict[str, int]:
         """Those of `keys` held (ready and unexpired, or being written)."""

@@ -23,6 +23,7 @@ from typing import Any, Optional
 from ..catalog import Catalog, ChunkRow
 from ..policy import EvictionPolicy
 from ..tiers.disk import DiskTier
+from ..tiers.safe_paths import UnsafePath
 
 log = logging.getLogger("pykvstore")
 
@@ -103,7 +104,10 @@ class Eviction:
         aside: list[tuple[str, str]] = []  # (chunk path, temp name)
         in_place: list[tuple[str, tuple[int, int]]] = []  # (chunk path, identity)
         for r in rows:
-            rel = self.disk.path_of(r)
+            try:
+                rel = self.disk.path_of(r)
+            except UnsafePath:  # a namespace that is no digest (a crafted row) names no file of its own
+                continue
             try:
                 name = self.disk.set_aside(rel)
             except OSError:

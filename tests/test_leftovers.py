@@ -7,6 +7,7 @@ the bucket, the engine's own write-fault switch); a pause hook only times them.
 
 from __future__ import annotations
 
+import errno
 import logging
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import numpy as np
 import pytest
 
 import pykvstore as kv
+from pykvstore.catalog import READY
 from pykvstore.keys import as_tokens
 from workers import load_verified, open_store, sequence
 
@@ -97,3 +99,93 @@ def test_chunks_behind_a_row_with_no_digest_namespace_can_still_be_cleared(bucke
         assert s.clear().chunks == 3
         assert rows(s) == {} and s.lookup(args(1)[0]) == 0
         assert len(data_files(bucket)) == 1  # chunk 1's own file: no row names it (fsck --repair indexes it)
+
+
+# --- 3. a writer whose reservation was taken deletes only its own file ---------------------
+
+def _evict_then_other_stores(a, other, b, toks, cache, ids, *, wait_own: bool):
+    """Pause hook on a's first chunk write: `other` evicts the sequence (a's reservation goes),
+    then b stores it whole (b reserves, writes and commits chunk 0 at the path a writes to).
+    wait_own: a's write lands first (b's file then replaces it); else a's write starts after."""
+    real = a._disk.write
+    done = []
+
+    def write(rel, buf, size):
+        if done:
+            return real(rel, buf, size)
+        done.append(other.evict(toks))
+        if wait_own:
+            fut = real(rel, buf, size)
+            fut.result()  # a's file is in place, its commit still to come
+            done.append(b.put(toks, cache, ids))
+            return fut
+        done.append(b.put(toks, cache, ids))
+        return real(rel, buf, size)
+
+    a._disk.write = write
+    return done
+
+
+def _fresh_get(bucket) -> int:
+    with open_store(str(bucket)) as c:  # nothing in host memory: the files are what is read
+        return load_verified(c, 1)
+
+
+def test_an_uncommitted_write_leaves_the_file_another_store_committed_at_its_path(bucket):
+    """a's reservation is evicted while a writes chunk 0, then b stores the sequence (its chunk
+    0 file replaces a's). a's commit finds no reservation of its own and removed whatever file
+    was at the path: b's committed chunk 0, leaving a ready row with no file (lookup 96, get 0)."""
+    toks, cache, ids = args(1)
+    with open_store(str(bucket)) as a, open_store(str(bucket)) as other, open_store(str(bucket)) as b:
+        done = _evict_then_other_stores(a, other, b, toks, cache, ids, wait_own=True)
+        a.put(toks, cache, ids)
+        assert done[1] == 96
+        assert set(rows(b).values()) == {READY} and len(rows(b)) == 3
+        assert len(data_files(bucket)) == 3
+        assert b.lookup(toks) == 96
+    assert _fresh_get(bucket) == 96
+
+
+def test_a_failed_write_leaves_the_file_another_store_committed_at_its_path(bucket):
+    """The same race, but a's write fails (ENOSPC from its engine): forget() removed the file at
+    the path, b's committed chunk 0, before releasing a reservation that was no longer a's."""
+    toks, cache, ids = args(1)
+    with open_store(str(bucket)) as a, open_store(str(bucket)) as other, open_store(str(bucket)) as b:
+        a.bucket.engine.inject_faults("write", 1, errno.ENOSPC)  # every write of a fails
+        try:
+            done = _evict_then_other_stores(a, other, b, toks, cache, ids, wait_own=False)
+            assert a.put(toks, cache, ids) == 0
+        finally:
+            a.bucket.engine.inject_faults("write", 0)
+        assert done[1] == 96
+        assert set(rows(b).values()) == {READY} and len(rows(b)) == 3
+        assert len(data_files(bucket)) == 3 and b.lookup(toks) == 96
+    assert _fresh_get(bucket) == 96
+
+
+def test_a_failed_or_uncommitted_write_still_removes_its_own_file(bucket):
+    """What the fix must keep: with no other writer, a's file goes when its reservation was
+    evicted under it (no orphan file), and a failed write leaves no file and no row."""
+    toks, cache, ids = args(1)
+    with open_store(str(bucket)) as a, open_store(str(bucket)) as other:
+        real = a._disk.write
+
+        def write(rel, buf, size):
+            if a._disk.write is write:
+                a._disk.write = real
+                other.evict(toks)
+                fut = real(rel, buf, size)
+                fut.result()  # a's file is in place; its commit will find no row
+                return fut
+            return real(rel, buf, size)
+
+        a._disk.write = write
+        assert a.put(toks, cache, ids) == 0
+        assert data_files(bucket) == [] and rows(a) == {} and list((bucket / "tmp").iterdir()) == []
+        a.bucket.engine.inject_faults("write", 1, errno.ENOSPC)
+        try:
+            assert a.put(toks, cache, ids) == 0
+        finally:
+            a.bucket.engine.inject_faults("write", 0)
+        assert data_files(bucket) == [] and rows(a) == {} and list((bucket / "tmp").iterdir()) == []
+        assert a.put(toks, cache, ids) == 96 and _fresh_get(bucket) == 96

@@ -17,6 +17,7 @@ from typing import Any, Optional
 
 from ..catalog import WRITING, Catalog, ChunkRow
 from ..tiers.safe_paths import UnsafePath
+from .eviction import _identity
 
 log = logging.getLogger("pykvstore")
 
@@ -99,6 +100,32 @@ class ChunkIndex:
     def mark_ready(self, key: str, now: float) -> bool:
         """Commits a reserved chunk whose file is written; False if it was removed meanwhile."""
         return self.catalog.mark_ready(key, now)
+
+    def release(self, row: ChunkRow, owner: str) -> None:
+        """Undoes `owner`'s reservation of `row` after its write failed or its commit found the
+        reservation gone (an evict or clear meanwhile): deletes the `writing` row if it is still
+        `owner`'s and, when then no row holds the key, the file at the chunk path, moved aside
+        under the write lock (eviction.py; unlinked once this commits). Another writer may have
+        reserved the key since and put its own file there, committed or about to be: deleting
+        whatever sat at the path left its ready row with no file (lookup held, get 0).
+
+        When the catalog cannot be written (sqlite3.Error, raised after this), the row stays
+        and the caller retries the release; the file goes now if the key is still held by
+        `owner` alone or by no row, read without the lock, and the same file (device, inode)
+        is still there. Runs on the put's thread."""
+        try:
+            with self.catalog.transaction() as c:
+                c.execute(f"DELETE FROM chunks WHERE key = ? AND state = {WRITING} AND owner = ?", (row.key, owner))
+                if c.execute("SELECT 1 FROM chunks WHERE key = ?", (row.key,)).fetchone() is None:
+                    self._unlink_after_commit([row])
+        except sqlite3.Error:
+            rel = self.disk.path_of(row)
+            mark = _identity(self.disk.abspath(rel))
+            holders = self.catalog.query("SELECT state, owner FROM chunks WHERE key = ?", (row.key,))
+            if mark is not None and all(h == (WRITING, owner) for h in holders) \
+                    and _identity(self.disk.abspath(rel)) == mark:
+                self.disk.remove(rel)
+            raise
 
     def abort(self, key: str, owner: Optional[str] = None) -> None:
         """Releases a reservation whose write failed (with `owner`: only that writer's; the

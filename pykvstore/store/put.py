@@ -130,8 +130,8 @@ class PutPipeline:
                 self.forget(row)
                 failed_at = min(failed_at, i)
                 return
-            if not committed:
-                p.disk.remove(p.disk.path_of(row))  # removed while in flight (evict/clear)
+            if not committed:  # removed while in flight (evict/clear): its file goes unless the key is held again
+                self.forget(row)
                 failed_at = min(failed_at, i)
                 return
             ok[i] = True
@@ -236,12 +236,13 @@ class PutPipeline:
             self.p.host.discard(k)
 
     def forget(self, row: ChunkRow) -> None:
-        """Undoes a reservation whose write failed. Best effort: if the catalog
-        cannot be written either, the row stays `writing` under this process and
-        is reclaimed by the first open after it exits."""
-        self.p.disk.remove(self.p.disk.path_of(row))
+        """Undoes a reservation whose write failed or whose commit found it removed: its row,
+        and its file only while no other writer holds the key (Bucket.release; the file at the
+        path may be another store's, committed since). Best effort: if the catalog cannot be
+        written either, the row stays `writing` under this process, released by the next put
+        or reclaimed by the first open after it exits."""
         try:
-            self.p.bucket.abort(row.key, row.owner)
+            self.p.bucket.release(row, row.owner)
         except sqlite3.Error as e:
             self.p.faults.warn_once("abort", f"could not release a failed chunk's reservation (will retry): {e}")
             self._unreleased.add(row.key)

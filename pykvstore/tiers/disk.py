@@ -61,19 +61,6 @@ def model_slug(model: str) -> str:
     return "_" * len(slug) if slug in (".", "..") else slug
 
 
-class _Failed:
-    """A read that could not start (an unsafe path): a future whose result raises, as a failed read's does."""
-
-    def __init__(self, err: OSError) -> None:
-        self._err = err
-
-    def result(self):
-        raise self._err
-
-    def done(self) -> bool:
-        return True
-
-
 class DiskTier:
     def __init__(self, root: Path, engine: "_C.FileEngine", direct_write: int, direct_read: int, sync: bool) -> None:
         self.root = root

@@ -41,11 +41,33 @@ HostPool::HostPool(std::size_t capacity, bool pin, bool huge_pages)
 }
 
 HostPool::~HostPool() {
+  stop_prefault();
   PYKVSTORE_ASAN_FORGET(base_, capacity_ * kAddressSpread);  // the addresses may be mapped again
   if (pinned_)
     cuda_host_free(base_);
   else
     ::munmap(base_, capacity_ * kAddressSpread);
+}
+
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23  // linux/mman.h since 5.14; older headers lack it, the kernel answers EINVAL
+#endif
+
+std::size_t HostPool::prefault(std::size_t nbytes) {
+  if (pinned_) return 0;
+  const std::size_t want = std::min(round_up(nbytes, kDirectAlignment), capacity_);
+  // Offsets [0, want) live at addresses [0, want * kAddressSpread): under ASan
+  // a buffer at offset o sits at 2o and its redzone after it, so the whole
+  // doubled range is what the first buffers' writes touch. Only the kernel
+  // writes here (no user access), so ASan's shadow is neither read nor changed.
+  const std::size_t end = want * kAddressSpread;
+  std::size_t done = 0;
+  while (done < end && !prefault_stop_.load(std::memory_order_relaxed)) {
+    const std::size_t n = std::min(kPrefaultSlice, end - done);
+    if (::madvise(base_ + done, n, MADV_POPULATE_WRITE) != 0) break;  // EINVAL: no such flag; ENOMEM, EINTR: stop
+    done += n;
+  }
+  return done / kAddressSpread;
 }
 
 void HostPool::add_free(std::size_t offset, std::size_t length) {

@@ -196,3 +196,56 @@ def test_a_buffer_lives_as_long_as_a_tensor_over_it():
     c = _C.AlignedBuffer(1 << 20)  # and the next one of that size reuses it
     assert _C.buffer_cache_bytes() == before
     del c
+
+
+def resident(address: int, length: int) -> list[bool]:
+    """Which pages of this process's memory at [address, address + length) are faulted in (mincore)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+    vec = (ctypes.c_ubyte * (-(-length // 4096)))()
+    assert libc.mincore(address, length, vec) == 0, ctypes.get_errno()
+    return [bool(v & 1) for v in vec]
+
+
+# Under ASan (tests/run_sanitized.sh) a pool offset o lives at base + 2o (host_pool.hpp's kAddressSpread).
+SPREAD = 2 if os.environ.get("PYKVSTORE_SANITIZED") == "address" else 1
+
+
+def test_pool_prefault_commits_its_first_pages_and_no_more():
+    """HostPool.prefault: the pages its first nbytes live at are resident after it, none
+    past them; a live buffer keeps its bytes; a stopped pool (its store closing) does nothing."""
+    pool = _C.HostPool(16 << 20, pin=False, huge_pages=False)
+    buf = _C.AlignedBuffer(8192, pool)
+    memoryview(buf)[:] = b"\xa5" * 8192
+    want = (3 << 20) + 1
+    assert not any(resident(pool.base + 8192 * SPREAD, 8 << 20))
+    done = pool.prefault(want)
+    if done == 0:
+        pytest.skip("this kernel has no MADV_POPULATE_WRITE")
+    assert done == (3 << 20) + 4096  # whole pages
+    assert all(resident(pool.base, done * SPREAD))
+    assert not any(resident(pool.base + done * SPREAD, 4 << 20))
+    assert bytes(memoryview(buf)) == b"\xa5" * 8192
+    assert pool.prefault(1 << 40) == 16 << 20  # never past the pool
+    other = _C.HostPool(8 << 20, pin=False, huge_pages=False)
+    other.stop_prefault()
+    assert other.prefault(4 << 20) == 0 and not any(resident(other.base, (8 << 20) * SPREAD))
+
+
+def test_pool_prefault_runs_without_the_gil_and_stops_between_slices():
+    """While one thread prefaults, this one runs Python (the GIL is released), sees the
+    first page come in and stops it: it ends a slice or two later, far short of the pool."""
+    size = 512 << 20  # 8 slices of 64 MiB (16 under ASan)
+    pool = _C.HostPool(size, pin=False, huge_pages=False)
+    out = []
+    t = threading.Thread(target=lambda: out.append(pool.prefault(size)))
+    t.start()
+    while not resident(pool.base, 4096)[0] and t.is_alive():
+        pass
+    pool.stop_prefault()
+    t.join(60)
+    if out == [0]:
+        pytest.skip("this kernel has no MADV_POPULATE_WRITE")
+    assert 0 < out[0] <= size // 2, out

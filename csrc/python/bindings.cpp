@@ -152,6 +152,11 @@ PYBIND11_MODULE(_C, m) {
       .def(py::init<std::size_t, bool, bool>(), py::arg("capacity"), py::arg("pin") = true,
            py::arg("huge_pages") = true)
       .def_property_readonly("base", &HostPool::base)
+      .def("prefault", &HostPool::prefault, py::arg("nbytes"), py::call_guard<py::gil_scoped_release>(),
+           "Commits the pages of the pool's first nbytes (MADV_POPULATE_WRITE, by slices, without the GIL);\n"
+           "returns the bytes done: fewer once stop_prefault() was called, 0 when pinned or the kernel lacks the flag.")
+      .def("stop_prefault", &HostPool::stop_prefault,
+           "A running prefault ends after its current slice; later ones do nothing (the store is closing).")
       .def("stats", [](const HostPool& p) {
         PoolStats s = p.stats();
         py::dict d;

@@ -31,6 +31,7 @@ from ..layout import Geometry, PagedKV
 from ..policy import EvictionPolicy
 from ..recorder import budget_bytes
 from ..sizes import parse_duration
+from . import prefault
 from .checks import check_call, check_start, check_store_args
 from .counters import Counters, StoreStats
 from .faults import Faults, Handle
@@ -341,6 +342,7 @@ class KVStore:
         self._closed = True
         if self._view_of is not None:  # the bucket, pool, tiers and threads are the original store's
             return
+        prefault.stop(self._pool)  # its thread ends after the current slice, and frees the pool then
         for kind in ("get", "put"):  # a get may hand remote chunks to the put thread
             if kind in self._executors:
                 self._executors[kind].shutdown(wait=True)

@@ -15,6 +15,7 @@
 // wild access there is the one kind not reported.
 #pragma once
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <map>
@@ -59,6 +60,23 @@ class HostPool {
   bool contains(const void* p) const noexcept;
   PoolStats stats() const;
   std::uintptr_t base() const noexcept { return reinterpret_cast<std::uintptr_t>(base_); }
+
+  // Commits the pages that pool offsets [0, nbytes) live at (nbytes rounded up
+  // to whole pages, at most the capacity; under ASan the doubled address range
+  // they spread over, redzones included) with MADV_POPULATE_WRITE, one slice
+  // of kPrefaultSlice addresses per call, so the first writes into buffers
+  // handed out from there do not fault. Returns the offset bytes done: nbytes;
+  // less when stop_prefault() was called (it is checked between slices) or a
+  // slice failed (ENOMEM: the kernel found no memory for it); 0 for a pinned
+  // pool (committed at allocation) or a kernel without the flag (< 5.14,
+  // EINVAL). The kernel only fills pages not yet present, so buffers in use
+  // meanwhile keep their bytes: no lock is held. Blocks the calling thread
+  // (the binding releases the GIL); any thread.
+  std::size_t prefault(std::size_t nbytes);
+  // A running prefault ends after its current slice, and later ones do
+  // nothing: the pool's store is closing. Any thread; the destructor calls it.
+  void stop_prefault() noexcept { prefault_stop_.store(true, std::memory_order_relaxed); }
+  static constexpr std::size_t kPrefaultSlice = std::size_t{64} << 20;
   // Where in the pool's capacity `p` (from allocate) starts: (p - base) in
   // normal builds, the same number under ASan's spread addresses.
   std::size_t offset_of(const void* p) const noexcept {
@@ -72,6 +90,7 @@ class HostPool {
   std::size_t capacity_ = 0;  // what allocations can use; capacity_ * kAddressSpread is reserved
   bool pinned_ = false;
   bool huge_pages_ = false;
+  std::atomic<bool> prefault_stop_{false};
   mutable std::mutex mutex_;
   std::map<std::size_t, std::size_t> free_by_offset_;     // offset -> length
   std::multimap<std::size_t, std::size_t> free_by_size_;  // length -> offset

@@ -22,7 +22,7 @@ refilled: `touch` re-publishes local hits whose remote copy is gone
 (rate-limited) and carries sliding TTLs over to the remote expiry, on the
 writer thread. Which thread runs what: get_many, held_prefix, namespaces on
 the caller's thread; put, add_namespace and touch only queue; the writer
-thread ("pykvstore-redis") sends. The URL, its options and a cluster's nodes
+thread ("pykvstore-redis", redis_writer.py) sends. The URL, its options and a cluster's nodes
 are checked, and the client factory made, in redis_url.py.
 """
 
@@ -31,7 +31,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import deque
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Optional, Sequence, Union
 
@@ -39,6 +38,7 @@ from ..errors import InputError
 from ..sizes import parse_size
 from .redis_url import _check_url_options, _redact, _redis, _scrub, client_factory  # noqa: F401 - importable here too
 from .redis_values import TAG_BYTES, make_signer, parse_namespaces
+from .redis_writer import RedisWriter
 
 log = logging.getLogger("pykvstore")
 
@@ -86,13 +86,8 @@ class RedisTier:
         redis = _redis()
         self._signer = make_signer(secret)
         self._max_value = parse_size(max_value_bytes, "max_value_bytes")
-        self._republish_rate = parse_size(republish_bytes_per_s, "republish_bytes_per_s")
-        self._republish_budget = float(self._republish_rate)
-        self._republish_at = time.monotonic()
-        self._touch_interval = float(touch_interval)
-        self._touched: dict[str, float] = {}  # chunk key -> when touch last queued it
-        self._touches: deque = deque()  # (chunk key, ttl, loader)
-        self._pending_ns: dict[tuple[str, str], str] = {}  # (model, digest) -> params, sent by the writer
+        republish_rate = parse_size(republish_bytes_per_s, "republish_bytes_per_s")
+        touch_interval = float(touch_interval)
         self._errors_t = (redis.exceptions.RedisError, redis.exceptions.RedisClusterException, OSError)
         if not isinstance(prefix, str) or not prefix or "{" in prefix or "}" in prefix:
             raise InputError(f"remote prefix must be a non-empty string without braces, got {prefix!r}")
@@ -100,14 +95,7 @@ class RedisTier:
         self.retry_after = retry_after
         self.stats = RemoteStats()
         self._stats_lock = threading.Lock()
-        self._lock = threading.Lock()
-        self._queue: deque = deque()
-        self._queued_bytes = 0
-        self._queue_limit = parse_size(queue_bytes, "queue_bytes")
-        self._wake = threading.Condition(self._lock)
-        self._idle = threading.Condition(self._lock)
-        self._writing = 0
-        self._closed = False
+        queue_limit = parse_size(queue_bytes, "queue_bytes")
         self._down_until = 0.0
         self._warned: set[str] = set()
         self._ns_cache: dict[str, tuple[float, dict[str, str]]] = {}
@@ -118,8 +106,7 @@ class RedisTier:
         self.client = None
         self._url, self._password = url, password  # what _connect's errors must not show
         self._connect(first=True)
-        self._writer = threading.Thread(target=self._run, name="pykvstore-redis", daemon=True)
-        self._writer.start()
+        self._writer = RedisWriter(self, queue_limit, republish_rate, touch_interval)  # starts the writer thread
 
     # --- connection ------------------------------------------------------------
     def _connect(self, first: bool = False) -> bool:
@@ -175,11 +162,7 @@ class RedisTier:
     # --- namespaces: so a replica with an empty bucket can answer lookup --------
     def add_namespace(self, model: str, digest: str, params: str) -> None:
         """Queues a namespace index entry; the writer thread sends it (a stopped server never blocks a put)."""
-        with self._lock:
-            if self._closed:
-                return
-            self._pending_ns[(model, digest)] = params
-            self._wake.notify()
+        self._writer.add_namespace(model, digest, params)
 
     def namespaces(self, model: str) -> dict[str, str]:
         """digest -> params (JSON) of the namespaces stored under `model` by any replica."""
@@ -294,22 +277,13 @@ class RedisTier:
             n += 1
         return n
 
-    # --- writes (queued here, sent by the writer thread) ----------------------
+    # --- writes (queued here, sent by the writer thread: redis_writer.py) -------
     def put(self, chunk_key: str, value: Any, ttl: Optional[float], meta: dict[str, str], owner: Any = None) -> bool:
         """Queues a chunk for writing; False (and counted as dropped) when the queue is full or closed.
 
         `value` is a bytes-like view kept alive by `owner` until it is sent.
         """
-        n = len(value)
-        with self._lock:
-            if self._closed or self._queued_bytes + n > self._queue_limit:
-                self.count(dropped=1)
-                return False
-            self._queue.append((chunk_key, value, ttl, meta, owner))
-            self._value_size = max(self._value_size, n)
-            self._queued_bytes += n
-            self._wake.notify()
-        return True
+        return self._writer.put(chunk_key, value, ttl, meta, owner)
 
     def touch(self, keys: Sequence[str], ttl: Optional[float], load: Callable[[str], Optional[tuple]]) -> None:
         """Local hits: the writer thread checks each key's remote copy (at most once per
@@ -318,169 +292,19 @@ class RedisTier:
         namespace, params)]) or None` (the namespace entry is written again with it)
         within `republish_bytes_per_s`. Returns at once; never raises.
         """
-        now = time.monotonic()
-        interval = self._touch_interval if ttl is None else min(self._touch_interval, ttl / 4)
-        with self._lock:
-            if self._closed:
-                return
-            for k in keys:
-                if now - self._touched.get(k, -1e18) < interval or len(self._touches) >= 4096:
-                    continue
-                self._touched[k] = now
-                self._touches.append((k, ttl, load))
-            if len(self._touched) > 100_000:  # forget old entries; a forgotten key is only checked again
-                self._touched = {k: t for k, t in self._touched.items() if now - t < interval}
-            if self._touches:
-                self._wake.notify()
+        self._writer.touch(keys, ttl, load)
 
     def flush(self, timeout: float = 30.0) -> bool:
         """Waits until every queued write was sent (or dropped); False on timeout."""
-        deadline = time.monotonic() + timeout
-        with self._lock:
-            while self._queue or self._writing or self._pending_ns or self._touches:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self._idle.wait(left)
-        return True
+        return self._writer.flush(timeout)
 
-    def _run(self) -> None:
-        while True:
-            with self._lock:
-                while not (self._queue or self._pending_ns or self._touches) and not self._closed:
-                    self._wake.wait()
-                if not (self._queue or self._pending_ns or self._touches) and self._closed:
-                    return
-                batch, size = [], 0
-                while self._queue and (not batch or size < (64 << 20)) and len(batch) < 64:
-                    item = self._queue.popleft()
-                    batch.append(item)
-                    size += len(item[1])
-                self._queued_bytes -= size
-                namespaces, self._pending_ns = self._pending_ns, {}
-                touches = [self._touches.popleft() for _ in range(min(len(self._touches), 256))]
-                self._writing = len(batch) + len(namespaces) + len(touches)
-            try:
-                if namespaces:
-                    self._send_namespaces(namespaces)
-                if batch:
-                    self._send(batch, size)
-                    batch = []  # counted by _send (put or dropped)
-                if touches:
-                    self._refresh(touches)
-            except Exception as e:  # noqa: BLE001 - the writer thread must outlive anything
-                self.count(dropped=len(batch))  # a batch that raised before _send counted it
-                self._warn_once("writer", f"Redis writer: {type(e).__name__}: {e}")
-            with self._lock:
-                self._writing = 0
-                self._idle.notify_all()
-
-    def _send_namespaces(self, namespaces: dict[tuple[str, str], str]) -> None:
-        if not self._available():
-            with self._lock:  # kept for the next round: a namespace written late is still useful
-                for k, v in namespaces.items():
-                    self._pending_ns.setdefault(k, v)
-            return
-        try:
-            pipe = self.client.pipeline(transaction=False)
-            for (model, digest), params in namespaces.items():
-                pipe.hset(f"{self.prefix}:namespaces:{{{model}}}", digest, params)
-            for r in pipe.execute(raise_on_error=False):
-                if isinstance(r, Exception):
-                    self._warn_once("namespace-type", f"Redis refused a namespace index write ({r})")
-        except self._errors_t as e:
-            self._failed("namespace", e)
-
-    def _value_out(self, chunk_key: str, value: Any) -> Any:
-        """The value as stored: signed when there is a secret."""
-        if self._signer is None:
-            return value
-        return bytes(value) + self._signer.tag(self.key(chunk_key), value)
-
-    def _send(self, batch: list, size: int) -> None:
-        if not self._available():
-            self.count(dropped=len(batch))
-            return
-        try:
-            pipe = self.client.pipeline(transaction=False)
-            for chunk_key, value, ttl, meta, _ in batch:
-                k = self.key(chunk_key)
-                px = None if ttl is None else max(1, int(ttl * 1000))
-                pipe.set(k, self._value_out(chunk_key, value), px=px)
-                pipe.hset(f"{k}:meta", mapping=meta)
-                if px is not None:
-                    pipe.pexpire(f"{k}:meta", px)
-            results = pipe.execute(raise_on_error=False)
-        except self._errors_t as e:
-            self._failed("put", e)
-            self.count(dropped=len(batch))
-            return
-        failed = [r for r in results if isinstance(r, Exception)]
-        if failed:  # a metadata key of another type: the value itself (SET) still went through
-            self._warn_once("put-type", f"Redis refused {len(failed)} write(s) in a batch ({failed[0]})")
-        self.count(puts=len(batch), bytes_written=size)
-
-    def _spend(self, n: int) -> bool:
-        """Takes n bytes from the re-publish budget (refilled at republish_bytes_per_s, one second deep)."""
-        now = time.monotonic()
-        self._republish_budget = min(float(self._republish_rate),
-                                     self._republish_budget + (now - self._republish_at) * self._republish_rate)
-        self._republish_at = now
-        if n > self._republish_budget:
-            return False
-        self._republish_budget -= n
-        return True
-
-    def _refresh(self, touches: list) -> None:
-        """Extends remote expiries of touched keys and re-publishes the ones the server lost."""
-        if not self._available():
-            return
-        try:
-            pipe = self.client.pipeline(transaction=False)
-            for chunk_key, ttl, _ in touches:
-                k = self.key(chunk_key)
-                if ttl is None:
-                    pipe.exists(k)
-                else:
-                    pipe.pexpire(k, max(1, int(ttl * 1000)))
-                    pipe.pexpire(f"{k}:meta", max(1, int(ttl * 1000)))
-            results = pipe.execute(raise_on_error=False)
-        except self._errors_t as e:
-            self._failed("touch", e)
-            return
-        lost, i = [], 0
-        for chunk_key, ttl, load in touches:
-            present = results[i]
-            i += 1 if ttl is None else 2
-            if isinstance(present, Exception) or present:
-                self.count(refreshed=0 if ttl is None else 1)
-                continue
-            lost.append((chunk_key, ttl, load))
-        for chunk_key, ttl, load in lost:
-            try:
-                item = load(chunk_key)
-            except Exception as e:  # noqa: BLE001 - a failed local read only skips the re-publish
-                self._warn_once("republish-load", f"could not read a chunk to re-publish: {e}")
-                item = None
-            if item is None:
-                continue
-            value, meta, owner = item[:3]
-            if not self._spend(len(value)):
-                with self._lock:
-                    self._touched.pop(chunk_key, None)  # over budget: a later hit tries again
-                continue
-            if len(item) > 3:  # (model, digest, params): the index a lookup without geometry needs
-                model, digest, params = item[3]
-                self._send_namespaces({(model, digest): params})
-            self._send([(chunk_key, value, ttl, meta, owner)], len(value))
-            self.count(republished=1)
+    @property
+    def _touched(self) -> dict[str, float]:
+        """chunk key -> when touch last queued it (the writer's; read by tests)."""
+        return self._writer._touched
 
     def close(self, timeout: float = 10.0) -> None:
-        self.flush(timeout)
-        with self._lock:
-            self._closed = True
-            self._wake.notify_all()
-        self._writer.join(timeout)
+        self._writer.stop(timeout)
         if self.client is not None:
             try:
                 self.client.close()

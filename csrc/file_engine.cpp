@@ -16,6 +16,7 @@
 
 #include "pykvstore/checksum.hpp"
 #include "pykvstore/error.hpp"
+#include "pykvstore/sigbus_guard.hpp"
 
 namespace pykvstore {
 namespace {
@@ -222,11 +223,16 @@ int FileEngine::Fault::next() {
 }
 
 void FileEngine::inject_faults(bool writes, std::uint64_t every, int err) {
-  Fault& f = writes ? write_fault_ : read_fault_;
+  inject_faults_into(writes ? write_fault_ : read_fault_, every, err);
+}
+
+void FileEngine::inject_faults_into(Fault& f, std::uint64_t every, int err) {
   f.err.store(err);
   f.seen.store(0);
   f.every.store(every);
 }
+
+void FileEngine::inject_truncation(std::uint64_t every) { inject_faults_into(truncate_fault_, every, EIO); }
 
 void FileEngine::set_pool(std::shared_ptr<HostPool> pool) {
   std::lock_guard<std::mutex> lock(pool_mutex_);
@@ -401,36 +407,115 @@ std::shared_ptr<MappedFile> FileEngine::map_file(const std::string& path, std::s
     counters_.errors.fetch_add(1, std::memory_order_relaxed);
     throw;
   }
+  if (truncate_fault_.next() != 0) {  // another process cutting the file short in place, now it is mapped
+    counters_.injected_faults.fetch_add(1, std::memory_order_relaxed);
+    (void)::truncate(path.c_str(), static_cast<off_t>(file->size() / 2));
+  }
   counters_.mapped_reads.fetch_add(1, std::memory_order_relaxed);
   counters_.bytes_read.fetch_add(file->size(), std::memory_order_relaxed);
   return file;
 }
 
-MapResult FileEngine::map_now(const std::string& path, std::size_t max_size, bool hash_payload) {
+namespace {
+
+// The longest header prefix a MapResult copies out: 8 bytes of length plus
+// chunk_file.MAX_HEADER (1 MiB); a longer header is garbage the decoder refuses.
+constexpr std::size_t kMaxHeaderCopy = 8 + (std::size_t{1} << 20);
+
+// One pass over a mapped chunk on an I/O thread, run under the SIGBUS guard:
+// plain data only (a fault leaves the pass's frame without unwinding it).
+struct MappedPass {
+  const std::uint8_t* data;
+  std::size_t size;
+  const PagedLayout* layout;  // null: hash only
+  const std::int64_t* block_ids;
+  std::size_t num_blocks;
+  std::int64_t skip;
+  std::size_t payload_bytes;
+  bool hash_payload;
+  std::uint8_t* header;  // where the header's bytes go (header_size of them)
+  std::size_t header_size;
+  std::uint64_t header_len;  // out: the length prefix (when size >= 8)
+  std::uint64_t hash;
+  bool has_hash;
+  bool scattered;
+};
+
+void read_length_prefix(void* arg) {
+  auto* m = static_cast<MappedPass*>(arg);
+  std::memcpy(&m->header_len, m->data, 8);
+}
+
+void copy_header_hash_scatter(void* arg) {
+  auto* m = static_cast<MappedPass*>(arg);
+  std::memcpy(m->header, m->data, m->header_size);
+  std::size_t offset;
+  if (m->layout != nullptr && payload_offset_of(m->data, m->size, &offset) && m->size - offset == m->payload_bytes) {
+    m->hash = scatter_verified(*m->layout, m->block_ids, m->num_blocks, m->data + offset, m->skip);
+    m->has_hash = m->scattered = true;
+  } else if (m->hash_payload || m->layout != nullptr) {
+    // no payload, or another shape: hash only (the caller finds it unsound), never copy it
+    m->has_hash = hash_payload_of(m->data, m->size, &m->hash);
+  }
+}
+
+}  // namespace
+
+MapResult FileEngine::map_pass(const std::string& path, std::size_t max_size, const PagedLayout* layout,
+                               const std::int64_t* block_ids, std::size_t num_blocks, std::int64_t skip,
+                               std::size_t payload_bytes, bool hash_payload) {
   MapResult result;
   result.file = map_file(path, max_size);
-  if (hash_payload)
-    result.has_hash = hash_payload_of(result.file->data(), result.file->size(), &result.payload_hash);
+  MappedPass m{};
+  m.data = result.file->data();
+  m.size = result.file->size();
+  m.layout = layout;
+  m.block_ids = block_ids;
+  m.num_blocks = num_blocks;
+  m.skip = skip;
+  m.payload_bytes = payload_bytes;
+  m.hash_payload = hash_payload;
+  // Every touch of the mapping is guarded: a file truncated in place meanwhile
+  // faults (SIGBUS) past its new end, which fails this read instead of the process.
+  auto fault = [&] {
+    counters_.errors.fetch_add(1, std::memory_order_relaxed);
+    counters_.sigbus_faults.fetch_add(1, std::memory_order_relaxed);
+    PYKVSTORE_THROW_IO(EIO, "read of a mapped file (it shrank while mapped: SIGBUS)", path);
+  };
+  std::size_t header_size = m.size;
+  if (m.size >= 8) {
+    if (!run_guarded(m.data, m.size, read_length_prefix, &m)) fault();
+    if (m.header_len <= kMaxHeaderCopy - 8) header_size = std::min<std::size_t>(m.size, 8 + m.header_len);
+    else header_size = 8;  // impossible: the decoder refuses the length prefix alone
+  }
+  result.header.resize(header_size);
+  m.header = reinterpret_cast<std::uint8_t*>(result.header.data());
+  m.header_size = header_size;
+  if (!run_guarded(m.data, m.size, copy_header_hash_scatter, &m)) fault();
+  result.payload_hash = m.hash;
+  result.has_hash = m.has_hash;
+  result.scattered = m.scattered;
+  if (m.scattered) counters_.copied_while_verifying.fetch_add(1, std::memory_order_relaxed);
   return result;
+}
+
+MapResult FileEngine::map_now(const std::string& path, std::size_t max_size, bool hash_payload) {
+  return map_pass(path, max_size, nullptr, nullptr, 0, 0, 0, hash_payload);
 }
 
 MapResult FileEngine::map_scatter_now(const std::string& path, std::size_t max_size, const PagedLayout& layout,
                                       const std::vector<std::int64_t>& block_ids, std::int64_t skip,
                                       std::size_t payload_bytes) {
-  MapResult result;
-  result.file = map_file(path, max_size);
-  const std::uint8_t* data = result.file->data();
-  const std::size_t size = result.file->size();
-  std::size_t offset;
-  if (!payload_offset_of(data, size, &offset) || size - offset != payload_bytes) {
-    // no payload, or another shape: hash only (the caller finds it unsound), never copy it
-    result.has_hash = hash_payload_of(data, size, &result.payload_hash);
-    return result;
-  }
-  result.payload_hash = scatter_verified(layout, block_ids.data(), block_ids.size(), data + offset, skip);
-  result.has_hash = result.scattered = true;
-  counters_.copied_while_verifying.fetch_add(1, std::memory_order_relaxed);
-  return result;
+  return map_pass(path, max_size, &layout, block_ids.data(), block_ids.size(), skip, payload_bytes, true);
+}
+
+void copy_mapped(const MapResult& result, std::size_t offset, void* dst, std::size_t n) {
+  const MappedFile* f = result.file.get();
+  const std::string path = f != nullptr ? f->path() : std::string("(no mapping)");
+  if (f == nullptr || offset > f->size() || n > f->size() - offset)
+    PYKVSTORE_THROW_IO(EINVAL, "copy from a mapped file (range beyond the file)", path);
+  if (n > 0 && !guarded_copy(dst, f->data() + offset, n, f->data(), f->size()))
+    PYKVSTORE_THROW_IO(EIO, "copy from a mapped file (it shrank while mapped: SIGBUS)", path);
 }
 
 std::shared_future<MapResult> FileEngine::map(std::string path, std::size_t max_size, bool hash_payload) {

@@ -232,8 +232,26 @@ PYBIND11_MODULE(_C, m) {
         return py::buffer_info(f.data(), 1, py::format_descriptor<std::uint8_t>::format(), 1, {f.size()},
                                {std::size_t{1}});
       });
+  // The mapping itself never reaches Python (a view of it would fault with
+  // SIGBUS, unguarded, once the file is truncated in place): its header comes
+  // as bytes the I/O thread copied, the rest through the guarded copy_to.
   py::class_<MapResult>(m, "MapResult")
-      .def_readonly("file", &MapResult::file)
+      .def_property_readonly("header", [](const MapResult& r) { return py::bytes(r.header); },
+                             "The file's length prefix and header, copied out of the mapping.")
+      .def_property_readonly("size", [](const MapResult& r) { return r.file ? r.file->size() : 0; },
+                             "The file's size when it was mapped.")
+      .def(
+          "copy_to",
+          [](const MapResult& r, const py::buffer& dst, std::size_t offset, std::size_t n) {
+            py::buffer_info info = dst.request(true);
+            if (static_cast<std::size_t>(info.size * info.itemsize) < n)
+              throw std::out_of_range("destination smaller than the copy");
+            py::gil_scoped_release release;
+            copy_mapped(r, offset, info.ptr, n);
+          },
+          py::arg("dst"), py::arg("offset"), py::arg("nbytes"),
+          "Copies nbytes at offset of the mapped file into dst (writable) under the SIGBUS guard:\n"
+          "OSError EIO when the file shrank while mapped.")
       .def_property_readonly("payload_hash", [](const MapResult& r) -> py::object {
         if (!r.has_hash) return py::none();
         return py::int_(r.payload_hash);
@@ -399,11 +417,14 @@ PYBIND11_MODULE(_C, m) {
       .def(
           "inject_faults",
           [](FileEngine& e, const std::string& op, std::uint64_t every, int err) {
-            if (op != "write" && op != "read") throw std::invalid_argument("op must be 'write' or 'read'");
+            if (op == "truncate") return e.inject_truncation(every);
+            if (op != "write" && op != "read")
+              throw std::invalid_argument("op must be 'write', 'read' or 'truncate'");
             e.inject_faults(op == "write", every, err);
           },
           py::arg("op"), py::arg("every"), py::arg("errno") = EIO,
-          "For tests of error paths: every `every`-th write or read fails with `errno` (0 turns it off).")
+          "For tests of error paths: every `every`-th write or read fails with `errno` (0 turns it off);\n"
+          "'truncate': every `every`-th mapping has its file cut to half right after it is mapped.")
       .def("counters", [](const FileEngine& e) {
         const IoCounters& c = e.counters();
         py::dict d;
@@ -420,6 +441,7 @@ PYBIND11_MODULE(_C, m) {
         d["injected_faults"] = c.injected_faults.load();
         d["cold_reads"] = c.cold_reads.load();
         d["readahead_bytes"] = c.readahead_bytes.load();
+        d["sigbus_faults"] = c.sigbus_faults.load();
         return d;
       });
 }

@@ -31,9 +31,14 @@ from .parts import StoreParts
 log = logging.getLogger("pykvstore")
 
 
-def sound(buf: Any, payload_hash: Optional[int], key: str, ns: Namespace, g: Geometry, shape) -> ChunkHeader:
-    """The header of a chunk image that is exactly the chunk asked for; ChunkError otherwise."""
-    hdr = decode_header(buf, len(buf))
+def sound(buf: Any, payload_hash: Optional[int], key: str, ns: Namespace, g: Geometry, shape,
+          size: Optional[int] = None) -> ChunkHeader:
+    """The header of a chunk image that is exactly the chunk asked for; ChunkError otherwise.
+
+    size: the file's size when buf holds only its header (a mapped read's copy of it; the
+    payload was hashed on the I/O thread, so payload_hash is set then).
+    """
+    hdr = decode_header(buf, len(buf) if size is None else size)
     m = hdr.metadata
     if m.get("key") != key or m.get("namespace") != ns.hex:
         raise ChunkError("it holds another chunk (key or namespace differ)")
@@ -53,7 +58,11 @@ def payload_of(buf: Any, hdr: ChunkHeader, g: Geometry, shape) -> torch.Tensor:
 class GetPipeline:
     """Loads the held prefix of a get from the host tier and the bucket's files.
 
-    mmap: loads into host memory copy from the file's mapping, with no read buffer.
+    mmap: loads into host blocks the native copier knows copy from the file's mapping on
+    the I/O threads, with no read buffer. Python never reads a mapping itself: the
+    I/O thread copies the header out, and the host tier's copy goes through the
+    guarded MapResult.copy_to, so a file truncated in place while mapped (SIGBUS
+    on the pages past its new end) fails that read, never the process.
     """
 
     def __init__(self, parts: StoreParts, mmap: bool) -> None:
@@ -87,11 +96,10 @@ class GetPipeline:
         copies: list = []  # device copies in flight and the host chunks they read
         nxt = first
         end = 0
-        # A load into host memory copies from the file's mapping, with no read
-        # buffer; into host blocks the native copier knows, the I/O thread does
-        # that copy itself while it verifies the chunk.
-        mapped = self._mmap and cache.device.type == "cpu"
-        layout = cache.host_layout if mapped else None
+        # A load into host blocks the native copier knows copies from the file's
+        # mapping, with no read buffer: the I/O thread does that copy itself
+        # while it verifies the chunk. Other loads read into a buffer.
+        layout = cache.host_layout if self._mmap and cache.device.type == "cpu" else None
         # Cold files go around the page cache when the host tier keeps what this load reads (defaults' cold_read):
         # all of its chunks, host hits included. Counting only those read from disk, a prompt larger than the
         # host tier evicted its own hits (read with O_DIRECT before, so cold again) and went to the disk every time.
@@ -102,8 +110,6 @@ class GetPipeline:
             if layout is not None:
                 return p.disk.map_scatter(rel, max_size, layout, ids[i * bpc : (i + 1) * bpc],
                                           max(0, start - i * ct), nbytes, direct)
-            if mapped:
-                return p.disk.map(rel, max_size, direct)
             return p.disk.read(rel, max_size, True, direct)
 
         def submit_more() -> None:
@@ -124,7 +130,7 @@ class GetPipeline:
             else:
                 payload, nread, copied = self._verified(src, row, ns, g, shape)
                 from_disk = True
-                if payload is None:  # blocks an I/O thread wrote past here count as not loaded
+                if payload is None and not copied:  # blocks an I/O thread wrote past here count as not loaded
                     break
             if not copied:
                 # While reads are in flight the I/O threads hold the cores: copy on this one.
@@ -156,25 +162,29 @@ class GetPipeline:
 
     def _verified(self, fut, row: ChunkRow, ns: Namespace, g: Geometry,
                   shape) -> tuple[Optional[torch.Tensor], int, bool]:
-        """A chunk read from disk: (payload, bytes read, whether the I/O thread
-        already copied it into the blocks), or (None, 0, False) and the chunk
-        dropped if it is not sound."""
+        """A chunk read from disk: (payload, bytes read, False) for a read buffer, (None,
+        bytes read, True) for a mapped chunk the I/O thread already copied into the
+        blocks, or (None, 0, False) and the chunk dropped if it is not sound."""
         try:
-            result = fut.result()  # read (or mapped) and hashed on an I/O thread
-            data = result.file if isinstance(result, _C.MapResult) else result.buffer
+            result = fut.result()  # read (or mapped and copied) and hashed on an I/O thread
             if result.payload_hash is None:
                 raise ChunkError("no payload after the header")
-            hdr = sound(data, result.payload_hash, row.key, ns, g, shape)
+            if isinstance(result, _C.MapResult):
+                hdr = sound(result.header, result.payload_hash, row.key, ns, g, shape, result.size)
+                if not result.scattered:  # a sound chunk's payload is always the size the I/O thread copies
+                    raise ChunkError("payload not copied by the I/O thread")
+            else:
+                hdr = sound(result.buffer, result.payload_hash, row.key, ns, g, shape)
         except (ChunkError, OSError) as e:
             self.p.faults.add(e if isinstance(e, OSError) else ChunkError(f"{self.p.disk.path_of(row)}: {e}"))
             self._drop_damaged(row, e)
             return None, 0, False
-        payload = payload_of(data, hdr, g, shape)
-        if isinstance(result, _C.MapResult):
-            self._keep_copy(row.key, data, hdr, g, shape)
-        else:
-            self.p.host.put(row.key, payload, data)  # a pool buffer the store owns
-        return payload, len(data), isinstance(result, _C.MapResult) and result.scattered
+        if isinstance(result, _C.MapResult):  # in the blocks already; the host tier gets a copy
+            self._keep_copy(row.key, result, hdr, g, shape)
+            return None, result.size, True
+        payload = payload_of(result.buffer, hdr, g, shape)
+        self.p.host.put(row.key, payload, result.buffer)  # a pool buffer the store owns
+        return payload, len(result.buffer), False
 
     def _touch_remote(self, rows: list, max_size: int, now: float) -> None:
         """Local hits reach the Redis tier too: sliding TTLs extend the remote expiry, and a
@@ -198,13 +208,14 @@ class GetPipeline:
             if ttl is None or ttl > 0:
                 p.remote.touch([r.key], ttl, load)
 
-    def _keep_copy(self, key: str, image: Any, hdr: ChunkHeader, g: Geometry, shape) -> None:
+    def _keep_copy(self, key: str, mapped: "_C.MapResult", hdr: ChunkHeader, g: Geometry, shape) -> None:
         """Keeps a mapped chunk in the host tier as a copy the store owns, verified again.
 
         The host tier never holds a mapping: a file overwritten in place later
         would change its pages (served unverified), and one truncated in place
-        would raise SIGBUS at the next hit. The copy is hashed after it is
-        made, so bytes changed under the mapping meanwhile are never kept.
+        would raise SIGBUS at the next hit. The copy is made under the native
+        SIGBUS guard (a file cut short meanwhile: nothing kept) and hashed after
+        it is made, so bytes changed under the mapping meanwhile are never kept.
         """
         p = self.p
         if hdr.nbytes > p.host.capacity:
@@ -213,8 +224,11 @@ class GetPipeline:
             buf = _C.AlignedBuffer(hdr.nbytes, p.pool)
         except (MemoryError, RuntimeError):
             return  # no pool room: the next hit maps and verifies the file again
+        try:
+            mapped.copy_to(buf, hdr.payload_offset, hdr.nbytes)
+        except OSError:
+            return  # truncated since the I/O thread copied it: the next hit finds out what it holds now
         dst = torch.frombuffer(buf, dtype=torch.uint8, count=hdr.nbytes)
-        dst.copy_(torch.frombuffer(image, dtype=torch.uint8, offset=hdr.payload_offset, count=hdr.nbytes))
         algo = hdr.metadata.get("checksum_algo", "xxh64")
         value = _C.xxh3_64(buf) if algo == CHECKSUM_ALGO else _C.xxh64(buf)
         if format_checksum(value) == hdr.metadata["checksum"]:

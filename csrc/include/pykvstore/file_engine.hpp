@@ -39,6 +39,7 @@ struct IoCounters {
   std::atomic<std::uint64_t> readahead_bytes{0};  // bytes of theirs the readahead asked the disk for
   std::atomic<std::uint64_t> injected_faults{0};
   std::atomic<std::uint64_t> errors{0};
+  std::atomic<std::uint64_t> sigbus_faults{0};  // mapped reads failed by a file truncated under them
 };
 
 using BufferPtr = std::shared_ptr<AlignedBuffer>;
@@ -53,13 +54,22 @@ struct ReadResult {
 };
 
 // A whole file mapped, hashed the same way on the I/O thread (which also
-// brings its pages into memory before the caller copies from them).
+// brings its pages into memory before the caller copies from them). The
+// mapping is only ever read under the SIGBUS guard (sigbus_guard.hpp): the I/O
+// thread copies the header out (`header`) and callers copy the rest with
+// copy_mapped, so a file truncated in place fails a read, never the process.
 struct MapResult {
   std::shared_ptr<MappedFile> file;
+  std::string header;  // the file's first bytes: its length prefix and header (at most 8 + 1 MiB)
   std::uint64_t payload_hash = 0;
   bool has_hash = false;
   bool scattered = false;  // map_scatter copied the payload into the engine's blocks
 };
+
+// Copies n bytes at offset of a mapped result's file into dst, under the
+// SIGBUS guard; IoError EIO when the file shrank under the mapping, EINVAL
+// when the range is beyond the file.
+void copy_mapped(const MapResult& result, std::size_t offset, void* dst, std::size_t n);
 
 class FileEngine {
  public:
@@ -111,6 +121,10 @@ class FileEngine {
   // write (after half its bytes reach the temporary file) or read fails with
   // errno `err`. every = 0 turns it off.
   void inject_faults(bool writes, std::uint64_t every, int err);
+  // From now on every `every`-th mapping (map, map_scatter) has its file cut to
+  // half its size right after it is mapped, as another process truncating it in
+  // place would: the guarded pass over it then faults (SIGBUS) and fails with EIO.
+  void inject_truncation(std::uint64_t every);
 
   // The same operations on the calling thread.
   std::size_t write_now(const std::string& final_path, const std::string& tmp_path,
@@ -133,11 +147,17 @@ class FileEngine {
     // errno to fail this operation with, or 0
     int next();
   };
+  static void inject_faults_into(Fault& f, std::uint64_t every, int err);
   // Maps a whole file on the calling thread, counted (and failed when a fault is injected).
   std::shared_ptr<MappedFile> map_file(const std::string& path, std::size_t max_size);
+  // map_now and map_scatter_now: maps, then copies the header out and hashes
+  // (scattering when layout is set) under the SIGBUS guard; IoError EIO on a fault.
+  MapResult map_pass(const std::string& path, std::size_t max_size, const PagedLayout* layout,
+                     const std::int64_t* block_ids, std::size_t num_blocks, std::int64_t skip,
+                     std::size_t payload_bytes, bool hash_payload);
 
   IoCounters counters_;
-  Fault write_fault_, read_fault_;
+  Fault write_fault_, read_fault_, truncate_fault_;
   std::atomic<bool> readahead_on_{false};
   std::mutex pool_mutex_;
   std::shared_ptr<HostPool> buffer_pool_;

@@ -104,10 +104,11 @@ class ChunkIndex:
     def release(self, row: ChunkRow, owner: str) -> None:
         """Undoes `owner`'s reservation of `row` after its write failed or its commit found the
         reservation gone (an evict or clear meanwhile): deletes the `writing` row if it is still
-        `owner`'s and, when then no row holds the key, the file at the chunk path, moved aside
-        under the write lock (eviction.py; unlinked once this commits). Another writer may have
-        reserved the key since and put its own file there, committed or about to be: deleting
-        whatever sat at the path left its ready row with no file (lookup held, get 0).
+        `owner`'s and, when then no row holds the key, the file at the chunk path, unlinked under
+        the write lock: another writer can put a file there only after reserving the key, which
+        takes that lock. It may have done so since, committed or about to: deleting whatever sat
+        at the path left its ready row with no file (lookup held, get 0). Unlinked inside the
+        transaction: a rollback restores only this writer's own reservation, which needs no file.
 
         When the catalog cannot be written (sqlite3.Error, raised after this), the row stays
         and the caller retries the release; the file goes now if the key is still held by
@@ -117,7 +118,7 @@ class ChunkIndex:
             with self.catalog.transaction() as c:
                 c.execute(f"DELETE FROM chunks WHERE key = ? AND state = {WRITING} AND owner = ?", (row.key, owner))
                 if c.execute("SELECT 1 FROM chunks WHERE key = ?", (row.key,)).fetchone() is None:
-                    self._unlink_after_commit([row])
+                    self.disk.remove(self.disk.path_of(row))
         except sqlite3.Error:
             rel = self.disk.path_of(row)
             mark = _identity(self.disk.abspath(rel))

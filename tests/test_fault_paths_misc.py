@@ -96,7 +96,7 @@ def test_a_process_started_with_a_bad_variable_says_which(tmp_path):
 @pytest.mark.parametrize("tokens, match", [
     ([[1, 2], [3]], "tokens must be a 1-D sequence of integers"),
     ([1, None, 3], "tokens must be integers, got a sequence with non-integer items"),
-    (np.array([1, True], dtype=object), "tokens must be integers, got a sequence with non-integer items"),
+    (np.array([1, True], dtype=object), r"tokens must be integers, got True at index 1 \(bools are not token ids\)"),
     (np.array([1, 2 ** 70], dtype=object), r"token ids must lie in \[0, 2\*\*32\), got values from 1 to"),
     (np.array([-1, 5], dtype=object), r"token ids must lie in \[0, 2\*\*32\), got values from -1 to 5"),
     ("1 2 3", "tokens must be a 1-D sequence of integers, got str"),

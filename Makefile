@@ -91,14 +91,14 @@ coverage: $(BUILT)
 	rm -rf build/coverage && mkdir -p build/coverage
 	COVERAGE_DATA_DIR=$(CURDIR)/build/coverage COVERAGE_RCFILE=$(CURDIR)/.coveragerc \
 		$(PY) -m pytest -q --cov --cov-config=.coveragerc --cov-report=term-missing:skip-covered \
-		--cov-report=json:build/coverage/coverage.json $(COVERAGE_ARGS)
-	@$(PY) -c 'import coverage, io; \
+		--cov-report=json:build/coverage/coverage.json $(COVERAGE_ARGS); status=$$?; \
+	$(PY) -c 'import coverage, io; \
 		f = lambda: coverage.Coverage(data_file="build/coverage/.coverage", config_file=".coveragerc"); \
 		a = f(); a.load(); cpu = a.report(file=io.StringIO()); \
 		b = f(); b.load(); keep = [x for x in b.get_exclude_list() if "gpu" not in x]; b.clear_exclude(); \
 		[b.exclude(x) for x in keep]; every = b.report(file=io.StringIO()); \
 		print(f"[coverage] TOTAL pykvstore/: {cpu:.1f}% of lines excluding GPU-only code (# pragma: gpu), " \
-		      f"{every:.1f}% of all lines; per file: build/coverage/coverage.json")'
+		      f"{every:.1f}% of all lines; per file: build/coverage/coverage.json")'; exit $$status
 sanitize-thread: $(DEPS)
 	cmake -S . -B $(SAN_DIR)-thread $(CMAKE_PY) -DPYKVSTORE_SANITIZE=thread \
 		-DCMAKE_LIBRARY_OUTPUT_DIRECTORY=$(abspath $(SAN_DIR)-thread)/lib >/dev/null

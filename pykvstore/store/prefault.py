@@ -7,6 +7,10 @@ of a restarted process pays that first touch inside its reads: on the shared
 2-core VM this was measured on (huge pages, compacted at fault time) a fresh
 process's first cold get ran 0.1-0.5 GB/s, and 1.5-1.7 GB/s once the pool was
 faulted in beforehand (benchmarks/results/2026-11-30-cpu-transfer-cold-auto.json).
+With the native prefault, medians of 1.8-2.0 GB/s with the pool's huge pages
+and 1.2-1.6 without (0.3-0.5 and 1.0-1.1 with no prefault: huge pages are
+compacted at first touch), so the pool keeps them
+(benchmarks/results/2026-11-30-cpu-transfer-prefault-native.json).
 
 A store opened over a bucket that holds its model's chunks starts one
 daemon thread here that has the pool populate (HostPool.prefault: C++,

@@ -491,7 +491,8 @@ MapResult FileEngine::map_pass(const std::string& path, std::size_t max_size, co
   result.header.resize(header_size);
   m.header = reinterpret_cast<std::uint8_t*>(result.header.data());
   m.header_size = header_size;
-  if (!run_guarded(m.data, m.size, copy_header_hash_scatter, &m)) fault();
+  // An empty file is not mapped at all (data is null): nothing to copy or hash.
+  if (m.size > 0 && !run_guarded(m.data, m.size, copy_header_hash_scatter, &m)) fault();
   result.payload_hash = m.hash;
   result.has_hash = m.has_hash;
   result.scattered = m.scattered;

@@ -15,7 +15,7 @@ import sqlite3
 import threading
 import time
 from collections import deque
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 
@@ -32,13 +32,19 @@ log = logging.getLogger("pykvstore")
 
 
 def sound(buf: Any, payload_hash: Optional[int], key: str, ns: Namespace, g: Geometry, shape,
-          size: Optional[int] = None) -> ChunkHeader:
+          size: Optional[int] = None, image: Optional[Callable[[], Any]] = None) -> ChunkHeader:
     """The header of a chunk image that is exactly the chunk asked for; ChunkError otherwise.
 
     size: the file's size when buf holds only its header (a mapped read's copy of it; the
-    payload was hashed on the I/O thread, so payload_hash is set then).
+    payload was hashed (XXH3) on the I/O thread). image: makes the whole image, for a
+    chunk whose checksum is not XXH3 (written before it) and so is hashed here.
     """
     hdr = decode_header(buf, len(buf) if size is None else size)
+    if image is not None and hdr.metadata.get("checksum_algo") != CHECKSUM_ALGO:
+        buf = image()
+        # what the checksum checks must be what the I/O thread copied (and hashed) into the blocks
+        if payload_hash is not None and _C.xxh3_64(buf, hdr.payload_offset) != payload_hash:
+            raise ChunkError("the file changed while it was loaded")
     m = hdr.metadata
     if m.get("key") != key or m.get("namespace") != ns.hex:
         raise ChunkError("it holds another chunk (key or namespace differ)")
@@ -170,7 +176,8 @@ class GetPipeline:
             if result.payload_hash is None:
                 raise ChunkError("no payload after the header")
             if isinstance(result, _C.MapResult):
-                hdr = sound(result.header, result.payload_hash, row.key, ns, g, shape, result.size)
+                hdr = sound(result.header, result.payload_hash, row.key, ns, g, shape, result.size,
+                            lambda: self._whole(result))
                 if not result.scattered:  # a sound chunk's payload is always the size the I/O thread copies
                     raise ChunkError("payload not copied by the I/O thread")
             else:
@@ -207,6 +214,13 @@ class GetPipeline:
             ttl = r.sliding_ttl if r.sliding_ttl else (r.expires - now if r.expires else None)
             if ttl is None or ttl > 0:
                 p.remote.touch([r.key], ttl, load)
+
+    @staticmethod
+    def _whole(mapped: "_C.MapResult") -> "_C.AlignedBuffer":
+        """A mapped file's whole image, copied under the native SIGBUS guard (OSError when it shrank)."""
+        buf = _C.AlignedBuffer(mapped.size)
+        mapped.copy_to(buf, 0, mapped.size)
+        return buf
 
     def _keep_copy(self, key: str, mapped: "_C.MapResult", hdr: ChunkHeader, g: Geometry, shape) -> None:
         """Keeps a mapped chunk in the host tier as a copy the store owns, verified again.

@@ -3,10 +3,16 @@ token-by-token reference reader for every dims form."""
 
 from __future__ import annotations
 
+import os
+import pathlib
+import uuid
+
 import numpy as np
+import pytest
 import torch
 
 import pykvstore as kv
+from pykvstore import _C
 
 INT_VIEW = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
@@ -92,3 +98,27 @@ def block_table(n: int, total: int, seed: int = 0) -> np.ndarray:
 
 def paged(cache, dims) -> kv.PagedKV:
     return kv.PagedKV(cache, dims=dims)
+
+
+def drop_page_cache(paths) -> None:
+    """Writes back and drops the files' pages from the page cache (a cold restart's view)."""
+    for p in paths:
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def cold_dir(tmp_path) -> pathlib.Path:
+    """A directory whose files leave the page cache when told to (not tmpfs):
+    tmp_path, else one under the checkout's test-artifacts/; skips the test when neither does."""
+    for d in (tmp_path, pathlib.Path(__file__).resolve().parents[1] / "test-artifacts" / uuid.uuid4().hex):
+        d.mkdir(parents=True, exist_ok=True)
+        probe = d / "probe"
+        probe.write_bytes(b"\1" * (1 << 20))
+        drop_page_cache([probe])
+        if _C.FileEngine(1).is_cold(str(probe)):
+            return d
+    pytest.skip("no file system here drops pages from its cache (tmpfs only)")

@@ -9,39 +9,22 @@ page cache, "cache" never. The engine's counters (stats().io) say which read ran
 
 import os
 import pathlib
-import uuid
 
 import pytest
 import torch
 
 import pykvstore as kv
 from pykvstore import _C, defaults
+import helpers
 from helpers import block_table, make_cache, reference, tokens
 
 CHUNK = 32
 
 
-def drop_page_cache(paths) -> None:
-    for p in paths:
-        fd = os.open(p, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        finally:
-            os.close(fd)
-
-
 @pytest.fixture
 def cold_dir(tmp_path):
     """A directory whose files leave the page cache when told to (not tmpfs)."""
-    for d in (tmp_path, pathlib.Path(__file__).resolve().parents[1] / "test-artifacts" / uuid.uuid4().hex):
-        d.mkdir(parents=True, exist_ok=True)
-        probe = d / "probe"
-        probe.write_bytes(b"\1" * (1 << 20))
-        drop_page_cache([probe])
-        if _C.FileEngine(1).is_cold(str(probe)):
-            return d
-    pytest.skip("no file system here drops pages from its cache (tmpfs only)")
+    return helpers.cold_dir(tmp_path)
 
 
 @pytest.fixture
@@ -60,7 +43,7 @@ def stored(d: pathlib.Path):
         assert s.put(toks, kv.PagedKV(src, "BHTC"), a) == 5 * CHUNK
     files = sorted((d / "bucket" / "data").rglob("*.safetensors"))
     assert len(files) == 5
-    drop_page_cache(files)
+    helpers.drop_page_cache(files)
     return toks, src, a, files
 
 
@@ -132,11 +115,11 @@ def test_auto_reads_through_the_page_cache_what_the_host_tier_cannot_keep(cold_d
         io = load(s, toks, src, a, 5 * CHUNK)
         assert io["direct_reads"] == 0 and page_cache_reads(io) == 5
         assert not any(cold(files))  # the page cache holds them for the next load
-    drop_page_cache(files)
+    helpers.drop_page_cache(files)
     with kv.KVStore(cold_dir / "bucket", model="m", chunk_tokens=CHUNK, host_capacity=3 * chunk + 100) as s:
         io = load(s, toks, src, a, 5 * CHUNK)  # 5 chunks into a host tier of 3
         assert io["direct_reads"] == 0 and page_cache_reads(io) == 5
-    drop_page_cache(files)
+    helpers.drop_page_cache(files)
     with kv.KVStore(cold_dir / "bucket", model="m", chunk_tokens=CHUNK, host_capacity=3 * chunk + 100) as s:
         io = load(s, toks, src, a, 3 * CHUNK)  # 3 fit: direct, kept
         assert io["direct_reads"] + io["direct_fallbacks"] == 3 and page_cache_reads(io) - io["direct_fallbacks"] == 0
@@ -152,7 +135,7 @@ def test_cache_never_and_direct_always_go_around_the_page_cache(cold_dir, read_p
     with kv.KVStore(cold_dir / "bucket", model="m", chunk_tokens=CHUNK) as s:  # the host tier could keep it all
         io = load(s, toks, src, a, 5 * CHUNK)
         assert io["direct_reads"] == 0 and page_cache_reads(io) == 5
-    drop_page_cache(files)
+    helpers.drop_page_cache(files)
     cold_read("direct")
     with kv.KVStore(cold_dir / "bucket", model="m", chunk_tokens=CHUNK, host_capacity=1) as s:  # no host tier
         io = load(s, toks, src, a, 5 * CHUNK)

@@ -18,41 +18,23 @@
 
 import logging
 import os
-import pathlib
-import uuid
 
 import pytest
 import torch
 
 import pykvstore as kv
 from pykvstore import _C, defaults
+import helpers
 from helpers import block_table, make_cache, reference, tokens
 
 CHUNK = 32
 SECRET = "hunter2-do-not-echo"
 
 
-def drop_page_cache(paths) -> None:
-    for p in paths:
-        fd = os.open(p, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        finally:
-            os.close(fd)
-
-
 @pytest.fixture
 def cold_dir(tmp_path):
     """A directory whose files leave the page cache when told to (not tmpfs)."""
-    for d in (tmp_path, pathlib.Path(__file__).resolve().parents[1] / "test-artifacts" / uuid.uuid4().hex):
-        d.mkdir(parents=True, exist_ok=True)
-        probe = d / "probe"
-        probe.write_bytes(b"\1" * (1 << 20))
-        drop_page_cache([probe])
-        if _C.FileEngine(1).is_cold(str(probe)):
-            return d
-    pytest.skip("no file system here drops pages from its cache (tmpfs only)")
+    return helpers.cold_dir(tmp_path)
 
 
 @pytest.fixture
@@ -77,7 +59,7 @@ def test_a_load_larger_than_the_host_tier_warms_the_page_cache_even_when_part_of
     with kv.KVStore(cold_dir / "bucket", model="m", chunk_tokens=CHUNK) as s:
         assert s.put(toks, kv.PagedKV(src, "BHTC"), a) == 5 * CHUNK
     files = sorted((cold_dir / "bucket" / "data").rglob("*.safetensors"))
-    drop_page_cache(files)
+    helpers.drop_page_cache(files)
     chunk = kv.PagedKV(src, "BHTC").geometry.chunk_bytes(CHUNK)
     engine = _C.FileEngine(1)
     with kv.KVStore(cold_dir / "bucket", model="m", chunk_tokens=CHUNK, host_capacity=3 * chunk + 100) as s:

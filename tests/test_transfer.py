@@ -6,9 +6,7 @@ import ctypes
 import errno
 import gc
 import os
-import pathlib
 import time
-import uuid
 
 import numpy as np
 import pytest
@@ -17,6 +15,7 @@ import torch
 import pykvstore as kv
 from pykvstore import _C
 from pykvstore.transfer import block_contiguous
+import helpers
 from helpers import block_table, make_cache, reference, tokens
 
 MiB = 1 << 20
@@ -316,34 +315,10 @@ def test_put_async_stores_what_fits_the_pool(bucket):
         kv.defaults.set(host_pool=before)
 
 
-def _cold_dir(tmp_path):
-    """A directory whose files leave the page cache when told to (not tmpfs):
-    tmp_path, else one under the checkout's test-artifacts/."""
-
-    for d in (tmp_path, pathlib.Path(__file__).resolve().parents[1] / "test-artifacts" / uuid.uuid4().hex):
-        d.mkdir(parents=True, exist_ok=True)
-        probe = d / "probe"
-        probe.write_bytes(b"\1" * (1 << 20))
-        _drop_page_cache([probe])
-        if _C.FileEngine(1).is_cold(str(probe)):
-            return d
-    pytest.skip("no file system here drops pages from its cache (tmpfs only)")
-
-
-def _drop_page_cache(paths):
-    for p in paths:
-        fd = os.open(p, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        finally:
-            os.close(fd)
-
-
 def test_readahead_asks_for_a_cold_files_pages_once(tmp_path):
     """A file out of the page cache is asked for when a load is submitted; one
     that is in it (or on its way) is not, and what cannot be looked at is no error."""
-    d = _cold_dir(tmp_path)
+    d = helpers.cold_dir(tmp_path)
     engine = _C.FileEngine(2)
     assert not engine.readahead_enabled  # stores turn it on with defaults' readahead
     engine.readahead_enabled = True
@@ -351,7 +326,7 @@ def test_readahead_asks_for_a_cold_files_pages_once(tmp_path):
     np.frombuffer(src, dtype=np.uint8)[:] = np.random.default_rng(3).integers(0, 256, len(src), dtype=np.uint8)
     path = d / "chunk"
     engine.write(str(path), str(d / "tmp"), src, len(src), 0).result()
-    _drop_page_cache([path])
+    helpers.drop_page_cache([path])
     assert engine.readahead(str(path))
     c = engine.counters()
     assert c["cold_reads"] == 1 and c["readahead_bytes"] == len(src)
@@ -360,7 +335,7 @@ def test_readahead_asks_for_a_cold_files_pages_once(tmp_path):
     assert not engine.readahead(str(path))  # every page is in the cache now
     cold = engine.counters()["cold_reads"]
     engine.readahead_enabled = False
-    _drop_page_cache([path])
+    helpers.drop_page_cache([path])
     assert not engine.readahead(str(path)) and engine.counters()["cold_reads"] == cold
     engine.readahead_enabled = True
     fifo = d / "fifo"
@@ -374,12 +349,12 @@ def test_cold_checks_never_follow_a_link_or_map_a_file_larger_than_a_chunk(tmp_p
     chunk should be is not followed (nothing below a bucket's root is), and a file larger
     than the read that follows will take (a sparse 1 TiB file here cost 10 s and 256 MiB
     of page flags) is not looked at; the read reports both."""
-    d = _cold_dir(tmp_path)
+    d = helpers.cold_dir(tmp_path)
     engine = _C.FileEngine(1)
     engine.readahead_enabled = True
     target = d / "outside"
     target.write_bytes(b"\1" * MiB)
-    _drop_page_cache([target])
+    helpers.drop_page_cache([target])
     assert engine.is_cold(str(target))  # the control: the file itself is cold
     (d / "linked").mkdir()
     (d / "linked" / "chunk").symlink_to(target)
@@ -405,12 +380,12 @@ def cold_through_the_page_cache():
 
 def test_a_cold_get_asks_for_every_chunk_ahead_and_loads_them_exactly(tmp_path, read_path,
                                                                      cold_through_the_page_cache):
-    d = _cold_dir(tmp_path)
+    d = helpers.cold_dir(tmp_path)
     src, dst = make_cache("BHTC", seed=1), make_cache("BHTC", seed=2)
     toks, a, b = tokens(160), block_table(20, 24, 1), block_table(20, 24, 2)
     with kv.KVStore(d / "bucket", model="m", chunk_tokens=32) as s:
         assert s.put(toks, kv.PagedKV(src, "BHTC"), a) == 160
-    _drop_page_cache(list((d / "bucket" / "data").rglob("*.safetensors")))
+    helpers.drop_page_cache(list((d / "bucket" / "data").rglob("*.safetensors")))
     with kv.KVStore(d / "bucket", model="m", chunk_tokens=32, host_capacity=1) as s:
         assert s.get(toks, kv.PagedKV(dst, "BHTC"), b) == 160
         assert s.stats().io["cold_reads"] == 5
@@ -430,13 +405,13 @@ def cold_direct():
 def test_a_cold_get_reads_with_o_direct_and_a_warm_one_through_the_page_cache(tmp_path, read_path, cold_direct):
     """cold_read="direct": a chunk file mostly out of the page cache is read with O_DIRECT
     (hashed on an I/O thread like any read); once the files are cached, loads use the cache again."""
-    d = _cold_dir(tmp_path)
+    d = helpers.cold_dir(tmp_path)
     src, dst = make_cache("BHTC", seed=1), make_cache("BHTC", seed=2)
     toks, a, b = tokens(160), block_table(20, 24, 1), block_table(20, 24, 2)
     with kv.KVStore(d / "bucket", model="m", chunk_tokens=32) as s:
         assert s.put(toks, kv.PagedKV(src, "BHTC"), a) == 160
     files = list((d / "bucket" / "data").rglob("*.safetensors"))
-    _drop_page_cache(files)
+    helpers.drop_page_cache(files)
     with kv.KVStore(d / "bucket", model="m", chunk_tokens=32, host_capacity=1) as s:
         assert s.get(toks, kv.PagedKV(dst, "BHTC"), b) == 160
         io = s.stats().io

@@ -234,6 +234,10 @@ void FileEngine::inject_faults_into(Fault& f, std::uint64_t every, int err) {
 
 void FileEngine::inject_truncation(std::uint64_t every) { inject_faults_into(truncate_fault_, every, EIO); }
 
+void FileEngine::inject_direct_refusal(std::uint64_t every) {
+  inject_faults_into(refuse_direct_, every, EINVAL);
+}
+
 void FileEngine::set_pool(std::shared_ptr<HostPool> pool) {
   std::lock_guard<std::mutex> lock(pool_mutex_);
   buffer_pool_ = std::move(pool);
@@ -374,11 +378,19 @@ ReadResult FileEngine::read_now(const std::string& path, DirectMode mode, std::s
   }
   auto buf = std::make_shared<AlignedBuffer>(size, std::move(pool));
   std::size_t want = direct ? buf->capacity() : size;
-  ssize_t got = pread_all(fd.get(), buf->data(), want);
+  // An O_DIRECT read the file system refuses (EINVAL) is injected here for the tests of the fallback.
+  ssize_t got = direct && refuse_direct_.next() != 0 ? -EINVAL : pread_all(fd.get(), buf->data(), want);
   if (got < 0 && direct && -got == EINVAL && mode == DirectMode::Auto) {
     counters_.direct_fallbacks.fetch_add(1, std::memory_order_relaxed);
     direct = false;
-    got = pread_all(fd.get(), buf->data(), size);
+    // The retry reads through the page cache: O_DIRECT is cleared on this descriptor (the file
+    // already checked, no second open), else it would refuse the unpadded length the same way.
+    int flags = ::fcntl(fd.get(), F_GETFL);
+    if (flags == -1 || ::fcntl(fd.get(), F_SETFL, flags & ~O_DIRECT) != 0) {
+      got = -errno;
+    } else {
+      got = pread_all(fd.get(), buf->data(), size);
+    }
   }
   if (got < 0) {
     counters_.errors.fetch_add(1, std::memory_order_relaxed);

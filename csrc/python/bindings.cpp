@@ -244,6 +244,14 @@ PYBIND11_MODULE(_C, m) {
           "copy_to",
           [](const MapResult& r, const py::buffer& dst, std::size_t offset, std::size_t n) {
             py::buffer_info info = dst.request(true);
+            // One memcpy from info.ptr: a strided or reversed view (ptr at its last byte)
+            // would be written past its end, so only a C-contiguous one is taken.
+            py::ssize_t step = info.itemsize;
+            for (py::ssize_t d = info.ndim - 1; d >= 0; --d) {
+              if (info.shape[d] != 1 && info.strides[d] != step)
+                throw std::invalid_argument("destination is not a contiguous buffer");
+              step *= info.shape[d];
+            }
             if (static_cast<std::size_t>(info.size * info.itemsize) < n)
               throw std::out_of_range("destination smaller than the copy");
             py::gil_scoped_release release;
@@ -418,13 +426,15 @@ PYBIND11_MODULE(_C, m) {
           "inject_faults",
           [](FileEngine& e, const std::string& op, std::uint64_t every, int err) {
             if (op == "truncate") return e.inject_truncation(every);
+            if (op == "refuse_direct") return e.inject_direct_refusal(every);
             if (op != "write" && op != "read")
-              throw std::invalid_argument("op must be 'write', 'read' or 'truncate'");
+              throw std::invalid_argument("op must be 'write', 'read', 'truncate' or 'refuse_direct'");
             e.inject_faults(op == "write", every, err);
           },
           py::arg("op"), py::arg("every"), py::arg("errno") = EIO,
           "For tests of error paths: every `every`-th write or read fails with `errno` (0 turns it off);\n"
-          "'truncate': every `every`-th mapping has its file cut to half right after it is mapped.")
+          "'truncate': every `every`-th mapping has its file cut to half right after it is mapped;\n"
+          "'refuse_direct': every `every`-th O_DIRECT read fails with EINVAL, as a file system may refuse it.")
       .def("counters", [](const FileEngine& e) {
         const IoCounters& c = e.counters();
         py::dict d;

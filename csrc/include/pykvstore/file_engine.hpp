@@ -121,6 +121,8 @@ class FileEngine {
   // write (after half its bytes reach the temporary file) or read fails with
   // errno `err`. every = 0 turns it off.
   void inject_faults(bool writes, std::uint64_t every, int err);
+  // Every `every`-th O_DIRECT read is refused with EINVAL, as a file system may (0 turns it off).
+  void inject_direct_refusal(std::uint64_t every);
   // From now on every `every`-th mapping (map, map_scatter) has its file cut to
   // half its size right after it is mapped, as another process truncating it in
   // place would: the guarded pass over it then faults (SIGBUS) and fails with EIO.
@@ -157,7 +159,7 @@ class FileEngine {
                      std::size_t payload_bytes, bool hash_payload);
 
   IoCounters counters_;
-  Fault write_fault_, read_fault_, truncate_fault_;
+  Fault write_fault_, read_fault_, truncate_fault_, refuse_direct_;
   std::atomic<bool> readahead_on_{false};
   std::mutex pool_mutex_;
   std::shared_ptr<HostPool> buffer_pool_;

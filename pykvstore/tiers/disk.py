@@ -26,6 +26,7 @@ reads, checksums and copies on the I/O threads.
 
 from __future__ import annotations
 
+import errno
 import itertools
 import logging
 import os
@@ -106,6 +107,8 @@ class DiskTier:
         """The one place a chunk's path comes from: (model, namespace, key), each component checked."""
         check_digest(namespace, "namespace")
         check_digest(key, "chunk key")
+        if not isinstance(model, str):  # a crafted catalog row (SQLite keeps a BLOB in a TEXT column)
+            raise UnsafePath(errno.EINVAL, "model is not text", repr(model)[:80])
         return f"data/{model_slug(model)}/{namespace}/{key[0:2]}/{key[2:4]}/{key}.safetensors"
 
     def lease(self) -> Lease:

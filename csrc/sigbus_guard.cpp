@@ -33,9 +33,12 @@ struct sigaction previous;  // written under install_mutex before ours is instal
 std::atomic<std::uint64_t> caught{0};
 
 void on_sigbus(int sig, siginfo_t* info, void* /*context*/) {
-  Region* r = armed.load(std::memory_order_acquire) > 0 ? tl_region : nullptr;
   // si_code > 0: the kernel raised it for an access (BUS_ADRERR...), so si_addr is the address.
-  if (r != nullptr && info != nullptr && info->si_code > 0) {
+  // A sent signal (kill -BUS) never reads this thread's TLS, which a thread that never armed
+  // a region may not have yet (its first touch could allocate inside this handler).
+  const bool fault = info != nullptr && info->si_code > 0;
+  Region* r = fault && armed.load(std::memory_order_acquire) > 0 ? tl_region : nullptr;
+  if (r != nullptr) {
     const auto addr = reinterpret_cast<std::uintptr_t>(info->si_addr);
     if (addr >= r->lo && addr < r->hi) {
       tl_region = nullptr;

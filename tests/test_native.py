@@ -249,3 +249,15 @@ def test_pool_prefault_runs_without_the_gil_and_stops_between_slices():
     if out == [0]:
         pytest.skip("this kernel has no MADV_POPULATE_WRITE")
     assert 0 < out[0] <= size // 2, out
+
+
+@pytest.mark.parametrize("view", ["reversed", "every-second"])
+def test_hashes_refuse_a_buffer_that_is_not_contiguous(view):
+    """One pass from the buffer's first item: a reversed view (its first item at its
+    last byte) was hashed past its end, a strided one over the bytes between its items."""
+    base = np.arange(64, dtype=np.uint8)
+    v = base[:32][::-1] if view == "reversed" else base[::2]
+    for fn in (_C.xxh3_64, _C.xxh64, _C.xxh3_128):
+        with pytest.raises(ValueError, match="not contiguous"):
+            fn(v)
+        assert fn(np.ascontiguousarray(v)) == fn(v.copy())  # a contiguous copy is hashed as before

@@ -43,10 +43,22 @@ struct ReadFuture {
   ReadResult result() const { return fut.get(); }
 };
 
+// Whether a buffer's items lie in one C-ordered block from info.ptr on: a strided
+// or reversed view (ptr at its last byte) would be read or written past its end.
+bool c_contiguous(const py::buffer_info& info) {
+  py::ssize_t step = info.itemsize;
+  for (py::ssize_t d = info.ndim - 1; d >= 0; --d) {
+    if (info.shape[d] != 1 && info.strides[d] != step) return false;
+    step *= info.shape[d];
+  }
+  return true;
+}
+
 // Address and length of a contiguous buffer-protocol object, checked.
 std::pair<const unsigned char*, std::size_t> span(const py::buffer& b, std::size_t offset,
                                                    std::ptrdiff_t length) {
   py::buffer_info info = b.request();
+  if (!c_contiguous(info)) throw std::invalid_argument("buffer is not contiguous");
   std::size_t size = static_cast<std::size_t>(info.size * info.itemsize);
   if (offset > size) throw std::out_of_range("offset beyond the buffer");
   std::size_t n = length < 0 ? size - offset : static_cast<std::size_t>(length);
@@ -244,14 +256,8 @@ PYBIND11_MODULE(_C, m) {
           "copy_to",
           [](const MapResult& r, const py::buffer& dst, std::size_t offset, std::size_t n) {
             py::buffer_info info = dst.request(true);
-            // One memcpy from info.ptr: a strided or reversed view (ptr at its last byte)
-            // would be written past its end, so only a C-contiguous one is taken.
-            py::ssize_t step = info.itemsize;
-            for (py::ssize_t d = info.ndim - 1; d >= 0; --d) {
-              if (info.shape[d] != 1 && info.strides[d] != step)
-                throw std::invalid_argument("destination is not a contiguous buffer");
-              step *= info.shape[d];
-            }
+            // One memcpy from info.ptr: only a C-contiguous destination is taken.
+            if (!c_contiguous(info)) throw std::invalid_argument("destination is not a contiguous buffer");
             if (static_cast<std::size_t>(info.size * info.itemsize) < n)
               throw std::out_of_range("destination smaller than the copy");
             py::gil_scoped_release release;

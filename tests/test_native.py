@@ -238,17 +238,26 @@ def test_pool_prefault_runs_without_the_gil_and_stops_between_slices():
     """While one thread prefaults, this one runs Python (the GIL is released), sees the
     first page come in and stops it: it ends a slice or two later, far short of the pool."""
     size = 512 << 20  # 8 slices of 64 MiB (16 under ASan)
-    pool = _C.HostPool(size, pin=False, huge_pages=False)
-    out = []
-    t = threading.Thread(target=lambda: out.append(pool.prefault(size)))
-    t.start()
-    while not resident(pool.base, 4096)[0] and t.is_alive():
-        pass
-    pool.stop_prefault()
-    t.join(60)
-    if out == [0]:
-        pytest.skip("this kernel has no MADV_POPULATE_WRITE")
-    assert 0 < out[0] <= size // 2, out
+    done = []
+    # On a loaded machine (or under TSan) the whole pool can be in before this thread is
+    # scheduled again: a few tries, each on a fresh pool. With the GIL held, or no stop
+    # check between slices, every try runs to the end.
+    for _ in range(5):
+        pool = _C.HostPool(size, pin=False, huge_pages=False)
+        out = []
+        t = threading.Thread(target=lambda: out.append(pool.prefault(size)))
+        t.start()
+        while not resident(pool.base, 4096)[0] and t.is_alive():
+            pass
+        pool.stop_prefault()
+        t.join(60)
+        if out == [0]:
+            pytest.skip("this kernel has no MADV_POPULATE_WRITE")
+        done.append(out[0])
+        del pool
+        if 0 < done[-1] <= size // 2:
+            break
+    assert 0 < done[-1] <= size // 2, done
 
 
 @pytest.mark.parametrize("view", ["reversed", "every-second"])

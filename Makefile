@@ -59,6 +59,9 @@ SAN_DIR := build/sanitize
 SAN_TESTS := tests/test_native.py tests/test_transfer.py tests/test_store.py tests/test_faults.py \
 	tests/test_multiprocess.py
 SAN_SKIP := not test_ten_thousand_puts_with_faults_return_every_pool_byte
+# A scheduling test, not a race test: under TSan the prefault thread filled the whole
+# pool before the watching thread ran again, in 5 tries of 5 (make test and ASan run it).
+TSAN_TIMING := test_pool_prefault_runs_without_the_gil_and_stops_between_slices
 # Under TSan: the Python tests whose work runs on the engine's I/O threads and
 # Python threads at once (about 80 s on two cores, less the fault loop: 225 s
 # there); of the multiprocess tests the one with concurrent writers.
@@ -104,7 +107,7 @@ sanitize-thread: $(DEPS)
 		-DCMAKE_LIBRARY_OUTPUT_DIRECTORY=$(abspath $(SAN_DIR)-thread)/lib >/dev/null
 	cmake --build $(SAN_DIR)-thread
 	cd $(SAN_DIR)-thread && TSAN_OPTIONS=halt_on_error=1 ctest --output-on-failure
-	tests/run_sanitized.sh thread $(SAN_DIR)-thread $(abspath $(PY)) -q -k "$(SAN_SKIP)" \
+	tests/run_sanitized.sh thread $(SAN_DIR)-thread $(abspath $(PY)) -q -k "$(SAN_SKIP) and not $(TSAN_TIMING)" \
 		$(addprefix $(CURDIR)/,$(SAN_THREAD_TESTS))
 
 bench: $(BUILT)

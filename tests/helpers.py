@@ -122,3 +122,18 @@ def cold_dir(tmp_path) -> pathlib.Path:
         if _C.FileEngine(1).is_cold(str(probe)):
             return d
     pytest.skip("no file system here drops pages from its cache (tmpfs only)")
+
+
+def resident(address: int, length: int) -> list[bool]:
+    """Which pages of this process's memory at [address, address + length) are faulted in (mincore)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+    vec = (ctypes.c_ubyte * (-(-length // 4096)))()
+    assert libc.mincore(address, length, vec) == 0, ctypes.get_errno()
+    return [bool(v & 1) for v in vec]
+
+
+# Under ASan (tests/run_sanitized.sh) a pool offset o lives at base + 2o (host_pool.hpp's kAddressSpread).
+SPREAD = 2 if os.environ.get("PYKVSTORE_SANITIZED") == "address" else 1

@@ -7,7 +7,6 @@ then the only cache the next load can hit). "direct" always goes around the
 page cache, "cache" never. The engine's counters (stats().io) say which read ran.
 """
 
-import os
 import pathlib
 
 import pytest
@@ -16,7 +15,7 @@ import torch
 import pykvstore as kv
 from pykvstore import _C, defaults
 import helpers
-from helpers import block_table, make_cache, reference, tokens
+from helpers import SPREAD, block_table, make_cache, reference, resident, tokens
 
 CHUNK = 32
 
@@ -141,21 +140,6 @@ def test_cache_never_and_direct_always_go_around_the_page_cache(cold_dir, read_p
         io = load(s, toks, src, a, 5 * CHUNK)
         assert io["direct_reads"] + io["direct_fallbacks"] == 5 and page_cache_reads(io) - io["direct_fallbacks"] == 0
         assert all(cold(files))
-
-
-def resident(address: int, length: int) -> list[bool]:
-    """Which pages of this process's memory at [address, address + length) are faulted in (mincore)."""
-    import ctypes
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
-    vec = (ctypes.c_ubyte * (-(-length // 4096)))()
-    assert libc.mincore(address, length, vec) == 0, ctypes.get_errno()
-    return [bool(v & 1) for v in vec]
-
-
-# Under ASan (tests/run_sanitized.sh) a pool offset o lives at base + 2o (host_pool.hpp's kAddressSpread).
-SPREAD = 2 if os.environ.get("PYKVSTORE_SANITIZED") == "address" else 1
 
 
 @pytest.fixture

@@ -29,23 +29,9 @@ import pytest
 
 import pykvstore as kv
 from pykvstore.catalog import READY, WRITING
-from workers import CT, load_verified, open_store, sequence
+from workers import CT, args, data_files, load_verified, open_store, rows
 
 WORKERS = str(Path(__file__).parent / "workers.py")
-
-
-def args(seed: int):
-    toks, cache, ids = sequence(seed)
-    return toks, kv.PagedKV(cache, "BHTC"), ids
-
-
-def data_files(root: Path) -> list[Path]:
-    return sorted((root / "data").rglob("*.safetensors"))
-
-
-def rows(store) -> dict[str, int]:
-    """key -> state of every row in the catalog."""
-    return dict(store._catalog.query("SELECT key, state FROM chunks"))
 
 
 def short_wait(store) -> None:

@@ -27,12 +27,7 @@ from pykvstore.errors import ConfigError, InputError
 from pykvstore.sizing import SizingError
 from pykvstore.store.faults import detached
 from helpers import block_table, make_cache, reference, tokens
-from workers import check, load_verified, open_store, sequence
-
-
-def args(seed: int):
-    toks, cache, ids = sequence(seed)
-    return toks, kv.PagedKV(cache, "BHTC"), ids
+from workers import args, check, load_verified, open_store, sequence
 
 
 def warned(caplog, text: str) -> bool:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import errno
 import logging
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,21 +16,7 @@ import pytest
 import pykvstore as kv
 from pykvstore.catalog import READY
 from pykvstore.keys import as_tokens
-from workers import load_verified, open_store, sequence
-
-
-def args(seed: int):
-    toks, cache, ids = sequence(seed)
-    return toks, kv.PagedKV(cache, "BHTC"), ids
-
-
-def data_files(root: Path) -> list[Path]:
-    return sorted((root / "data").rglob("*.safetensors"))
-
-
-def rows(store) -> dict[str, int]:
-    """key -> state of every row in the catalog."""
-    return dict(store._catalog.query("SELECT key, state FROM chunks"))
+from workers import args, data_files, load_verified, open_store, rows
 
 
 def warned(caplog, text: str) -> bool:

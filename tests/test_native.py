@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from pykvstore import _C
+from helpers import SPREAD, resident
 
 
 def fill(size, seed=0):
@@ -198,21 +199,6 @@ def test_a_buffer_lives_as_long_as_a_tensor_over_it():
     del c
 
 
-def resident(address: int, length: int) -> list[bool]:
-    """Which pages of this process's memory at [address, address + length) are faulted in (mincore)."""
-    import ctypes
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
-    vec = (ctypes.c_ubyte * (-(-length // 4096)))()
-    assert libc.mincore(address, length, vec) == 0, ctypes.get_errno()
-    return [bool(v & 1) for v in vec]
-
-
-# Under ASan (tests/run_sanitized.sh) a pool offset o lives at base + 2o (host_pool.hpp's kAddressSpread).
-SPREAD = 2 if os.environ.get("PYKVSTORE_SANITIZED") == "address" else 1
-
-
 def test_pool_prefault_commits_its_first_pages_and_no_more():
     """HostPool.prefault: the pages its first nbytes live at are resident after it, none
     past them; a live buffer keeps its bytes; a stopped pool (its store closing) does nothing."""
@@ -245,7 +231,7 @@ def test_pool_prefault_runs_without_the_gil_and_stops_between_slices():
     for _ in range(5):
         pool = _C.HostPool(size, pin=False, huge_pages=False)
         out = []
-        t = threading.Thread(target=lambda: out.append(pool.prefault(size)))
+        t = threading.Thread(target=lambda p=pool: out.append(p.prefault(size)))
         t.start()
         while not resident(pool.base, 4096)[0] and t.is_alive():
             pass

@@ -18,7 +18,7 @@ import pytest
 import pykvstore as kv
 from pykvstore.catalog import READY, WRITING, Catalog, ChunkRow
 from pykvstore.keys import chunk_keys, chunk_keys_hex, chunk_keys_py, namespace_digest
-from workers import CT, load_verified, open_store, sequence
+from workers import CT, args as _args, load_verified, open_store, sequence
 
 ROOT = namespace_digest({"model": "m"})
 
@@ -119,11 +119,6 @@ def test_the_json_statement_agrees_with_the_in_lists_on_any_keys(tmp_path):
 
 
 # --- releases retried later must release this store's reservation only -----------------------
-
-def _args(seed: int):
-    toks, cache, ids = sequence(seed)
-    return toks, kv.PagedKV(cache, "BHTC"), ids
-
 
 def _rows(store) -> dict[str, int]:
     return dict(store._catalog.query("SELECT key, state FROM chunks"))

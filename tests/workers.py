@@ -31,7 +31,7 @@ def write(bucket: str, first: int, count: int, capacity=None, remote=None, ttl=N
     kwargs = {"remote": remote.split(" ") if remote and " " in remote else remote} if remote else {}
     with open_store(bucket, capacity, **kwargs) as s:
         for seed in range(first, first + count):
-            stored = s.put(*_args(seed), **({"ttl": ttl} if ttl else {}))
+            stored = s.put(*args(seed), **({"ttl": ttl} if ttl else {}))
             print(seed, stored, flush=True)
 
 
@@ -39,7 +39,7 @@ def write_forever(bucket: str) -> None:
     with open_store(bucket) as s:
         seed = 0
         while True:
-            s.put(*_args(seed))
+            s.put(*args(seed))
             print(seed, flush=True)
             seed += 1
 
@@ -71,7 +71,7 @@ def write_then_stop(bucket: str, point: str) -> None:
 
     with open_store(bucket) as s:
         for seed in range(3):
-            s.put(*_args(seed))
+            s.put(*args(seed))
             print(seed, flush=True)
         real_write, real_mark_ready = s._disk.write, s._catalog.mark_ready
 
@@ -91,13 +91,24 @@ def write_then_stop(bucket: str, point: str) -> None:
             return real_mark_ready(key, now)
 
         s._disk.write, s._catalog.mark_ready = write, mark_ready
-        s.put(*_args(3))
+        s.put(*args(3))
         raise SystemExit(f"the put finished without reaching {point}")
 
 
-def _args(seed: int):
+def args(seed: int):
+    """The put/get arguments of sequence(seed): tokens, its cache as BHTC, its block ids."""
     toks, cache, ids = sequence(seed)
     return toks, kv.PagedKV(cache, "BHTC"), ids
+
+
+def data_files(root: Path) -> list[Path]:
+    """The chunk files under a bucket's data/."""
+    return sorted((root / "data").rglob("*.safetensors"))
+
+
+def rows(store) -> dict[str, int]:
+    """key -> state of every row in the catalog."""
+    return dict(store._catalog.query("SELECT key, state FROM chunks"))
 
 
 def load_verified(store: kv.KVStore, seed: int) -> int:

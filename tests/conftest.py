@@ -38,3 +38,12 @@ def no_fsync():
     kv.defaults.set(fsync=False)
     yield
     kv.defaults.set(fsync=before)
+
+
+@pytest.fixture
+def one_io_thread():
+    """One I/O thread: the n-th write the engine starts is the n-th chunk of a put."""
+    before = kv.defaults.get("io_threads")
+    kv.defaults.set(io_threads=1)
+    yield
+    kv.defaults.set(io_threads=before)

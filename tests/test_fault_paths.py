@@ -162,14 +162,6 @@ def test_a_locked_catalog_when_a_damaged_chunk_is_dropped_still_serves_the_sound
         assert s.lookup(toks) == 32
 
 
-@pytest.fixture
-def one_io_thread():
-    before = kv.defaults.get("io_threads")
-    kv.defaults.set(io_threads=1)
-    yield
-    kv.defaults.set(io_threads=before)
-
-
 def test_a_locked_catalog_when_unreachable_chunks_are_dropped_keeps_the_prefix(bucket, one_io_thread, caplog):
     """Chunk 1's write fails (ENOSPC from the engine), chunk 2 is committed, and the catalog
     is locked before the put drops chunk 2 (unreachable): the put still answers chunk 0,

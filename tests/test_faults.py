@@ -249,15 +249,6 @@ def test_a_full_disk_keeps_what_was_committed(small_fs, caplog):
     assert any("No space left" in r.getMessage() or "disk is full" in r.getMessage() for r in caplog.records)
 
 
-@pytest.fixture
-def one_io_thread():
-    """One I/O thread: the n-th write the engine starts is the n-th chunk of a put."""
-    before = kv.defaults.get("io_threads")
-    kv.defaults.set(io_threads=1)
-    yield
-    kv.defaults.set(io_threads=before)
-
-
 def test_an_injected_enospc_keeps_what_was_committed(bucket, one_io_thread, caplog):
     """ENOSPC from the engine's write (half the image already in its temp file) on any
     machine: the 5th chunk fails, so exactly 4 are kept, and nothing else is left."""

@@ -210,15 +210,6 @@ def test_chunks_cleared_by_a_process_killed_before_its_unlinks_stay_gone(bucket)
 
 # --- a drop retried later must not take chunks another writer has made reachable -----------
 
-@pytest.fixture
-def one_io_thread():
-    """One I/O thread: the n-th write the engine starts is the n-th chunk of a put."""
-    before = kv.defaults.get("io_threads")
-    kv.defaults.set(io_threads=1)
-    yield
-    kv.defaults.set(io_threads=before)
-
-
 def test_a_retried_drop_keeps_chunks_another_store_made_reachable(bucket, one_io_thread):
     """Store a's write of chunk 1 fails, chunk 2 is committed, and dropping chunk 2
     (unreachable) fails on a locked catalog: it is retried before a's next put. Store b puts

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from .affinity import parse_cpus
 from .errors import InputError
 from .sizes import parse_size
 
@@ -61,6 +62,9 @@ _SPEC: dict[str, tuple[str, str, Any]] = {
     # window is small). Off: on the machine it was measured on it cost CPU and
     # gained nothing (benchmarks/bench_transfer.py, cold_get).
     "readahead": ("PYKVSTORE_READAHEAD", "0", parse_flag),
+    # CPUs the store's own threads (I/O, get, put, recorder) start on, "2-3" or
+    # "0,4": a CPU engine's compute cores stay its own. Empty: the opening thread's.
+    "io_cpus": ("PYKVSTORE_IO_CPUS", "", parse_cpus),
 }
 _values: dict[str, Any] = {}
 
@@ -100,6 +104,8 @@ def set(**knobs: Any) -> None:  # noqa: A001 - mirrors get()
             value = parse_size(value, name.replace("_", " "))
         if name == "host_pool":
             value = _SPEC[name][2](value)
+        if name == "io_cpus":
+            value = parse_cpus(value)
         if name == "cold_read" and isinstance(value, str):
             value = value.strip().lower()
         _values[name] = _check(name, value)

@@ -23,7 +23,7 @@ from typing import Any, Optional, Union
 
 import torch
 
-from .. import defaults
+from .. import affinity, defaults
 from ..bucket import _UNSET, Bucket, Removed
 from ..errors import InputError
 from ..keys import as_tokens, salt_digest
@@ -72,6 +72,12 @@ class KVStore:
         record: record every put in the bucket's access history (for sizing; default True).
         record_budget: bytes of history this process keeps the file within ("256MiB");
             the oldest accesses age out.
+        prefault: fault in, at open, the host pool pages a cold load of the
+            model's chunks would write (None: PYKVSTORE_PREFAULT); a store that
+            only answers lookups (the vLLM scheduler's) passes False.
+        io_cpus: CPUs every thread the store starts runs on ("2-3", [2, 3]);
+            None: PYKVSTORE_IO_CPUS, else the opening thread's. A CPU engine
+            keeps its compute cores to itself this way (affinity.py).
 
     Example:
         >>> with KVStore("./kvstore", model="Qwen/Qwen3-8B", capacity="50GiB") as store:
@@ -99,10 +105,14 @@ class KVStore:
         remote_options: Optional[dict[str, Any]] = None,
         record: bool = True,
         record_budget: Union[int, str, None] = None,
+        prefault: Optional[bool] = None,
+        io_cpus: Any = None,
     ) -> None:
         host_cap = check_store_args(model, chunk_tokens, hash, tp_rank, tp_size, geometry, host_capacity)
         budget_bytes(record_budget)  # a bad budget is refused before the bucket is opened
         salt_hex = salt_digest(salt)  # a bad salt is refused before the bucket is opened
+        self._io_cpus = defaults.get("io_cpus") if io_cpus is None else affinity.parse_cpus(io_cpus)
+        self._prefault = defaults.get("prefault") == "auto" if prefault is None else bool(prefault)
         self.model, self.revision, self.chunk_tokens, self.hash = model, revision, chunk_tokens, hash
         self.tp_rank, self.tp_size = tp_rank, tp_size
         self._executors: dict[str, ThreadPoolExecutor] = {}
@@ -111,19 +121,22 @@ class KVStore:
         # called as fn(op, model, tag, seconds, tokens) after each put and get (metrics.py)
         self.observers: list = []
 
-        self.bucket = Bucket(path, capacity=capacity, ttl=ttl, ttl_mode=ttl_mode, policy=policy)
+        # The threads the bucket's engine, the tiers, the recorder and the prefault start now start on io_cpus.
+        with affinity.creating_threads_on(self._io_cpus):
+            self.bucket = Bucket(path, capacity=capacity, ttl=ttl, ttl_mode=ttl_mode, policy=policy)
+            self._pool, self._host, self._remote = open_tiers(self.bucket, host_cap, remote, remote_options)
         self.root = self.bucket.root
         self._catalog = self.bucket.catalog  # for tests and benchmarks that look inside; the store uses self.bucket
         self._disk = self.bucket.disk
         self._engine = self.bucket.engine
-        self._pool, self._host, self._remote = open_tiers(self.bucket, host_cap, remote, remote_options)
         self._faults = Faults()
         self._counters = Counters(self.bucket, model, self._faults)
         self._names = Namespaces(self.bucket, self._remote, model=model, revision=revision, chunk_tokens=chunk_tokens,
                                  tp_rank=tp_rank, tp_size=tp_size, hash=hash, salt=salt_hex,
                                  geometry=geometry)
-        self._wire(set(), set())
-        self._shadow = Shadow(self.bucket, bool(record), record_budget)  # shared by salted views
+        with affinity.creating_threads_on(self._io_cpus):
+            self._wire(set(), set())
+            self._shadow = Shadow(self.bucket, bool(record), record_budget)  # shared by salted views
 
     def _wire(self, unreleased: set[str], undropped: set[str]) -> None:
         """Builds the pipelines over this store's parts (once per store, and per salted view)."""
@@ -131,7 +144,7 @@ class KVStore:
                            self._remote, self._names, self._counters, self._faults)
         self._puts = PutPipeline(parts, unreleased, undropped)
         mmap = defaults.get("mmap_read") == "auto" and defaults.direct_mode("direct_read") == 0
-        self._gets = GetPipeline(parts, mmap)
+        self._gets = GetPipeline(parts, mmap, self._prefault)
         self._landing = RemoteLanding(parts, self._puts, lambda fn, *a: self._worker("put").submit(fn, *a))
 
     def _with_salt(self, salt: Union[str, bytes, None]) -> "KVStore":
@@ -146,7 +159,8 @@ class KVStore:
         view = copy.copy(self)
         view._view_of = self._view_of or self
         view._names = self._names.with_salt(salt_digest(salt))
-        view._wire(self._puts._unreleased, self._puts._undropped)
+        with affinity.creating_threads_on(self._io_cpus):
+            view._wire(self._puts._unreleased, self._puts._undropped)
         return view
 
     def _namespace(self, geometry: Geometry) -> Namespace:
@@ -379,7 +393,9 @@ class KVStore:
         gets: a load never queues behind a store."""
         ex = self._executors.get(kind)
         if ex is None:
-            ex = self._executors[kind] = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"pykvstore-{kind}")
+            ex = self._executors[kind] = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"pykvstore-{kind}",
+                                                            initializer=affinity.pin_current_thread,
+                                                            initargs=(self._io_cpus,))
         return ex
 
     def _observe(self, op: str, tag: Optional[str], t0: float, tokens: int) -> None:

@@ -1,5 +1,6 @@
 """Faults: damaged files, a lost or damaged catalog, a killed writer, a failed write."""
 
+import errno
 import logging
 import os
 import shutil
@@ -272,3 +273,28 @@ def test_an_injected_enospc_keeps_what_was_committed(bucket, one_io_thread, capl
         assert torch.equal(reference(dst, "BHTC", ids, 8, 0, 128), reference(cache, "BHTC", ids, 8, 0, 128))
         assert s.put(toks, kv.PagedKV(cache, "BHTC"), ids) == 16 * 32  # room again: it heals
     assert any("No space left" in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+
+
+def test_no_memory_to_verify_a_legacy_chunk_is_a_miss_that_keeps_the_chunk(bucket, monkeypatch):
+    """A legacy XXH64 chunk loaded from its mapping is verified on a whole-file copy; when that
+    allocation fails the load stops short (a miss from there, reported on the handle), nothing
+    escapes into the engine, and the chunk is not quarantined: it is sound, memory was short."""
+    from pykvstore import _C
+    from pykvstore.store.get import GetPipeline
+
+    toks, paths = put_three(bucket)
+    rewrite_checksum(paths[1], None, lambda p: f"{_C.xxh64(p):016x}")
+
+    def no_memory(mapped):
+        raise MemoryError
+
+    with kv.KVStore(bucket, model="m", chunk_tokens=32, host_capacity=0) as s:
+        dst = make_cache("BHTC", seed=9)
+        ids = block_table(12, 24, 4)
+        with monkeypatch.context() as m:
+            m.setattr(GetPipeline, "_whole", staticmethod(no_memory))
+            h = s.get_async(toks, kv.PagedKV(dst, "BHTC"), ids)
+            assert h.wait() == 32
+            assert [e.errno for e in h.errors] == [errno.ENOMEM] and paths[1].name in str(h.errors[0])
+        assert s.stats().corrupt_chunks == 0 and paths[1].exists()
+        assert s.get(toks, kv.PagedKV(dst, "BHTC"), ids) == 96  # memory back: the same chunk loads

@@ -10,6 +10,7 @@ vanished chunk ends the load there and becomes a miss from then on.
 
 from __future__ import annotations
 
+import errno
 import logging
 import sqlite3
 import threading
@@ -71,12 +72,12 @@ class GetPipeline:
     on the pages past its new end) fails that read, never the process.
     """
 
-    def __init__(self, parts: StoreParts, mmap: bool) -> None:
+    def __init__(self, parts: StoreParts, mmap: bool, fault_in: bool) -> None:
         self.p = parts
         self._mmap = mmap
         # The pool pages a cold load of this model's chunks would write, faulted in now (prefault.py).
         self.prefault: Optional[threading.Thread] = None
-        if defaults.get("prefault") == "auto":
+        if fault_in:
             try:
                 stored = parts.bucket.catalog.usage(parts.model)[0]
             except sqlite3.Error:
@@ -185,6 +186,9 @@ class GetPipeline:
         except (ChunkError, OSError) as e:
             self.p.faults.add(e if isinstance(e, OSError) else ChunkError(f"{self.p.disk.path_of(row)}: {e}"))
             self._drop_damaged(row, e)
+            return None, 0, False
+        except MemoryError:  # no memory to check it (a legacy chunk's whole-file copy): a miss, the chunk is kept
+            self.p.faults.add(OSError(errno.ENOMEM, "no memory to verify the chunk", str(self.p.disk.path_of(row))))
             return None, 0, False
         if isinstance(result, _C.MapResult):  # in the blocks already; the host tier gets a copy
             self._keep_copy(row.key, result, hdr, g, shape)

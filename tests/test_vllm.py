@@ -65,7 +65,7 @@ def served(tmp_path_factory):
         return stored, chunks, engine(model, in_step_bucket, new[:1], work, "in_step_load", None, in_step_cfg)
 
     with ThreadPoolExecutor(3) as pool:
-        b = pool.submit(engine, model, bucket, new[:1], work, "b")
+        b = pool.submit(engine, model, bucket, new[:1], work, "b", None, {"async_load": True})  # in the background
         c = pool.submit(engine, model, None, new, work, "c")
         d = pool.submit(engine, model, damaged, new[:1], work, "d")
         salted = pool.submit(engine, model, bucket, new[1:], work, "salted", "tenant-2")

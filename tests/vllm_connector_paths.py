@@ -52,10 +52,10 @@ cfg = EngineArgs(model=model, skip_tokenizer_init=True, dtype="float32", enforce
 out: dict = {}
 
 
-def connector(bucket: str, **extra) -> PyKVStoreConnector:
+def connector(bucket: str, role: KVConnectorRole = KVConnectorRole.WORKER, **extra) -> PyKVStoreConnector:
     cfg.kv_transfer_config.kv_connector_extra_config = {"bucket": os.path.join(work, bucket), "chunk_tokens": 256,
                                                         **extra}
-    return PyKVStoreConnector(cfg, KVConnectorRole.WORKER, None)
+    return PyKVStoreConnector(cfg, role, None)
 
 
 def step(w: PyKVStoreConnector, meta: PyKVStoreMetadata) -> None:
@@ -144,6 +144,29 @@ out["loads"] = {"stored": stored, "in_step_failed": in_step, "in_step_warned": l
                 "background_failed": finished(w, "l3"),
                 "background_warned": len([m for m in warnings if "load for l3 failed" in m])}
 w.shutdown()
+
+# -- where a load runs (scheduler side): in the step up to inline_load, in the background beyond it;
+# async_load true/false choose for every load. The bucket holds "loads"' 512 tokens (2 chunks).
+chunk_bytes = w._geometry.chunk_bytes(256)
+request = types.SimpleNamespace(request_id="p1", prompt_token_ids=tokens + [5], cache_salt=None)
+blocks = types.SimpleNamespace(get_block_ids=lambda: ([8, 9, 10, 11, 12],))
+placement = {}
+for name, extra in {"auto_fits": {"inline_load": 2 * chunk_bytes}, "auto_larger": {"inline_load": 2 * chunk_bytes - 1},
+                    "auto_part_computed": {"inline_load": chunk_bytes}, "forced_background": {"async_load": True},
+                    "forced_in_step": {"async_load": "false", "inline_load": "1GiB"}}.items():
+    s = connector("loads", KVConnectorRole.SCHEDULER, **extra)
+    computed = 256 if name == "auto_part_computed" else 0  # vLLM's own cache had the first chunk
+    new, background = s.get_num_new_matched_tokens(request, computed)
+    s.update_state_after_alloc(request, blocks, new)
+    placement[name] = {"new": new, "background": background, "in_step_end": s._to_load.get("p1"),
+                       "background_loads": [(t.start, t.end) for t in s._background_loads]}
+    s.shutdown()
+try:
+    connector("loads", KVConnectorRole.SCHEDULER, inline_load="lots")
+    placement["bad_size"] = None
+except ValueError as e:
+    placement["bad_size"] = str(e)
+out["placement"] = placement
 
 # -- stores that fail: raised at once (in the step), or met by the write thread (after the step)
 caches = {f"model.layers.{i}.self_attn.attn": torch.randn(shape) for i in range(2)}

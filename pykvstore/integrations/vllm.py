@@ -28,14 +28,20 @@ process holds the same threads, files and reserved memory for 1 tenant or
 A load that comes up short reports its blocks as failed, so vLLM recomputes
 them instead of using bad KV.
 
-Both directions are asynchronous by default: a request whose prefix the bucket
-holds waits (WAITING_FOR_REMOTE_KVS) while a store thread loads it, and other
-requests keep running. A finished prompt's KV is copied out of vLLM's blocks
+A load larger than "inline_load" (default 16 MiB) runs in the background: its
+request waits (WAITING_FOR_REMOTE_KVS) while a store thread loads it, other
+requests keep running, and vLLM schedules it in the step after the load is
+reported. A smaller one runs inside the step that schedules its request,
+before the forward pass, so the request computes its new tokens in that same
+step: on the loaded server of bench_serving the loads took 3-20 ms while the
+step in flight, which a background load waits out, took 300-400 ms. A finished
+prompt's KV is copied out of vLLM's blocks
 at the end of its step (into the store's host pool) and written to the bucket
 by a store thread after it, so vLLM may free or reuse the blocks at once,
 even when it preempts the request (holding a finished request's blocks until
-the write is done would not cover that). Set "async_load": false or
-"async_store": false in kv_connector_extra_config to do either inside the step.
+the write is done would not cover that). "async_load": true or false loads
+every prefix in the background or in the step; "async_store": false writes
+inside the step.
 
 vLLM's CPU backend registers [blocks, heads, block_size, 2*head_dim] but its
 kernels lay a block out their own way (on x86 without AMX: K channel-major,
@@ -62,8 +68,11 @@ from vllm.distributed.kv_transfer.kv_connector.v1.base import (
     KVConnectorRole,
 )
 
+from .. import affinity, defaults
 from ..defaults import parse_flag
+from ..errors import InputError
 from ..layout import Geometry, PagedKV
+from ..sizes import parse_size
 from ..store import Handle, KVStore
 
 if TYPE_CHECKING:
@@ -92,6 +101,7 @@ class PyKVStoreMetadata(KVConnectorMetadata):
 
 
 _IDLE_WAIT = 0.02  # seconds an empty step may wait for a background load
+_INLINE_LOAD = "16MiB"  # loads up to this run inside the step (async_load "auto")
 _SALT_VIEWS = 4096  # tenants whose namespace objects are kept; a view owns no resource, so more only costs a rebuild
 
 
@@ -176,15 +186,20 @@ def infer_dims(t: torch.Tensor, block_size: int, head_dim: int) -> str:
 class PyKVStoreConnector(KVConnectorBase_V1):
     def __init__(self, vllm_config: "VllmConfig", role: KVConnectorRole, kv_cache_config: Any = None) -> None:
         super().__init__(vllm_config, role, kv_cache_config)
+        self._scheduler_side = role == KVConnectorRole.SCHEDULER
         extra = dict(vllm_config.kv_transfer_config.kv_connector_extra_config or {})
         if "bucket" not in extra:
             raise ValueError('kv_connector_extra_config needs "bucket": the bucket directory')
         self._bucket = extra.pop("bucket")
         self._tag = extra.pop("tag", None)
         self._ttl = extra.pop("ttl", None)
-        self._async_load = parse_flag(extra.pop("async_load", True))
+        mode = extra.pop("async_load", "auto")
+        self._async_load = "auto" if isinstance(mode, str) and mode.strip().lower() == "auto" else parse_flag(mode)
+        self._inline_load = parse_size(extra.pop("inline_load", _INLINE_LOAD), "inline_load")
         self._async_store = parse_flag(extra.pop("async_store", True))
         self._options = {"capacity": extra.pop("capacity", None), "chunk_tokens": int(extra.pop("chunk_tokens", 256))}
+        cpus = extra.pop("io_cpus", "auto")  # "auto": off the cores vLLM binds its CPU compute threads to
+        self._io_cpus = "auto" if cpus == "auto" else affinity.parse_cpus(cpus) or "inherit"
         mc, pc = vllm_config.model_config, vllm_config.parallel_config
         self._model = extra.pop("model", None) or mc.served_model_name or mc.model
         if isinstance(self._model, (list, tuple)):
@@ -199,7 +214,8 @@ class PyKVStoreConnector(KVConnectorBase_V1):
 
         rev = extra.pop("revision", None)
         self._plane_strides = None
-        if current_platform.device_type == "cpu":
+        self._on_cpu = current_platform.device_type == "cpu"
+        if self._on_cpu:
             self._plane_strides = cpu_plane_strides(self._block_size, self._head_dim, mc.dtype)
         if self._plane_strides is not None or current_platform.device_type != "cpu":
             self._revision = rev  # canonical chunks: any engine with these weights may load them
@@ -211,6 +227,7 @@ class PyKVStoreConnector(KVConnectorBase_V1):
         self._local: dict[str, int] = {}  # req -> tokens vLLM's own cache had
         self._salt: dict[str, Optional[str]] = {}
         self._to_load: dict[str, int] = {}  # req -> tokens to load from the bucket
+        self._background: dict[str, bool] = {}  # req -> its load runs in the background (last lookup's answer)
         self._pending: dict[str, dict[str, Any]] = {}  # req -> prompt and blocks, until stored
         self._background_loads: list[_Transfer] = []  # planned in update_state_after_alloc, sent next step
         # worker side
@@ -220,6 +237,13 @@ class PyKVStoreConnector(KVConnectorBase_V1):
         self._saving: list[tuple[str, Handle]] = []  # writes in flight (their KV already copied out)
         self._idle_step = False
         self._kv_caches: Optional[dict[str, torch.Tensor]] = None  # kept for restore_kv_caches
+        if self._scheduler_side:  # opened while vLLM starts, not in the first request's scheduling step
+            try:
+                self._store(None)
+            except InputError:  # a bad setting is the deployer's to fix: vLLM does not start
+                raise
+            except Exception as e:  # the first lookup retries (and answers 0 if it fails too)
+                log.warning("pykvstore could not open the bucket %s yet: %r", self._bucket, e)
 
     def _store(self, salt: Optional[str]) -> KVStore:
         """The store for a tenant (the scheduler's thread or the worker's): a view of the one base store."""
@@ -229,12 +253,29 @@ class PyKVStoreConnector(KVConnectorBase_V1):
             return s
         if self._base is None:
             self._base = KVStore(self._bucket, model=self._model, geometry=self._geometry, revision=self._revision,
-                                 tp_rank=self._tp[0], tp_size=self._tp[1], **self._options)
+                                 tp_rank=self._tp[0], tp_size=self._tp[1], io_cpus=self._store_cpus(),
+                                 prefault=False if self._scheduler_side else None, **self._options)
         s = self._base if salt is None else _salted(self._base, salt)
         self._views[salt] = s
         if len(self._views) > _SALT_VIEWS:
             self._views.popitem(last=False)  # handles in flight keep their view alive until they finish
         return s
+
+    def _store_cpus(self) -> Any:
+        """The CPUs the store's threads run on: on a CPU server, by default, those vLLM did not bind this thread to.
+
+        vLLM's CPU worker binds its OpenMP compute threads (this one among
+        them) and keeps other cores for the rest, one more when a connector is
+        configured: loads, stores and checksums run there, not in the forward
+        pass's way. On a GPU the worker's CPUs are its NUMA node's, which the
+        pinned pool should stay on, so nothing moves. PYKVSTORE_IO_CPUS or
+        "io_cpus" in the connector config choose instead ("inherit": stay).
+        """
+        if self._io_cpus != "auto":
+            return self._io_cpus
+        if not self._on_cpu or defaults.get("io_cpus") is not None:
+            return None  # the setting's own value
+        return affinity.outside_current()
 
     def _close_stores(self) -> None:
         if self._base is not None:
@@ -246,19 +287,36 @@ class PyKVStoreConnector(KVConnectorBase_V1):
     def get_num_new_matched_tokens(self, request: "Request", num_computed_tokens: int) -> tuple[int, bool]:
         prompt = list(request.prompt_token_ids or [])
         salt = getattr(request, "cache_salt", None)
-        held = self._store(salt).lookup(prompt)  # never raises for I/O; a miss is 0
+        try:
+            held = self._store(salt).lookup(prompt)  # lookup never raises for I/O; a miss is 0
+        except Exception as e:  # a bucket that cannot be opened: vLLM computes, the scheduler goes on
+            log.warning("pykvstore lookup for %s failed: %r", request.request_id, e)
+            held = 0
         usable = min(held, len(prompt) - 1)  # vLLM computes at least the last prompt token
         self._local[request.request_id] = num_computed_tokens
         self._salt[request.request_id] = salt
         new = max(0, usable - num_computed_tokens)
-        return new, bool(new) and self._async_load
+        background = bool(new) and self._in_background(new)
+        self._background[request.request_id] = background
+        return new, background
+
+    def _in_background(self, tokens: int) -> bool:
+        """Whether a load of `tokens` runs in the background ("auto": when it is larger than inline_load).
+
+        A background load costs its request at least the rest of the step in
+        flight; a load in the step costs every running request its duration.
+        """
+        if self._async_load != "auto":
+            return bool(self._async_load)
+        ct = self._options["chunk_tokens"]
+        return self._geometry.chunk_bytes(ct) * -(-tokens // ct) > self._inline_load
 
     def update_state_after_alloc(self, request: "Request", blocks: Any, num_external_tokens: int) -> None:
         if num_external_tokens <= 0:
             return
         rid = request.request_id
         end = self._local.get(rid, 0) + num_external_tokens
-        if not self._async_load:  # loaded in the step that schedules the request
+        if not self._background.pop(rid, False):  # loaded in the step that schedules the request
             self._to_load[rid] = end
             return
         # The request waits for its KV; the worker loads it in the background.
@@ -308,7 +366,7 @@ class PyKVStoreConnector(KVConnectorBase_V1):
     def request_finished(self, request: "Request", block_ids: list[int]) -> tuple[bool, Optional[dict]]:
         """Its blocks may go at once: a store copied its KV out at the end of its step."""
         rid = request.request_id
-        for d in (self._local, self._salt, self._to_load, self._pending):
+        for d in (self._local, self._salt, self._to_load, self._pending, self._background):
             d.pop(rid, None)
         return False, None
 
@@ -324,6 +382,10 @@ class PyKVStoreConnector(KVConnectorBase_V1):
                         self._paged.geometry, self._geometry)
             self._geometry = self._paged.geometry
             self._close_stores()  # reopened for the geometry the tensors have
+        try:  # open the store now, not inside the first request's step (300 ms measured on bench_serving)
+            self._store(None)
+        except Exception as e:  # the first load or store retries, and logs, if this fails
+            log.warning("pykvstore could not open the bucket %s yet: %r", self._bucket, e)
 
     def start_load_kv(self, forward_context: Any, **kwargs: Any) -> None:
         # A step without a forward pass: every request waits (for loads, say).

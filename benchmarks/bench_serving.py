@@ -14,7 +14,11 @@ Two workloads, every configuration in the same run:
 
 1. zero reuse: every prompt unique, so the bucket can only cost. pykvstore off
    and on run side by side (two servers up at once) in alternating rounds, so
-   a noisy phase of the machine hits both.
+   a noisy phase of the machine hits both; the server not being measured is
+   stopped (SIGSTOP) during the other's round, and each round's CPU seconds
+   (all of the server's processes, until it is quiet again: stores written
+   after the last answer count) give the store's cost apart from the
+   machine's noise.
 2. multi-turn support traffic after a restart: conversations share a system
    prompt and tool definitions and carry their own history; the measured
    request is each conversation's next turn. Before the restart a server saw
@@ -125,8 +129,50 @@ class Server:
         return int(sum(float(ln.rsplit(" ", 1)[1]) for ln in text.splitlines()
                        if ln.startswith("vllm:prompt_tokens_by_source_total") and 'source="local_compute"' in ln))
 
+    def _group(self) -> list[int]:
+        """The pids of this server's process group (API server, engine core, worker)."""
+        pids = []
+        for d in os.listdir("/proc"):
+            if d.isdigit():
+                try:
+                    if os.getpgid(int(d)) == self.proc.pid:
+                        pids.append(int(d))
+                except OSError:
+                    pass
+        return pids
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU seconds its processes have used so far."""
+        total = 0
+        for pid in self._group():
+            try:
+                fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+                total += int(fields[11]) + int(fields[12])  # utime, stime
+            except (OSError, IndexError, ValueError):
+                pass
+        return total / os.sysconf("SC_CLK_TCK")
+
+    def settle(self, quiet: float = 0.05, timeout: float = 30.0) -> None:
+        """Waits until the server uses under `quiet` of a core over half a second (its stores written)."""
+        deadline = time.monotonic() + timeout
+        last = self.cpu_seconds()
+        while time.monotonic() < deadline:
+            time.sleep(0.5)
+            now = self.cpu_seconds()
+            if now - last < quiet * 0.5:
+                return
+            last = now
+
+    def pause(self) -> None:
+        """SIGSTOP: a server not being measured takes no CPU from the one that is."""
+        os.killpg(self.proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        os.killpg(self.proc.pid, signal.SIGCONT)
+
     def stop(self) -> None:
         if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGCONT)  # a paused server could not act on SIGTERM
             os.killpg(self.proc.pid, signal.SIGTERM)
             try:
                 self.proc.wait(timeout=60)
@@ -186,6 +232,8 @@ def merge(parts: list[dict]) -> dict:
             "median_ttft_ms": 1000 * pct([t for p in parts for t in p["ttfts_s"]], 50),
             "p99_ttft_ms": 1000 * pct([t for p in parts for t in p["ttfts_s"]], 99),
             "prefill_tokens_computed": sum(p["prefill_tokens_computed"] for p in parts),
+            "cpu_seconds_per_request": sum(p.get("cpu_seconds", 0.0) for p in parts) / done,
+            "median_round_throughput": pct(rates, 50),
             # the machine's noise: how far apart rounds of the same configuration came out
             "round_throughput_spread": (max(rates) - min(rates)) / (sum(rates) / len(rates)),
             "per_round": parts}
@@ -233,13 +281,14 @@ def main() -> None:
     ap.add_argument("--hidden", type=int, default=512)
     ap.add_argument("--vocab", type=int, default=4096)
     ap.add_argument("--chunk-tokens", type=int, default=128, help="the connector's chunk (vLLM CPU's block: 128)")
-    ap.add_argument("--unique-prompts", type=int, default=12, help="zero reuse: prompts per round")
+    ap.add_argument("--unique-prompts", type=int, default=16, help="zero reuse: prompts per round")
     ap.add_argument("--unique-len", type=int, default=768)
-    ap.add_argument("--rounds", type=int, default=4, help="zero reuse: alternating rounds per configuration")
-    ap.add_argument("--chats", type=int, default=16)
+    ap.add_argument("--rounds", type=int, default=6, help="zero reuse: alternating rounds per configuration")
+    ap.add_argument("--chats", type=int, default=32)
     ap.add_argument("--system-tokens", type=int, default=2048, help="shared system prompt + tool definitions")
     ap.add_argument("--output-len", type=int, default=32)
     ap.add_argument("--kv-bytes", type=int, default=768 << 20)
+    ap.add_argument("--only", choices=("zero-reuse", "multi-turn"), help="run one workload (default: both)")
     ap.add_argument("--reserved-cpus", default="1",
                     help="VLLM_CPU_NUM_OF_RESERVED_CPU for every server ('auto': vLLM's choice, see above)")
     args = ap.parse_args()
@@ -268,40 +317,55 @@ def main() -> None:
         plain, pyk = start(("plain", None), ("pykvstore", bucket))
         rnd = random.Random(1)
         zero = {"off": [], "on": []}
-        for r in range(args.rounds):
+        for r in range(args.rounds if args.only != "multi-turn" else 0):
             for label, server in (("off", plain), ("on", pyk)) if r % 2 == 0 else (("on", pyk), ("off", plain)):
                 prompts = [[rnd.randrange(args.vocab) for _ in range(args.unique_len)]
                            for _ in range(args.unique_prompts)]
-                zero[label].append(drive(server, prompts, args.output_len, args.concurrency))
-                print(f"  zero reuse round {r} {label}: {zero[label][-1]['request_throughput']:.3f} req/s", flush=True)
-        off, on = merge(zero["off"]), merge(zero["on"])
-        result["zero_reuse"] = {
-            "pykvstore_off": off, "pykvstore_on": on,
-            "throughput_loss": 1 - on["request_throughput"] / off["request_throughput"],
-            "ttft_p99_ratio": on["p99_ttft_ms"] / off["p99_ttft_ms"],
-            "targets": {"throughput_loss_max": 0.03, "ttft_p99_ratio_max": 1.05}}
-
-        # --- multi-turn: previous turns before the restart --------------------------------------------
-        before, after = conversations(args.chats, args.system_tokens, args.vocab, seed=2)
-        print("previous turns on both servers ...", flush=True)
-        drive(plain, before, args.output_len, args.concurrency)
-        drive(pyk, before, args.output_len, args.concurrency)
-        time.sleep(2)  # the connector's stores land
-        multi = {"warm_prefix_cache": drive(plain, after, args.output_len, args.concurrency)}
-        for s in (plain, pyk):
-            s.stop()
-        # --- restarted servers ----------------------------------------------------------------------------
-        print("restarting: no connector (cold) and pykvstore ...", flush=True)
-        cold, restarted = start(("cold", None), ("pykvstore-restarted", bucket))
-        multi["pykvstore"] = drive(restarted, after, args.output_len, args.concurrency)
-        multi["cold"] = drive(cold, after, args.output_len, args.concurrency)
-        w, p, c = multi["warm_prefix_cache"], multi["pykvstore"], multi["cold"]
-        multi["prompt_tokens"] = sum(len(x) for x in after)
-        multi["pykvstore_vs_warm_throughput"] = p["request_throughput"] / w["request_throughput"]
-        multi["pykvstore_vs_warm_ttft_p50"] = p["median_ttft_ms"] / w["median_ttft_ms"]
-        multi["pykvstore_vs_cold_throughput"] = p["request_throughput"] / c["request_throughput"]
-        multi["targets"] = {"vs_warm_throughput_min": 0.9, "vs_warm_ttft_p50_max": 1.1, "vs_cold_throughput_min": 3.0}
-        result["multi_turn_after_restart"] = multi
+                # Only the measured server runs: the other is stopped (SIGSTOP), so neither's
+                # background work (the connector's writes, vLLM's own housekeeping) lands in
+                # the other's round. The round's CPU seconds run until the server is quiet
+                # again, so stores written after the last answer are counted too.
+                other = pyk if server is plain else plain
+                other.pause()
+                cpu0 = server.cpu_seconds()
+                round_ = drive(server, prompts, args.output_len, args.concurrency)
+                server.settle()
+                round_["cpu_seconds"] = server.cpu_seconds() - cpu0
+                other.resume()
+                zero[label].append(round_)
+                print(f"  zero reuse round {r} {label}: {round_['request_throughput']:.3f} req/s, "
+                      f"{round_['cpu_seconds']:.2f} CPU s", flush=True)
+        if args.only != "multi-turn":
+            off, on = merge(zero["off"]), merge(zero["on"])
+            result["zero_reuse"] = {
+                "pykvstore_off": off, "pykvstore_on": on,
+                "throughput_loss": 1 - on["request_throughput"] / off["request_throughput"],
+                "median_round_throughput_loss": 1 - on["median_round_throughput"] / off["median_round_throughput"],
+                "cpu_per_request_ratio": on["cpu_seconds_per_request"] / off["cpu_seconds_per_request"],
+                "ttft_p99_ratio": on["p99_ttft_ms"] / off["p99_ttft_ms"],
+                "targets": {"throughput_loss_max": 0.03, "ttft_p99_ratio_max": 1.05}}
+        if args.only != "zero-reuse":
+            # --- multi-turn: previous turns before the restart --------------------------------------------
+            before, after = conversations(args.chats, args.system_tokens, args.vocab, seed=2)
+            print("previous turns on both servers ...", flush=True)
+            drive(plain, before, args.output_len, args.concurrency)
+            drive(pyk, before, args.output_len, args.concurrency)
+            time.sleep(2)  # the connector's stores land
+            multi = {"warm_prefix_cache": drive(plain, after, args.output_len, args.concurrency)}
+            for s in (plain, pyk):
+                s.stop()
+            # --- restarted servers ----------------------------------------------------------------------------
+            print("restarting: no connector (cold) and pykvstore ...", flush=True)
+            cold, restarted = start(("cold", None), ("pykvstore-restarted", bucket))
+            multi["pykvstore"] = drive(restarted, after, args.output_len, args.concurrency)
+            multi["cold"] = drive(cold, after, args.output_len, args.concurrency)
+            w, p, c = multi["warm_prefix_cache"], multi["pykvstore"], multi["cold"]
+            multi["prompt_tokens"] = sum(len(x) for x in after)
+            multi["pykvstore_vs_warm_throughput"] = p["request_throughput"] / w["request_throughput"]
+            multi["pykvstore_vs_warm_ttft_p50"] = p["median_ttft_ms"] / w["median_ttft_ms"]
+            multi["pykvstore_vs_cold_throughput"] = p["request_throughput"] / c["request_throughput"]
+            multi["targets"] = {"vs_warm_throughput_min": 0.9, "vs_warm_ttft_p50_max": 1.1, "vs_cold_throughput_min": 3.0}
+            result["multi_turn_after_restart"] = multi
     finally:
         for s in servers:
             s.stop()

@@ -28,45 +28,26 @@ process holds the same threads, files and reserved memory for 1 tenant or
 A load that comes up short reports its blocks as failed, so vLLM recomputes
 them instead of using bad KV.
 
-A load larger than "inline_load" (default 16 MiB) runs in the background: its
-request waits (WAITING_FOR_REMOTE_KVS) while a store thread loads it, other
-requests keep running, and vLLM schedules it in the step after the load is
-reported. A smaller one runs inside the step that schedules its request,
-before the forward pass, so the request computes its new tokens in that same
-step: on the loaded server of bench_serving the loads took 3-20 ms while the
-step in flight, which a background load waits out, took 300-400 ms. A finished
-prompt's KV is copied out of vLLM's blocks
-at the end of its step (into the store's host pool) and written to the bucket
-by a store thread after it, so vLLM may free or reuse the blocks at once,
-even when it preempts the request (holding a finished request's blocks until
-the write is done would not cover that). "async_load": true or false loads
-every prefix in the background or in the step; "async_store": false writes
-inside the step.
+Loads up to "inline_load" (16 MiB) run inside the step that schedules their
+request, larger ones in the background (vllm_scheduler.py says why). A
+finished prompt's KV is copied out of vLLM's blocks at the end of its step
+(into the store's host pool) and written to the bucket by a store thread
+after it, so vLLM may free or reuse the blocks at once, even when it preempts
+the request (holding a finished request's blocks until the write is done
+would not cover that). "async_store": false writes inside the step.
 
-vLLM's CPU backend registers [blocks, heads, block_size, 2*head_dim] but its
-kernels lay a block out their own way (on x86 without AMX: K channel-major,
-then V token-major). At start-up the connector lets that kernel write a probe
-block and reads back where each (token, channel) of K and V landed; when the
-placement is a plain stride pattern, chunks are converted to and from the
-canonical order like any engine's, so transformers or another engine loads
-what vLLM stored. When it is not (a tiled AMX layout), chunks carry the vLLM
-platform and block size in the namespace ("revision") instead: replicas with
-the same setup share them, and nothing else can load them by mistake.
+vLLM's CPU backend lays K out channel-major inside a block: vllm_layout.py
+finds the placement and the connector converts to canonical chunks.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Optional
 
 import torch
-from vllm.distributed.kv_transfer.kv_connector.v1.base import (
-    KVConnectorBase_V1,
-    KVConnectorMetadata,
-    KVConnectorRole,
-)
+from vllm.distributed.kv_transfer.kv_connector.v1.base import KVConnectorBase_V1, KVConnectorRole
 
 from .. import affinity, defaults
 from ..defaults import parse_flag
@@ -74,34 +55,18 @@ from ..errors import InputError
 from ..layout import Geometry, PagedKV
 from ..sizes import parse_size
 from ..store import Handle, KVStore
+from .vllm_layout import cpu_plane_strides, infer_dims
+from .vllm_scheduler import _INLINE_LOAD, PyKVStoreMetadata, SchedulerSide, _Transfer
+
+__all__ = ["PyKVStoreConnector", "PyKVStoreMetadata", "cpu_plane_strides", "infer_dims"]
 
 if TYPE_CHECKING:
     from vllm.config import VllmConfig
-    from vllm.v1.core.sched.output import SchedulerOutput
-    from vllm.v1.request import Request
 
 log = logging.getLogger("pykvstore")
 
 
-@dataclass
-class _Transfer:
-    req_id: str
-    tokens: list[int]
-    block_ids: list[int]
-    salt: Optional[str]
-    start: int = 0  # tokens before it are already in vLLM's blocks (loads only)
-    end: int = 0  # tokens to load
-    background: bool = False  # loads: asynchronous (reported through get_finished)
-
-
-@dataclass
-class PyKVStoreMetadata(KVConnectorMetadata):
-    loads: list[_Transfer] = field(default_factory=list)
-    stores: list[_Transfer] = field(default_factory=list)
-
-
 _IDLE_WAIT = 0.02  # seconds an empty step may wait for a background load
-_INLINE_LOAD = "16MiB"  # loads up to this run inside the step (async_load "auto")
 _SALT_VIEWS = 4096  # tenants whose namespace objects are kept; a view owns no resource, so more only costs a rebuild
 
 
@@ -124,66 +89,7 @@ def _salted(base: KVStore, salt: str) -> KVStore:
     return base._with_salt(salt)
 
 
-def cpu_plane_strides(block_size: int, head_dim: int, dtype: torch.dtype) -> Optional[list[tuple[int, int, int, int]]]:
-    """Where vLLM's CPU kernel puts K and V inside a [heads, block_size, 2*head_dim] block.
-
-    Lets the kernel write one probe block twice (keys = token + 1, values =
-    -(token + 1); then the same with the channel) and reads back each element's
-    token and channel. Returns (offset, token, head, channel) strides per plane
-    when the placement is affine, None otherwise or when the probe cannot run.
-    Small integers are exact in every KV dtype, so the probe runs in the model's.
-    """
-    try:
-        from vllm.v1.attention.backends.cpu_attn import _get_attn_isa
-
-        isa = _get_attn_isa(dtype, block_size, head_dim)
-        t_idx = torch.arange(block_size).view(block_size, 1, 1).expand(block_size, 1, head_dim)
-        d_idx = torch.arange(head_dim).view(1, 1, head_dim).expand(block_size, 1, head_dim)
-        slots = torch.arange(block_size, dtype=torch.int64)
-        seen = []
-        for idx in (t_idx, d_idx):
-            block = torch.zeros((1, 1, block_size, 2 * head_dim), dtype=dtype)
-            k_cache, v_cache = block.view(1, 1, 2 * block_size, head_dim).chunk(2, dim=2)
-            key = (idx + 1).to(dtype).contiguous()
-            torch.ops._C.cpu_attn_reshape_and_cache(key, (-key).contiguous(), k_cache, v_cache, slots, isa)
-            seen.append(block.reshape(-1).float())
-        tok, ch = seen
-        rows = []
-        for sign in (1, -1):  # K wrote positive numbers, V negative ones
-            where = (sign * tok > 0).nonzero().flatten()
-            if len(where) != block_size * head_dim:
-                return None
-            pos = torch.empty(block_size, head_dim, dtype=torch.long)
-            pos[(sign * tok[where]).long() - 1, (sign * ch[where]).long() - 1] = where
-            off, st, sd = int(pos[0, 0]), int(pos[1, 0] - pos[0, 0]) if block_size > 1 else 0, int(pos[0, 1] - pos[0, 0])
-            want = off + torch.arange(block_size).view(-1, 1) * st + torch.arange(head_dim).view(1, -1) * sd
-            if not torch.equal(pos, want):
-                return None  # not a stride pattern (tiled): keep vLLM's own bytes
-            rows.append((off, st, 2 * block_size * head_dim, sd))
-        return rows
-    except Exception as e:  # an older or different kernel: fall back to the platform's own namespace
-        log.info("could not probe vLLM's CPU KV layout (%r); its chunks stay vLLM-CPU-only", e)
-        return None
-
-
-def infer_dims(t: torch.Tensor, block_size: int, head_dim: int) -> str:
-    """The dims string of one layer's KV tensor as vLLM registered it."""
-    s = tuple(t.shape)
-    if len(s) == 5 and s[0] == 2:
-        return "2BTHD"
-    if len(s) == 5 and s[1] == 2:
-        return "B2THD"
-    if len(s) == 4 and s[3] == 2 * head_dim:
-        if s[2] == block_size:
-            return "BHTC"
-        if s[1] == block_size:
-            return "BTHC"
-    if len(s) == 3 and s[1] == block_size:
-        return "BTD"  # MLA latent
-    raise ValueError(f"unrecognised vLLM KV layout {s} (block size {block_size}, head dim {head_dim})")
-
-
-class PyKVStoreConnector(KVConnectorBase_V1):
+class PyKVStoreConnector(SchedulerSide, KVConnectorBase_V1):
     def __init__(self, vllm_config: "VllmConfig", role: KVConnectorRole, kv_cache_config: Any = None) -> None:
         super().__init__(vllm_config, role, kv_cache_config)
         self._scheduler_side = role == KVConnectorRole.SCHEDULER
@@ -282,93 +188,6 @@ class PyKVStoreConnector(KVConnectorBase_V1):
             self._base.close()  # waits for stores in flight: what was promised lands
         self._base = None
         self._views.clear()
-
-    # ---- scheduler side -------------------------------------------------------
-    def get_num_new_matched_tokens(self, request: "Request", num_computed_tokens: int) -> tuple[int, bool]:
-        prompt = list(request.prompt_token_ids or [])
-        salt = getattr(request, "cache_salt", None)
-        try:
-            held = self._store(salt).lookup(prompt)  # lookup never raises for I/O; a miss is 0
-        except Exception as e:  # a bucket that cannot be opened: vLLM computes, the scheduler goes on
-            log.warning("pykvstore lookup for %s failed: %r", request.request_id, e)
-            held = 0
-        usable = min(held, len(prompt) - 1)  # vLLM computes at least the last prompt token
-        self._local[request.request_id] = num_computed_tokens
-        self._salt[request.request_id] = salt
-        new = max(0, usable - num_computed_tokens)
-        background = bool(new) and self._in_background(new)
-        self._background[request.request_id] = background
-        return new, background
-
-    def _in_background(self, tokens: int) -> bool:
-        """Whether a load of `tokens` runs in the background ("auto": when it is larger than inline_load).
-
-        A background load costs its request at least the rest of the step in
-        flight; a load in the step costs every running request its duration.
-        """
-        if self._async_load != "auto":
-            return bool(self._async_load)
-        ct = self._options["chunk_tokens"]
-        return self._geometry.chunk_bytes(ct) * -(-tokens // ct) > self._inline_load
-
-    def update_state_after_alloc(self, request: "Request", blocks: Any, num_external_tokens: int) -> None:
-        if num_external_tokens <= 0:
-            return
-        rid = request.request_id
-        end = self._local.get(rid, 0) + num_external_tokens
-        if not self._background.pop(rid, False):  # loaded in the step that schedules the request
-            self._to_load[rid] = end
-            return
-        # The request waits for its KV; the worker loads it in the background.
-        self._background_loads.append(_Transfer(rid, list(request.prompt_token_ids or []),
-                                                list(blocks.get_block_ids()[0]), self._salt.get(rid),
-                                                start=self._local.get(rid, 0), end=end, background=True))
-
-    def build_connector_meta(self, scheduler_output: "SchedulerOutput") -> KVConnectorMetadata:
-        meta = PyKVStoreMetadata()
-        meta.loads, self._background_loads = self._background_loads, []
-        ct = self._options["chunk_tokens"]
-        for new in scheduler_output.scheduled_new_reqs:
-            prompt = list(new.prompt_token_ids or [])
-            blocks = list(new.block_ids[0])
-            salt = self._salt.get(new.req_id)
-            end = self._to_load.pop(new.req_id, 0)
-            if end:
-                meta.loads.append(_Transfer(new.req_id, prompt, blocks, salt,
-                                            start=self._local.get(new.req_id, 0), end=end))
-            if len(prompt) >= ct:
-                self._pending[new.req_id] = {"prompt": prompt, "blocks": blocks, "salt": salt,
-                                             "computed": new.num_computed_tokens}
-            self._check_complete(new.req_id, new.num_computed_tokens, scheduler_output, meta)
-        cached = scheduler_output.scheduled_cached_reqs
-        for i, req_id in enumerate(cached.req_ids):
-            p = self._pending.get(req_id)
-            if p is None:
-                continue
-            new_blocks = cached.new_block_ids[i]
-            if new_blocks is not None:
-                if req_id in cached.resumed_req_ids:
-                    p["blocks"] = list(new_blocks[0])
-                else:
-                    p["blocks"] += list(new_blocks[0])
-            self._check_complete(req_id, cached.num_computed_tokens[i], scheduler_output, meta)
-        return meta
-
-    def _check_complete(self, req_id: str, computed: int, out: "SchedulerOutput", meta: PyKVStoreMetadata) -> None:
-        """Stores a prompt once this step finishes its prefill (its KV exists after the forward pass)."""
-        p = self._pending.get(req_id)
-        if p is None:
-            return
-        if computed + out.num_scheduled_tokens.get(req_id, 0) >= len(p["prompt"]):
-            meta.stores.append(_Transfer(req_id, p["prompt"], list(p["blocks"]), p["salt"]))
-            del self._pending[req_id]
-
-    def request_finished(self, request: "Request", block_ids: list[int]) -> tuple[bool, Optional[dict]]:
-        """Its blocks may go at once: a store copied its KV out at the end of its step."""
-        rid = request.request_id
-        for d in (self._local, self._salt, self._to_load, self._pending, self._background):
-            d.pop(rid, None)
-        return False, None
 
     # ---- worker side ----------------------------------------------------------
     def register_kv_caches(self, kv_caches: dict[str, torch.Tensor]) -> None:

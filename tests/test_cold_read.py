@@ -174,3 +174,37 @@ def test_a_store_over_stored_chunks_faults_in_the_pool_pages_a_load_of_them_writ
         assert s._gets.prefault is None and not any(resident(s._pool.base, 2 << 20))
     with pytest.raises(kv.InputError, match="prefault must be off or auto"):
         defaults.set(prefault="on")
+
+
+def _ahead_thread(pool):
+    """The pool's prefault thread, if one runs (keep_ahead starts it from the put's staging)."""
+    from pykvstore.store import prefault
+
+    return prefault._running.get(pool.base)
+
+
+@pytest.mark.parametrize("mode", ["auto", "off"])
+def test_puts_keep_pool_pages_faulted_in_ahead_of_their_staging(cold_dir, prefault_mode, mode):
+    """put_async stages in the engine's step into fresh pool memory (its chunks stay in the host
+    tier), so with prefault auto a thread keeps AHEAD bytes past what is allocated faulted in: the
+    next stagings never take a first touch on the engine's thread. Off: nothing beyond use is."""
+    from pykvstore.store import prefault
+
+    prefault_mode(mode)
+    src, a = make_cache("BHTC", seed=1), block_table(20, 24, 1)
+    toks = tokens(20 * 8, seed=5)
+    with kv.KVStore(cold_dir / "fresh", model="m", chunk_tokens=CHUNK) as s:
+        pool = s._pool
+        assert s._gets.prefault is None  # an empty bucket: nothing faulted in at open
+        assert s.put_async(toks, kv.PagedKV(src, "BHTC"), a).wait() == len(toks)
+        t = _ahead_thread(pool)
+        if t is not None:
+            t.join(30)
+        stats = pool.stats()
+        used = stats["capacity"] - stats["free_bytes"]
+        start = -(-used * SPREAD // (2 << 20)) * (2 << 20)  # past the huge page the last buffer sits in
+        ahead = resident(pool.base + start, prefault.AHEAD // 2 * SPREAD)
+        if mode == "auto":
+            assert all(ahead), f"{sum(ahead)} of {len(ahead)} pages ahead of use faulted in"
+        else:
+            assert t is None and not any(ahead)

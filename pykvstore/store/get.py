@@ -82,7 +82,7 @@ class GetPipeline:
                 stored = parts.bucket.catalog.usage(parts.model)[0]
             except sqlite3.Error:
                 stored = 0
-            self.prefault = prefault.start(parts.pool, stored)
+            self.prefault = prefault.start(parts.pool, stored, parts.io_cpus)
 
     def load(self, toks, cache: PagedKV, ids: torch.Tensor, n: int, start: int) -> int:
         """Loads chunks from chunk start // chunk_tokens on; returns the end of what is loaded (0: none)."""
@@ -162,6 +162,8 @@ class GetPipeline:
             ticket.wait()
         if p.remote is not None and loaded_keys:
             self._touch_remote(rows[first : first + len(loaded_keys)], max_size, now)
+        if p.fault_ahead and loaded_keys:  # what this load kept in the host tier took pool pages
+            prefault.keep_ahead(p.pool, p.io_cpus)
         hit = max(0, end - start)
         p.counters.record({"gets": 1, "hit_tokens": hit, "miss_tokens": len(toks) - start - hit,
                            "bytes_read": bytes_read}, touch=keys[:first] + loaded_keys)

@@ -141,7 +141,7 @@ class KVStore:
     def _wire(self, unreleased: set[str], undropped: set[str]) -> None:
         """Builds the pipelines over this store's parts (once per store, and per salted view)."""
         parts = StoreParts(self.model, self.chunk_tokens, self.bucket, self._disk, self._pool, self._host,
-                           self._remote, self._names, self._counters, self._faults)
+                           self._remote, self._names, self._counters, self._faults, self._io_cpus, self._prefault)
         self._puts = PutPipeline(parts, unreleased, undropped)
         mmap = defaults.get("mmap_read") == "auto" and defaults.direct_mode("direct_read") == 0
         self._gets = GetPipeline(parts, mmap, self._prefault)

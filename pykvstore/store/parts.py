@@ -29,6 +29,8 @@ class StoreParts:
     names: Namespaces
     counters: Counters
     faults: Faults
+    io_cpus: Optional[frozenset[int]] = None  # where threads the pipelines start run (affinity.py)
+    fault_ahead: bool = True  # keep pool pages faulted in ahead of use (prefault.keep_ahead)
 
 
 _POOL_STAGING = 512 << 20  # pool bytes beyond the host tier, for chunks in flight

@@ -27,6 +27,7 @@ from ..errors import InputError
 from ..keys import FORMAT_VERSION
 from ..layout import PagedKV
 from ..sizes import parse_duration
+from . import prefault
 from .checks import check_name
 from .parts import StoreParts
 
@@ -83,6 +84,8 @@ class PutPipeline:
             payload = torch.frombuffer(buf, dtype=torch.uint8)[PAYLOAD_ALIGN:].view(g.view_dtype).view(shape)
             cache.gather(ids[i * bpc : (i + 1) * bpc], payload)
             staged[i] = buf
+        if staged and self.p.fault_ahead:  # the next stagings find their pages faulted in, off this thread
+            prefault.keep_ahead(self.p.pool, self.p.io_cpus)
         return staged
 
     def write(self, toks, cache: PagedKV, ids: torch.Tensor, n: int, tag: Optional[str],

@@ -58,9 +58,9 @@ class SchedulerSide:
 
     State, all keyed by request id: `_local` (tokens vLLM's own cache had),
     `_salt`, `_background` (the last lookup's answer: load in the background),
-    `_to_load` (in-step loads: tokens to load), `_pending` (prompts not yet
-    stored, with their blocks); `_background_loads` waits for the next step's
-    metadata.
+    `_to_load` (in-step loads: tokens to load) and `_load_prompt` (their
+    prompts), `_pending` (prompts not yet stored, with their blocks);
+    `_background_loads` waits for the next step's metadata.
     """
 
     _options: dict[str, Any]
@@ -71,6 +71,7 @@ class SchedulerSide:
     _salt: dict[str, Optional[str]]
     _background: dict[str, bool]
     _to_load: dict[str, int]
+    _load_prompt: dict[str, list[int]]
     _pending: dict[str, dict[str, Any]]
     _background_loads: list[_Transfer]
     _store: Callable[[Optional[str]], "KVStore"]  # the tenant's store (the connector's)
@@ -109,6 +110,8 @@ class SchedulerSide:
         end = self._local.get(rid, 0) + num_external_tokens
         if not self._background.pop(rid, False):  # loaded in the step that schedules the request
             self._to_load[rid] = end
+            # A preempted request vLLM resumes comes in the step's cached requests, without its prompt.
+            self._load_prompt[rid] = list(request.prompt_token_ids or [])
             return
         # The request waits for its KV; the worker loads it in the background.
         self._background_loads.append(_Transfer(rid, list(request.prompt_token_ids or []),
@@ -124,6 +127,7 @@ class SchedulerSide:
             blocks = list(new.block_ids[0])
             salt = self._salt.get(new.req_id)
             end = self._to_load.pop(new.req_id, 0)
+            self._load_prompt.pop(new.req_id, None)
             if end:
                 meta.loads.append(_Transfer(new.req_id, prompt, blocks, salt,
                                             start=self._local.get(new.req_id, 0), end=end))
@@ -133,6 +137,10 @@ class SchedulerSide:
             self._check_complete(new.req_id, new.num_computed_tokens, scheduler_output, meta)
         cached = scheduler_output.scheduled_cached_reqs
         for i, req_id in enumerate(cached.req_ids):
+            end = self._to_load.pop(req_id, 0) if req_id in cached.resumed_req_ids else 0
+            if end and cached.new_block_ids[i] is not None:  # resumed after preemption: its blocks are all new
+                meta.loads.append(_Transfer(req_id, self._load_prompt.pop(req_id, []), list(cached.new_block_ids[i][0]),
+                                            self._salt.get(req_id), start=self._local.get(req_id, 0), end=end))
             p = self._pending.get(req_id)
             if p is None:
                 continue
@@ -157,6 +165,6 @@ class SchedulerSide:
     def request_finished(self, request: "Request", block_ids: list[int]) -> tuple[bool, Optional[dict]]:
         """Its blocks may go at once: a store copied its KV out at the end of its step."""
         rid = request.request_id
-        for d in (self._local, self._salt, self._to_load, self._pending, self._background):
+        for d in (self._local, self._salt, self._to_load, self._load_prompt, self._pending, self._background):
             d.pop(rid, None)
         return False, None

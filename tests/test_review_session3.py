@@ -1,0 +1,40 @@
+"""Review of io_cpus (affinity.py), keep_ahead (prefault.py), the get path's MemoryError and the vLLM connector's
+in-step loads: the cases that broke, each failing before its fix.
+
+The connector cases run vLLM's own Scheduler in a process of the vLLM venv (tests/vllm_review_paths.py).
+"""
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+VLLM_PYTHON = os.environ.get("PYKVSTORE_VLLM_PYTHON", str(ROOT / ".venv-vllm" / "bin" / "python"))
+needs_vllm = pytest.mark.skipif(not Path(VLLM_PYTHON).exists(),
+                                reason="no vLLM environment (make vllm-env builds .venv-vllm)")
+
+
+@pytest.fixture(scope="module")
+def scheduled(tmp_path_factory):
+    work = tmp_path_factory.mktemp("vllm-review")
+    r = subprocess.run([VLLM_PYTHON, str(ROOT / "tests" / "vllm_review_paths.py"), str(work / "model"), str(work)],
+                       capture_output=True, text=True, timeout=600, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    line = next((ln for ln in r.stdout.splitlines() if ln.startswith("RESULT ")), None)
+    assert line, r.stdout[-3000:] + r.stderr[-3000:]
+    return json.loads(line[len("RESULT "):])
+
+
+@needs_vllm
+def test_a_preempted_request_resumed_with_an_in_step_load_gets_its_load(scheduled):
+    """vLLM resumes a preempted request among the step's cached requests, not its new ones, after asking the
+    connector again: it counts the 512 held tokens as computed (schedules only the other 88), so a step
+    without the load computes from blocks that hold no KV (wrong output, no error)."""
+    assert scheduled["connector"] == "PyKVStoreConnector" and scheduled["held"] == 512
+    assert scheduled["first"]["loads"] == [{"req": "r1", "start": 0, "end": 512, "blocks": 5, "background": False}]
+    r = scheduled["resumed"]
+    assert r["new"] == [] and r["resumed"] == ["r1"] and r["scheduled_tokens"] == 600 - 512
+    assert r["loads"] == [{"req": "r1", "start": 0, "end": 512, "blocks": 5, "background": False}]
+    assert r["kv_loaded"] and r["failed"] == []

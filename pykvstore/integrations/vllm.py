@@ -207,15 +207,7 @@ class PyKVStoreConnector(SchedulerSide, KVConnectorBase_V1):
         except Exception as e:  # the first load or store retries, and logs, if this fails
             log.warning("pykvstore could not open the bucket %s yet: %r", self._bucket, e)
 
-    def start_load_kv(self, *a, **k):
-        import time as _t, sys as _s
-        t0=_t.perf_counter()
-        try:
-            return self._start_load_kv_real(*a, **k)
-        finally:
-            _s.stderr.write(f'TRACE start_load_kv {(_t.perf_counter()-t0)*1e3:.3f}\n')
-
-    def _start_load_kv_real(self, forward_context: Any, **kwargs: Any) -> None:
+    def start_load_kv(self, forward_context: Any, **kwargs: Any) -> None:
         # A step without a forward pass: every request waits (for loads, say).
         self._idle_step = getattr(forward_context, "attn_metadata", None) is None
         meta = self._get_connector_metadata()
@@ -250,15 +242,7 @@ class PyKVStoreConnector(SchedulerSide, KVConnectorBase_V1):
     def save_kv_layer(self, layer_name: str, kv_layer: torch.Tensor, attn_metadata: Any, **kwargs: Any) -> None:
         return  # whole prompts are stored in wait_for_save, once their KV is complete
 
-    def wait_for_save(self, *a, **k):
-        import time as _t, sys as _s
-        t0=_t.perf_counter()
-        try:
-            return self._wait_for_save_real(*a, **k)
-        finally:
-            _s.stderr.write(f'TRACE wait_for_save {(_t.perf_counter()-t0)*1e3:.3f}\n')
-
-    def _wait_for_save_real(self) -> None:
+    def wait_for_save(self) -> None:
         meta = self._get_connector_metadata()
         if not isinstance(meta, PyKVStoreMetadata) or self._paged is None:
             return
@@ -274,15 +258,7 @@ class PyKVStoreConnector(SchedulerSide, KVConnectorBase_V1):
             except Exception as e:  # a failed store is a future miss, never an engine error
                 log.warning("pykvstore store for %s failed: %r", t.req_id, e)
 
-    def get_finished(self, *a, **k):
-        import time as _t, sys as _s
-        t0=_t.perf_counter()
-        try:
-            return self._get_finished_real(*a, **k)
-        finally:
-            _s.stderr.write(f'TRACE get_finished {(_t.perf_counter()-t0)*1e3:.3f}\n')
-
-    def _get_finished_real(self, finished_req_ids: set[str]) -> tuple[Optional[set[str]], Optional[set[str]]]:
+    def get_finished(self, finished_req_ids: set[str]) -> tuple[Optional[set[str]], Optional[set[str]]]:
         """Loads done (their requests may be scheduled). No request waits for its store."""
         for rid, h in [x for x in self._saving if x[1].done()]:
             _log_store_errors(rid, h)

@@ -208,3 +208,21 @@ def test_puts_keep_pool_pages_faulted_in_ahead_of_their_staging(cold_dir, prefau
             assert all(ahead), f"{sum(ahead)} of {len(ahead)} pages ahead of use faulted in"
         else:
             assert t is None and not any(ahead)
+
+
+def test_warm_up_faults_in_the_first_pages_before_any_put(cold_dir, prefault_mode):
+    """What the vLLM worker calls at start-up: the pages its first requests stage into are faulted in
+    before they arrive, on the prefault thread; with prefault off it does nothing."""
+    from pykvstore.store import prefault
+
+    for mode in ("auto", "off"):
+        prefault_mode(mode)
+        with kv.KVStore(cold_dir / mode, model="m", chunk_tokens=CHUNK) as s:
+            s.warm_up()
+            t = _ahead_thread(s._pool)
+            if t is not None:
+                t.join(30)
+            first = resident(s._pool.base, prefault.AHEAD * SPREAD)
+            assert all(first) if mode == "auto" else (t is None and not any(first))
+    with pytest.raises(kv.InputError, match="closed"):
+        s.warm_up()

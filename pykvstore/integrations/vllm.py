@@ -203,7 +203,7 @@ class PyKVStoreConnector(SchedulerSide, KVConnectorBase_V1):
             self._geometry = self._paged.geometry
             self._close_stores()  # reopened for the geometry the tensors have
         try:  # open the store now, not inside the first request's step (300 ms measured on bench_serving)
-            self._store(None)
+            self._store(None).warm_up()
         except Exception as e:  # the first load or store retries, and logs, if this fails
             log.warning("pykvstore could not open the bucket %s yet: %r", self._bucket, e)
 

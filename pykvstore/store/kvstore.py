@@ -350,6 +350,17 @@ class KVStore:
     def capacity(self) -> int:
         return self.bucket.capacity
 
+    def warm_up(self) -> None:
+        """Faults in, on the prefault thread, the host-pool pages the first puts and loads will use.
+
+        A serving engine's worker calls it at start-up (the vLLM connector
+        does), so its first requests' staging copies do not race the thread
+        that faults pages in ahead of use; nothing when prefault is off.
+        """
+        self._check_open()
+        if self._prefault:
+            prefault.keep_ahead(self._pool, self._io_cpus)
+
     def close(self) -> None:
         if self._closed:
             return

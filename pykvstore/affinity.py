@@ -38,7 +38,8 @@ def parse_cpus(spec: Any) -> Optional[frozenset[int]]:
         for part in spec.split(","):
             part = part.strip()
             lo, sep, hi = part.partition("-")
-            if not lo.isdigit() or (sep and not hi.isdigit()):
+            # ASCII digits only: str.isdigit() passes "²" (int() then raises a bare ValueError) and "١" (CPU 1)
+            if not (lo.isascii() and lo.isdigit()) or (sep and not (hi.isascii() and hi.isdigit())):
                 raise InputError(f"io_cpus: {part!r} in {spec!r} is not a CPU number or range like 2-5")
             a, b = int(lo), int(hi) if sep else int(lo)
             if b < a:

@@ -38,3 +38,20 @@ def test_a_preempted_request_resumed_with_an_in_step_load_gets_its_load(schedule
     assert r["new"] == [] and r["resumed"] == ["r1"] and r["scheduled_tokens"] == 600 - 512
     assert r["loads"] == [{"req": "r1", "start": 0, "end": 512, "blocks": 5, "background": False}]
     assert r["kv_loaded"] and r["failed"] == []
+
+
+# --- io_cpus -----------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("spec", ["²", "1-²", "١", "0-١"])
+def test_cpu_numbers_that_are_not_ascii_digits_are_refused_by_name(spec, tmp_path):
+    """str.isdigit() passes "²" (int() then raised a bare ValueError naming no setting, out of the vLLM
+    connector's start) and "١" (taken as CPU 1). parse_cpus promises InputError, before the bucket is made."""
+    import pykvstore as kv
+    from pykvstore import affinity
+    from pykvstore.errors import InputError
+
+    with pytest.raises(InputError, match="io_cpus"):
+        affinity.parse_cpus(spec)
+    with pytest.raises(InputError, match="io_cpus"):
+        kv.KVStore(tmp_path / "b", model="m", io_cpus=spec)
+    assert not (tmp_path / "b").exists()

@@ -55,3 +55,25 @@ def test_cpu_numbers_that_are_not_ascii_digits_are_refused_by_name(spec, tmp_pat
     with pytest.raises(InputError, match="io_cpus"):
         kv.KVStore(tmp_path / "b", model="m", io_cpus=spec)
     assert not (tmp_path / "b").exists()
+
+
+# --- keep_ahead ----------------------------------------------------------------------------------------------------
+
+def test_a_larger_ask_while_the_pool_prefault_runs_is_not_dropped(tmp_path):
+    """A store opened over a bucket that holds a few chunks starts faulting in those bytes; warm_up (the vLLM
+    worker's, right after the open) asks for AHEAD while that runs. start() handed back the running thread
+    and dropped the larger ask, so the first stagings took their first touches in the engine's step after
+    all (until a later put asked again). The running thread now goes on to the larger size."""
+    import pykvstore as kv
+    from helpers import SPREAD, resident
+    from pykvstore.store import prefault
+
+    with kv.KVStore(tmp_path / "b", model="m", chunk_tokens=32) as s:  # an empty bucket: no thread at open
+        pool = s._pool
+        assert pool.stats()["capacity"] >= prefault.AHEAD and not pool.stats()["pinned"]
+        prefault.start(pool, 64 << 20)  # what the open of a bucket holding 64 MiB starts
+        s.warm_up()  # at once, as the connector calls it
+        while (t := prefault._running.get(pool.base)) is not None:
+            t.join(60)
+        done = resident(pool.base, prefault.AHEAD * SPREAD)
+        assert all(done), f"{sum(done)} of {len(done)} pages of the first AHEAD faulted in"

@@ -79,22 +79,32 @@ AHEAD = 256 << 20
 def start(pool: Any, wanted: int, cpus: Optional[frozenset[int]] = None) -> Optional[threading.Thread]:
     """Starts faulting in min(wanted, pool capacity) bytes of an unpinned pool on a
     daemon thread running on `cpus` (None: nothing to do); the pool's thread already
-    running, when there is one. stop(pool) ends it early; the thread's `done`
-    attribute holds the bytes faulted in once it has finished. Caller's thread."""
+    running, when there is one, which goes on to `wanted` if that is more than it
+    was started for (warm_up's ask, right after an open that faults in a few MiB,
+    is not dropped). stop(pool) ends it early; the thread's `done` attribute holds
+    the bytes faulted in once it has finished. Caller's thread."""
     stats = pool.stats()
     nbytes = -(-min(wanted, stats["capacity"]) // PAGE) * PAGE
     if nbytes <= 0 or stats["pinned"]:
         return None
     with _lock:
+        _asked[pool.base] = max(_asked.get(pool.base, 0), nbytes)
         running = _running.get(pool.base)
         if running is not None and running.is_alive():
+            running.nbytes = max(running.nbytes, nbytes)  # type: ignore[attr-defined]
             return running
-        _asked[pool.base] = max(_asked.get(pool.base, 0), nbytes)
 
         def run() -> None:
             try:
                 affinity.pin_current_thread(cpus)
-                thread.done = populate(pool, nbytes)  # type: ignore[attr-defined]
+                while True:
+                    want = thread.nbytes  # type: ignore[attr-defined]
+                    thread.done = populate(pool, want)  # type: ignore[attr-defined]
+                    with _lock:  # start() sees this thread in _running only while it will still look at nbytes
+                        if thread.done < want or thread.nbytes == want:  # type: ignore[attr-defined]
+                            if _running.get(pool.base) is thread:  # stopped (or an old kernel), or no more asked
+                                del _running[pool.base]
+                            return
             finally:
                 with _lock:
                     if _running.get(pool.base) is thread:

@@ -7,8 +7,9 @@ starts with its creator's CPU set, so a store opened on the engine's main
 thread would put its I/O, checksum and copy threads on the compute cores,
 where every load and store preempts the forward pass (an OpenMP region waits
 at each barrier for its slowest thread). A store given `io_cpus` starts every
-thread it owns on those CPUs instead; `outside_current()` names the CPUs the
-calling thread is not bound to, the vLLM connector's default on a CPU server.
+thread it owns on those CPUs instead; `outside_current()` names the CPUs
+neither the calling thread nor the OpenMP threads the environment binds are
+on, the vLLM connector's default on a CPU server.
 
 Linux only (sched_setaffinity); elsewhere every call here is a no-op.
 """
@@ -18,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 from typing import Any, Iterator, Optional
 
 from .errors import InputError
@@ -70,11 +72,33 @@ def _online() -> frozenset[int]:
         return frozenset(range(os.cpu_count() or 1))
 
 
+def _openmp_bound() -> frozenset[int]:
+    """The CPUs the environment tells the OpenMP runtime to bind its threads to (plain lists only).
+
+    vLLM's CPU backend sets one of these for each worker: GOMP_CPU_AFFINITY
+    ("0 1 2", libgomp preloaded), KMP_AFFINITY's proclist=[0,1,2] (libiomp), or
+    OMP_PLACES "{0,1,2}". The first two bind each thread to ONE of the CPUs
+    (the engine's own thread to the first), so the calling thread's set alone
+    does not name the compute cores. Forms with strides or place names are
+    left out (the calling thread's set still counts).
+    """
+    kmp = re.search(r"proclist=\[([^\]]*)\]", os.environ.get("KMP_AFFINITY", ""))
+    texts = (os.environ.get("GOMP_CPU_AFFINITY", "").replace(" ", ","), kmp.group(1) if kmp else "",
+             os.environ.get("OMP_PLACES", "").replace("{", ",").replace("}", ","))
+    cpus: set[int] = set()
+    for part in (p.strip() for text in texts for p in text.split(",")):
+        lo, sep, hi = part.partition("-")
+        if lo.isascii() and lo.isdigit() and (not sep or (hi.isascii() and hi.isdigit())) and int(hi or lo) < _MAX_CPU:
+            cpus.update(range(int(lo), int(hi or lo) + 1))
+    return frozenset(cpus)
+
+
 def outside_current() -> Optional[frozenset[int]]:
-    """The online CPUs the calling thread is not bound to; None when it may run on all of them."""
+    """The online CPUs neither the calling thread nor the OpenMP threads the environment binds are on;
+    None when there are none (or the thread may run on all of them)."""
     if not hasattr(os, "sched_getaffinity"):
         return None
-    rest = _online() - frozenset(os.sched_getaffinity(0))
+    rest = _online() - frozenset(os.sched_getaffinity(0)) - _openmp_bound()
     return frozenset(rest) or None
 
 

@@ -77,3 +77,52 @@ def test_a_larger_ask_while_the_pool_prefault_runs_is_not_dropped(tmp_path):
             t.join(60)
         done = resident(pool.base, prefault.AHEAD * SPREAD)
         assert all(done), f"{sum(done)} of {len(done)} pages of the first AHEAD faulted in"
+
+
+# --- io_cpus "auto" under an OpenMP runtime that binds one core per thread ---------------------------------------
+
+_TWO_CPUS = len(os.sched_getaffinity(0)) >= 2
+needs_two = pytest.mark.skipif(not _TWO_CPUS, reason="needs a process allowed on two CPUs")
+
+
+@needs_two
+def test_outside_current_leaves_out_the_cores_gomp_binds_the_other_openmp_threads_to(tmp_path):
+    """vLLM's CPU backend binds OpenMP through GOMP_CPU_AFFINITY ("0 1 ...", libgomp in LD_PRELOAD) or
+    KMP_AFFINITY proclist (libiomp): the runtime puts each thread on ONE core, the engine's own thread
+    on the first. outside_current() subtracted only the calling thread's core, so io_cpus "auto" named
+    the other OpenMP threads' cores and every store thread ran on the forward pass's cores."""
+    import sys
+
+    cpus = sorted(os.sched_getaffinity(0))[:2]
+    code = ("import torch, os\nx = torch.ones(1000, 1000)\n(x @ x).sum()  # the OpenMP threads start, bound\n"
+            "from pykvstore import affinity\nrest = affinity.outside_current()\n"
+            "print('RESULT', sorted(os.sched_getaffinity(0)), None if rest is None else sorted(rest))\n")
+    env = dict(os.environ, GOMP_CPU_AFFINITY=f"{cpus[0]} {cpus[1]}", OMP_NUM_THREADS="2", PYTHONPATH=str(ROOT))
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    line = next((ln for ln in r.stdout.splitlines() if ln.startswith("RESULT ")), None)
+    assert line, r.stdout + r.stderr
+    caller, rest = line.split(" ", 2)[1:]
+    assert caller == f"[{cpus[0]}]"  # libgomp bound the engine's thread to the first core only
+    assert rest == "None" or str(cpus[1]) not in rest.strip("[]").split(", "), rest
+
+
+@needs_two
+def test_outside_current_leaves_out_a_kmp_proclist(monkeypatch):
+    """libiomp's KMP_AFFINITY=granularity=fine,explicit,proclist=[...] binds the same way (the first thread to
+    the first proc); the thread here binds itself as libiomp binds the engine's thread."""
+    import threading
+
+    from pykvstore import affinity
+
+    cpus = sorted(os.sched_getaffinity(0))[:2]
+    monkeypatch.setenv("KMP_AFFINITY", f"granularity=fine,explicit,proclist=[{cpus[0]},{cpus[1]}]")
+    seen = {}
+
+    def engine_thread():
+        os.sched_setaffinity(0, {cpus[0]})
+        seen["rest"] = affinity.outside_current()
+
+    t = threading.Thread(target=engine_thread)
+    t.start()
+    t.join()
+    assert seen["rest"] is None or not set(cpus) & seen["rest"], seen

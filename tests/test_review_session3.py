@@ -35,7 +35,7 @@ def test_a_preempted_request_resumed_with_an_in_step_load_gets_its_load(schedule
     assert scheduled["connector"] == "PyKVStoreConnector" and scheduled["held"] == 512
     assert scheduled["first"]["loads"] == [{"req": "r1", "start": 0, "end": 512, "blocks": 5, "background": False}]
     r = scheduled["resumed"]
-    assert r["new"] == [] and r["resumed"] == ["r1"] and r["scheduled_tokens"] == 600 - 512
+    assert r["new"] == [] and r["resumed"] == ["r1"] and r["scheduled_tokens"] == 600 - 512 and r["sync_loads"]
     assert r["loads"] == [{"req": "r1", "start": 0, "end": 512, "blocks": 5, "background": False}]
     assert r["kv_loaded"] and r["failed"] == []
 

@@ -87,7 +87,8 @@ sched.reset_prefix_cache(reset_running_requests=True)  # preempts r1: its blocks
 again = sched.schedule()
 out["resumed"] = {"new": [r.req_id for r in again.scheduled_new_reqs],
                   "resumed": sorted(again.scheduled_cached_reqs.resumed_req_ids), "loads": loads(again),
-                  "scheduled_tokens": again.num_scheduled_tokens.get("r1")}
+                  "scheduled_tokens": again.num_scheduled_tokens.get("r1"),
+                  "sync_loads": again.has_sync_kv_loads}  # the worker then loads before the forward pass
 # The worker runs the resumed step's loads: the blocks vLLM gave r1 hold the stored KV before the forward pass.
 fresh = {name: torch.zeros_like(c) for name, c in caches.items()}
 w = PyKVStoreConnector(cfg, KVConnectorRole.WORKER, None)

@@ -49,6 +49,8 @@ def parse_cpus(spec: Any) -> Optional[frozenset[int]]:
             if b >= _MAX_CPU:
                 raise InputError(f"io_cpus: CPU {b} in {spec!r} is out of range")
             cpus.update(range(a, b + 1))
+    elif isinstance(spec, (bytes, bytearray, memoryview)):  # its items are byte values, not CPU numbers
+        raise InputError(f"io_cpus must be a string like '2-3' or a list of CPU numbers, got {spec!r}")
     else:
         try:
             items = list(spec)

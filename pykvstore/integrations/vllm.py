@@ -100,7 +100,10 @@ class PyKVStoreConnector(SchedulerSide, KVConnectorBase_V1):
         self._tag = extra.pop("tag", None)
         self._ttl = extra.pop("ttl", None)
         mode = extra.pop("async_load", "auto")
-        self._async_load = "auto" if isinstance(mode, str) and mode.strip().lower() == "auto" else parse_flag(mode)
+        word = mode.strip().lower() if isinstance(mode, str) else mode
+        if word not in ("auto", True, False, "true", "false", "1", "0", "yes", "no", "on", "off"):
+            raise InputError(f'async_load must be "auto", true or false, got {mode!r}')
+        self._async_load = "auto" if word == "auto" else parse_flag(word)
         self._inline_load = parse_size(extra.pop("inline_load", _INLINE_LOAD), "inline_load")
         self._async_store = parse_flag(extra.pop("async_store", True))
         self._options = {"capacity": extra.pop("capacity", None), "chunk_tokens": int(extra.pop("chunk_tokens", 256))}

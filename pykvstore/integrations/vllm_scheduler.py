@@ -88,12 +88,13 @@ class SchedulerSide:
         self._local[request.request_id] = num_computed_tokens
         self._salt[request.request_id] = salt
         new = max(0, usable - num_computed_tokens)
-        background = bool(new) and self._in_background(new)
+        background = bool(new) and self._in_background(num_computed_tokens, num_computed_tokens + new)
         self._background[request.request_id] = background
         return new, background
 
-    def _in_background(self, tokens: int) -> bool:
-        """Whether a load of `tokens` runs in the background ("auto": when it is larger than inline_load).
+    def _in_background(self, start: int, end: int) -> bool:
+        """Whether a load of tokens [start, end) runs in the background ("auto": when the
+        chunks it reads, whole ones from start's on, are larger than inline_load).
 
         A background load costs its request at least the rest of the step in
         flight; a load in the step costs every running request its duration.
@@ -101,7 +102,7 @@ class SchedulerSide:
         if self._async_load != "auto":
             return bool(self._async_load)
         ct = self._options["chunk_tokens"]
-        return self._geometry.chunk_bytes(ct) * -(-tokens // ct) > self._inline_load
+        return self._geometry.chunk_bytes(ct) * (-(-end // ct) - start // ct) > self._inline_load
 
     def update_state_after_alloc(self, request: "Request", blocks: Any, num_external_tokens: int) -> None:
         if num_external_tokens <= 0:

@@ -9,6 +9,7 @@ bucket and the host tier without reading the engine's blocks again.
 
 from __future__ import annotations
 
+import errno
 import sqlite3
 import time
 from collections.abc import Callable
@@ -62,7 +63,12 @@ class RemoteLanding:
             c = nxt + j
             if value is None:  # absent or refused: the tier counted it (if it was asked for at all)
                 break
-            buf = _C.AlignedBuffer(len(value), p.pool)  # aligned: it lands on disk through O_DIRECT
+            try:
+                buf = _C.AlignedBuffer(len(value), p.pool)  # aligned: it lands on disk through O_DIRECT
+            except MemoryError:  # pool full and the heap too: the load ends here, a miss
+                p.faults.add(OSError(errno.ENOMEM, "no memory to land a remote chunk", keys[c][:16]))
+                p.remote.count(misses=sum(v is not None for v in values[j:]))
+                break
             np.frombuffer(buf, dtype=np.uint8)[:] = np.frombuffer(value, dtype=np.uint8)
             try:
                 hdr = sound(buf, None, keys[c], ns, g, shape)

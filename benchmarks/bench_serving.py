@@ -18,7 +18,9 @@ Two workloads, every configuration in the same run:
    stopped (SIGSTOP) during the other's round, and each round's CPU seconds
    (all of the server's processes, until it is quiet again: stores written
    after the last answer count) give the store's cost apart from the
-   machine's noise.
+   machine's noise. A third server runs a connector that does nothing
+   (null_connector.py): what vLLM's connector plumbing costs by itself, so
+   pykvstore's own cost is its loss against that server.
 2. multi-turn support traffic after a restart: conversations share a system
    prompt and tool definitions and carry their own history; the measured
    request is each conversation's next turn. Before the restart a server saw
@@ -89,7 +91,7 @@ def free_port() -> int:
 class Server:
     """One vLLM OpenAI server (its own process group), killed on stop."""
 
-    def __init__(self, name: str, model: Path, work: Path, bucket: Path | None, kv_bytes: int,
+    def __init__(self, name: str, model: Path, work: Path, bucket: Path | str | None, kv_bytes: int,
                  chunk_tokens: int, reserved_cpus: str = "1") -> None:
         self.name, self.port = name, free_port()
         self.log = work / f"server-{name}.log"
@@ -98,13 +100,17 @@ class Server:
                 "--max-model-len", "8192", "--kv-cache-memory-bytes", str(kv_bytes), "--seed", "0",
                 "--host", "127.0.0.1", "--port", str(self.port), "--enable-prompt-tokens-details",
                 "--disable-uvicorn-access-log"]
-        if bucket is not None:
+        if bucket == "null":  # vLLM's connector plumbing with a connector that does nothing
+            args += ["--kv-transfer-config", json.dumps({
+                "kv_connector": "NullConnector", "kv_connector_module_path": "null_connector", "kv_role": "kv_both"})]
+        elif bucket is not None:
             args += ["--kv-transfer-config", json.dumps({
                 "kv_connector": "PyKVStoreConnector", "kv_connector_module_path": "pykvstore.integrations.vllm",
                 "kv_role": "kv_both", "kv_load_failure_policy": "recompute",
                 "kv_connector_extra_config": {"bucket": str(bucket), "capacity": "8GiB",
                                               "chunk_tokens": chunk_tokens, "tag": "bench-serving"}})]
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p))
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), str(ROOT / "benchmarks"),
+                                                                      os.environ.get("PYTHONPATH")) if p))
         if reserved_cpus != "auto":
             env["VLLM_CPU_NUM_OF_RESERVED_CPU"] = reserved_cpus
         self.proc = subprocess.Popen(args, stdout=open(self.log, "w"), stderr=subprocess.STDOUT,
@@ -289,6 +295,8 @@ def main() -> None:
     ap.add_argument("--output-len", type=int, default=32)
     ap.add_argument("--kv-bytes", type=int, default=768 << 20)
     ap.add_argument("--only", choices=("zero-reuse", "multi-turn"), help="run one workload (default: both)")
+    ap.add_argument("--no-null-connector", dest="null_connector", action="store_false",
+                    help="zero reuse without the third server (a connector that does nothing: vLLM's plumbing alone)")
     ap.add_argument("--reserved-cpus", default="1",
                     help="VLLM_CPU_NUM_OF_RESERVED_CPU for every server ('auto': vLLM's choice, see above)")
     args = ap.parse_args()
@@ -316,22 +324,28 @@ def main() -> None:
         print("starting servers: no connector (warm later) and pykvstore (fills the bucket) ...", flush=True)
         plain, pyk = start(("plain", None), ("pykvstore", bucket))
         rnd = random.Random(1)
-        zero = {"off": [], "on": []}
+        zero: dict[str, list] = {"off": [], "on": [], "null": []}
+        null = None
+        if args.only != "multi-turn" and args.null_connector:
+            (null,) = start(("null-connector", "null"))
+        order = [("off", plain), ("on", pyk)] + ([("null", null)] if null else [])
         for r in range(args.rounds if args.only != "multi-turn" else 0):
-            for label, server in (("off", plain), ("on", pyk)) if r % 2 == 0 else (("on", pyk), ("off", plain)):
+            for label, server in order[r % len(order):] + order[:r % len(order)]:  # each goes first in turn
                 prompts = [[rnd.randrange(args.vocab) for _ in range(args.unique_len)]
                            for _ in range(args.unique_prompts)]
-                # Only the measured server runs: the other is stopped (SIGSTOP), so neither's
-                # background work (the connector's writes, vLLM's own housekeeping) lands in
-                # the other's round. The round's CPU seconds run until the server is quiet
-                # again, so stores written after the last answer are counted too.
-                other = pyk if server is plain else plain
-                other.pause()
+                # Only the measured server runs: the others are stopped (SIGSTOP), so no
+                # server's background work (the connector's writes, vLLM's own housekeeping)
+                # lands in another's round. The round's CPU seconds run until the server is
+                # quiet again, so stores written after the last answer are counted too.
+                others = [o for _, o in order if o is not server]
+                for o in others:
+                    o.pause()
                 cpu0 = server.cpu_seconds()
                 round_ = drive(server, prompts, args.output_len, args.concurrency)
                 server.settle()
                 round_["cpu_seconds"] = server.cpu_seconds() - cpu0
-                other.resume()
+                for o in others:
+                    o.resume()
                 zero[label].append(round_)
                 print(f"  zero reuse round {r} {label}: {round_['request_throughput']:.3f} req/s, "
                       f"{round_['cpu_seconds']:.2f} CPU s", flush=True)
@@ -344,6 +358,13 @@ def main() -> None:
                 "cpu_per_request_ratio": on["cpu_seconds_per_request"] / off["cpu_seconds_per_request"],
                 "ttft_p99_ratio": on["p99_ttft_ms"] / off["p99_ttft_ms"],
                 "targets": {"throughput_loss_max": 0.03, "ttft_p99_ratio_max": 1.05}}
+            if null is not None:
+                nul = merge(zero["null"])
+                result["zero_reuse"]["null_connector"] = nul
+                result["zero_reuse"]["null_connector_loss"] = 1 - nul["request_throughput"] / off["request_throughput"]
+                result["zero_reuse"]["loss_vs_null_connector"] = 1 - on["request_throughput"] / nul["request_throughput"]
+                result["zero_reuse"]["ttft_p99_ratio_vs_null_connector"] = on["p99_ttft_ms"] / nul["p99_ttft_ms"]
+                null.stop()
         if args.only != "zero-reuse":
             # --- multi-turn: previous turns before the restart --------------------------------------------
             before, after = conversations(args.chats, args.system_tokens, args.vocab, seed=2)

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import weakref
 from typing import Any, Optional
 
 from .. import affinity
@@ -61,11 +62,15 @@ def stop(pool: Any) -> None:
     closing it (caller's thread; it does not wait for the prefault thread)."""
     pool.stop_prefault()
     with _lock:
-        _asked.pop(pool.base, None)  # a pool allocated later may have this address
+        _asked.pop(pool, None)
 
 
 _running: dict[int, threading.Thread] = {}  # pool base -> its thread (a salted view shares its store's pool)
-_asked: dict[int, int] = {}  # pool base -> the most bytes a thread was started for
+# pool -> the most bytes a thread was started for. Weak, by the pool object, not its address: a
+# later pool may get the address (munmap, then a pool of the same size), and an ask made after
+# stop (a get or put in flight while its store closes) must not make keep_ahead take that pool
+# as faulted in already.
+_asked: "weakref.WeakKeyDictionary[Any, int]" = weakref.WeakKeyDictionary()
 _lock = threading.Lock()
 
 # Ahead of use: the pool bytes kept faulted in beyond what is allocated. Puts
@@ -88,7 +93,7 @@ def start(pool: Any, wanted: int, cpus: Optional[frozenset[int]] = None) -> Opti
     if nbytes <= 0 or stats["pinned"]:
         return None
     with _lock:
-        _asked[pool.base] = max(_asked.get(pool.base, 0), nbytes)
+        _asked[pool] = max(_asked.get(pool, 0), nbytes)
         running = _running.get(pool.base)
         if running is not None and running.is_alive():
             running.nbytes = max(running.nbytes, nbytes)  # type: ignore[attr-defined]
@@ -126,6 +131,7 @@ def keep_ahead(pool: Any, cpus: Optional[frozenset[int]] = None) -> None:
     if stats["pinned"]:
         return
     used = stats["capacity"] - stats["free_bytes"]
-    if used + AHEAD // 2 > _asked.get(pool.base, 0) and _asked.get(pool.base, 0) < stats["capacity"]:
+    asked = _asked.get(pool, 0)
+    if used + AHEAD // 2 > asked and asked < stats["capacity"]:
         start(pool, used + AHEAD, cpus)
 

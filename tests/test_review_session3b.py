@@ -10,7 +10,7 @@ import pytest
 
 from helpers import SPREAD, resident
 from pykvstore.store import prefault
-from workers import args, open_store
+from workers import args, load_verified, open_store
 
 
 def _join_prefault(base: int) -> None:
@@ -66,3 +66,52 @@ def test_a_get_in_flight_at_close_leaves_no_ask_for_the_next_pool_at_that_addres
         _join_prefault(base)
         done = resident(base, prefault.AHEAD * SPREAD)
         assert all(done), f"{sum(done)} of {len(done)} pages of the new pool's first AHEAD faulted in"
+
+
+# --- commits ---------------------------------------------------------------------------------------------------
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason="Catalog.mark_ready has no owner yet: passing it changes the 2-argument mark_ready "
+                   "wrappers of tests/workers.py, test_fault_paths.py and test_review_keys_catalog.py, which this "
+                   "review may not edit (the fix, with those three lines: session report)")
+def test_a_writer_whose_reservation_was_evicted_does_not_commit_the_next_writers(tmp_path):
+    """Store a's put has written its chunks, not yet committed them, when they are evicted (evict(tokens)
+    removes rows being written) and store b reserves the same keys and writes them. a's commit (UPDATE
+    of the key's writing row, whoever reserved it) committed b's reservations: b's own commits then
+    found no writing row, b counted its put as failed and answered 0, while a, whose reservations were
+    gone, answered 96. A commit now takes the row only from its own writer (Catalog.mark_ready's owner)."""
+    toks, cache, ids = args(1)
+    bucket = str(tmp_path / "b")
+    a, b, other = open_store(bucket), open_store(bucket), open_store(bucket)
+    a_commits, b_commits, go_a, go_b = (threading.Event() for _ in range(4))
+
+    def held_at_first_commit(store, at, go):
+        real = store.bucket.mark_ready
+
+        def mark_ready(key, now, *rest):  # the real commit, held at the first chunk's
+            if key == store.hashes(toks)[0]:
+                at.set()
+                go.wait(60)
+            return real(key, now, *rest)
+
+        store.bucket.mark_ready = mark_ready
+
+    held_at_first_commit(a, a_commits, go_a)
+    held_at_first_commit(b, b_commits, go_b)
+    answers = {}
+    ta = threading.Thread(target=lambda: answers.update(a=a.put(toks, cache, ids)))
+    ta.start()
+    assert a_commits.wait(60)
+    assert other.evict(toks) > 0  # a's reservations go (a's files are in place, their rows not committed)
+    tb = threading.Thread(target=lambda: answers.update(b=b.put(toks, cache, ids)))
+    tb.start()
+    assert b_commits.wait(60)  # b reserved the keys again and wrote them
+    go_a.set()
+    ta.join(60)
+    go_b.set()
+    tb.join(60)
+    try:
+        assert answers == {"a": 0, "b": 96}
+        assert other.lookup(toks) == 96 and load_verified(other, 1) == 96
+    finally:
+        for s in (a, b, other):
+            s.close()

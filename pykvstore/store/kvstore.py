@@ -24,18 +24,18 @@ from typing import Any, Optional, Union
 import torch
 
 from .. import affinity, defaults
-from ..bucket import _UNSET, Bucket, Removed
+from ..bucket import _UNSET, Bucket
 from ..errors import InputError
 from ..keys import as_tokens, salt_digest
 from ..layout import Geometry, PagedKV
 from ..policy import EvictionPolicy
 from ..recorder import budget_bytes
-from ..sizes import parse_duration
 from . import prefault
 from .checks import check_call, check_start, check_store_args
 from .counters import Counters, StoreStats
 from .faults import Faults, Handle
 from .get import GetPipeline
+from .lifecycle import TokenLifecycle
 from .namespaces import Namespace, Namespaces
 from .parts import StoreParts, open_tiers
 from .put import PutPipeline
@@ -46,7 +46,7 @@ from .shadow import Shadow
 _IO_ERRORS = (OSError, sqlite3.Error)
 
 
-class KVStore:
+class KVStore(TokenLifecycle):
     """A persistent bucket of KV chunks for one model (and optional tenant salt).
 
     Args:
@@ -298,47 +298,6 @@ class KVStore:
         toks, _, _ = self._check_call(tokens, cache, block_ids)
         check_start(start, toks)
         return Handle(self._worker("get").submit(self._faults.run, self.get, tokens, cache, block_ids, start))
-
-    def evict(self, tokens: Any) -> int:
-        """Removes the chunks of `tokens` and every chunk chained after them (pinned ones too); returns bytes freed."""
-        self._check_open()
-        keys = self._names.keys_everywhere(tokens)
-        if not keys:
-            return 0
-        return self.bucket.remove_chains(keys, "manual").bytes
-
-    # --- lifecycle by tokens (the bucket-wide controls are on self.bucket) ------
-    def pin(self, tokens: Any, ttl: Any = "keep") -> int:
-        """Pins the held chunks of `tokens`: capacity never evicts them.
-
-        ttl: "keep" leaves their expiry as it is, None makes them live forever,
-        a duration sets a new one. Returns how many chunks were pinned.
-        """
-        self._check_open()
-        return self.bucket.pin(self._names.keys_everywhere(tokens), True, ttl)
-
-    def unpin(self, tokens: Any) -> int:
-        self._check_open()
-        return self.bucket.pin(self._names.keys_everywhere(tokens), False)
-
-    def extend(self, tokens: Any, ttl: Any) -> int:
-        """Sets the held chunks of `tokens` to expire `ttl` from now (None: never); returns how many changed."""
-        self._check_open()
-        secs = None if ttl is None else parse_duration(ttl, "ttl")
-        return self.bucket.extend(self._names.keys_everywhere(tokens), secs)
-
-    def clear(self, *, prefix: Any = None, include_pinned: bool = False, **selectors: Any) -> Removed:
-        """Bucket.clear, plus prefix=tokens: that prefix's chunks and every chunk chained after them."""
-        self._check_open()
-        if prefix is not None:
-            selectors["keys"] = self._names.keys_everywhere(prefix)
-        return self.bucket.clear(include_pinned=include_pinned, **selectors)
-
-    def gc(self) -> Removed:
-        return self.bucket.gc()
-
-    def resize(self, capacity: Union[int, str]) -> Removed:
-        return self.bucket.resize(capacity)
 
     def stats(self, price_per_mtok: Optional[float] = None, stale_after: Any = "7d") -> StoreStats:
         """This process's counters, and the bucket's view (`.bucket`) shared by every process."""

@@ -4,27 +4,18 @@ in-step loads: the cases that broke, each failing before its fix.
 The connector cases run vLLM's own Scheduler in a process of the vLLM venv (tests/vllm_review_paths.py).
 """
 
-import json
 import os
 import subprocess
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-VLLM_PYTHON = os.environ.get("PYKVSTORE_VLLM_PYTHON", str(ROOT / ".venv-vllm" / "bin" / "python"))
-needs_vllm = pytest.mark.skipif(not Path(VLLM_PYTHON).exists(),
-                                reason="no vLLM environment (make vllm-env builds .venv-vllm)")
+from vllm_subprocess import ROOT, needs_vllm, run_script
 
 
 @pytest.fixture(scope="module")
 def scheduled(tmp_path_factory):
     work = tmp_path_factory.mktemp("vllm-review")
-    r = subprocess.run([VLLM_PYTHON, str(ROOT / "tests" / "vllm_review_paths.py"), str(work / "model"), str(work)],
-                       capture_output=True, text=True, timeout=600, env=dict(os.environ, PYTHONPATH=str(ROOT)))
-    line = next((ln for ln in r.stdout.splitlines() if ln.startswith("RESULT ")), None)
-    assert line, r.stdout[-3000:] + r.stderr[-3000:]
-    return json.loads(line[len("RESULT "):])
+    return run_script(ROOT / "tests" / "vllm_review_paths.py", work / "model", work)
 
 
 @needs_vllm

@@ -8,27 +8,17 @@ geometry differs from the model config's. Each must end in a miss, a
 recompute or a smaller store, with a warning, never an exception into vLLM.
 """
 
-import json
-import os
-import subprocess
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-VLLM_PYTHON = os.environ.get("PYKVSTORE_VLLM_PYTHON", str(ROOT / ".venv-vllm" / "bin" / "python"))
-pytestmark = pytest.mark.skipif(not Path(VLLM_PYTHON).exists(),
-                                reason="no vLLM environment (make vllm-env builds .venv-vllm)")
+from vllm_subprocess import ROOT, needs_vllm, run_script
+
+pytestmark = needs_vllm
 
 
 @pytest.fixture(scope="module")
 def paths(tmp_path_factory):
     work = tmp_path_factory.mktemp("vllm-paths")
-    r = subprocess.run([VLLM_PYTHON, str(ROOT / "tests" / "vllm_connector_paths.py"), str(work / "model"), str(work)],
-                       capture_output=True, text=True, timeout=600, env=dict(os.environ, PYTHONPATH=str(ROOT)))
-    line = next((ln for ln in r.stdout.splitlines() if ln.startswith("RESULT ")), None)
-    assert line, r.stdout[-3000:] + r.stderr[-3000:]
-    return json.loads(line[len("RESULT "):])
+    return run_script(ROOT / "tests" / "vllm_connector_paths.py", work / "model", work)
 
 
 def test_the_plugin_registers_once_and_vllm_resolves_the_connector_by_name(paths):

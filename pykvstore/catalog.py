@@ -274,12 +274,17 @@ class Catalog(RowStatements):
         with self.transaction() as c:
             return sum(self.insert(c, r) for r in rows)
 
-    def mark_ready(self, key: str, now: float) -> bool:
-        """Commits a written chunk; False when its row was removed while in flight."""
+    def mark_ready(self, key: str, now: float, owner: Optional[str] = None) -> bool:
+        """Commits a written chunk; False when its row was removed while in flight. With `owner`,
+        only that writer's reservation: once its row was removed (an evict, or its lease judged
+        dead), another writer may have reserved the key, and that row is not this writer's to commit."""
         with self.transaction() as c:
-            cur = c.execute(
-                f"UPDATE chunks SET state = {READY}, owner = NULL, created = ?, last_access = ? "
-                f"WHERE key = ? AND state = {WRITING}", (now, now, key))
+            if owner is None:
+                cur = c.execute(f"UPDATE chunks SET state = {READY}, owner = NULL, created = ?, last_access = ? "
+                                f"WHERE key = ? AND state = {WRITING}", (now, now, key))
+            else:
+                cur = c.execute(f"UPDATE chunks SET state = {READY}, owner = NULL, created = ?, last_access = ? "
+                                f"WHERE key = ? AND state = {WRITING} AND owner = ?", (now, now, key, owner))
             return cur.rowcount == 1
 
     def abort(self, key: str, owner: Optional[str] = None) -> None:

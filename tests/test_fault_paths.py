@@ -172,8 +172,8 @@ def test_a_locked_catalog_when_unreachable_chunks_are_dropped_keeps_the_prefix(b
         short_wait(s)
         real = s.bucket.mark_ready
 
-        def mark_ready(key, now):
-            ok = real(key, now)
+        def mark_ready(key, now, owner=None):
+            ok = real(key, now, owner)
             if key == s.hashes(toks)[2]:
                 lock.take()
             return ok

@@ -222,8 +222,8 @@ def test_a_retried_drop_keeps_chunks_another_store_made_reachable(bucket, one_io
         holder = sqlite3.connect(bucket / "catalog.sqlite", isolation_level=None, timeout=5)
         real = a.bucket.mark_ready
 
-        def mark_ready(key, now):  # the real commit; the lock is taken once chunk 2 is committed
-            ok = real(key, now)
+        def mark_ready(key, now, owner=None):  # the real commit; the lock is taken once chunk 2 is committed
+            ok = real(key, now, owner)
             if key == a.hashes(toks)[2]:
                 holder.execute("BEGIN IMMEDIATE")
             return ok

@@ -70,9 +70,6 @@ def test_a_get_in_flight_at_close_leaves_no_ask_for_the_next_pool_at_that_addres
 
 # --- commits ---------------------------------------------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="Catalog.mark_ready has no owner yet: passing it changes the 2-argument mark_ready "
-                   "wrappers of tests/workers.py, test_fault_paths.py and test_review_keys_catalog.py, which this "
-                   "review may not edit (the fix, with those three lines: session report)")
 def test_a_writer_whose_reservation_was_evicted_does_not_commit_the_next_writers(tmp_path):
     """Store a's put has written its chunks, not yet committed them, when they are evicted (evict(tokens)
     removes rows being written) and store b reserves the same keys and writes them. a's commit (UPDATE

@@ -85,10 +85,10 @@ def write_then_stop(bucket: str, point: str) -> None:
                 stop(rel=rel, tmp=str(tmp.relative_to(s.root)), size=part)
             return real_write(rel, buf, size)
 
-        def mark_ready(key, now):
+        def mark_ready(key, now, owner=None):
             if point == "renamed":
                 stop(key=key)
-            return real_mark_ready(key, now)
+            return real_mark_ready(key, now, owner)
 
         s._disk.write, s._catalog.mark_ready = write, mark_ready
         s.put(*args(3))

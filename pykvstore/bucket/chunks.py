@@ -97,9 +97,10 @@ class ChunkIndex:
             Catalog.insert(c, row)
             return True
 
-    def mark_ready(self, key: str, now: float) -> bool:
-        """Commits a reserved chunk whose file is written; False if it was removed meanwhile."""
-        return self.catalog.mark_ready(key, now)
+    def mark_ready(self, key: str, now: float, owner: Optional[str] = None) -> bool:
+        """Commits `owner`'s reservation of a chunk whose file is written; False if it was removed
+        meanwhile (and the key perhaps reserved by another writer, whose row it leaves alone)."""
+        return self.catalog.mark_ready(key, now, owner)
 
     def release(self, row: ChunkRow, owner: str) -> None:
         """Undoes `owner`'s reservation of `row` after its write failed or its commit found the

@@ -125,7 +125,7 @@ class PutPipeline:
             i, row, buf, payload, fut = inflight.popleft()
             try:
                 fut.result()
-                committed = p.bucket.mark_ready(row.key, time.time())
+                committed = p.bucket.mark_ready(row.key, time.time(), row.owner)
             except (OSError, sqlite3.Error) as e:
                 p.faults.add(e)
                 p.faults.warn_once(f"write:{type(e).__name__}:{getattr(e, 'errno', '')}",

@@ -101,7 +101,7 @@ class RemoteLanding:
                     continue
                 try:
                     p.disk.write(rel, buf, len(buf)).result()
-                    committed = p.bucket.mark_ready(row.key, time.time())
+                    committed = p.bucket.mark_ready(row.key, time.time(), row.owner)
                 except (OSError, sqlite3.Error) as e:
                     p.faults.warn_once("land", f"could not keep a remote chunk locally: {e}")
                     self._put.forget(row)

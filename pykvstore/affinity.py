@@ -20,7 +20,6 @@ import contextlib
 import logging
 import os
 import re
-import threading
 from typing import Any, Iterator, Optional
 
 from .errors import InputError
@@ -119,24 +118,6 @@ def pin_current_thread(cpus: Optional[frozenset[int]]) -> bool:
     except OSError as e:
         log.info("pykvstore: cannot run store threads on CPUs %s (%s); they stay on the caller's", sorted(cpus), e)
         return False
-
-
-BACKGROUND_NICE = 10  # how much lower than its creator a background thread runs (CFS weight about 1/10)
-
-
-def start_background_thread(cpus: Optional[frozenset[int]]) -> None:
-    """For a thread whose work nobody waits on (the put thread's writes, the recorder's flushes):
-    on `cpus`, at BACKGROUND_NICE below its creator. Where every core is busy (vLLM's CPU
-    scheduler spins on the core kept for it) the engine's threads then keep their cores, and
-    the writes take the time left over. Linux nice is per thread; never raises."""
-    pin_current_thread(cpus)
-    if not hasattr(os, "setpriority"):
-        return
-    try:
-        tid = threading.get_native_id()
-        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + BACKGROUND_NICE))
-    except OSError as e:
-        log.info("pykvstore: cannot lower a background thread's priority (%s)", e)
 
 
 @contextlib.contextmanager

@@ -47,7 +47,6 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Optional, Union
 
-from . import affinity
 from .sizes import parse_size
 
 log = logging.getLogger("pykvstore")
@@ -159,7 +158,6 @@ class Recorder:
 
     # --- the recorder's thread ------------------------------------------------
     def _run(self) -> None:
-        affinity.start_background_thread(None)  # its CPUs are its creator's (the store's io_cpus)
         while not self._closed:
             self._wake.wait(FLUSH_SECONDS)
             self._wake.clear()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 
 import pytest
 
@@ -110,24 +109,3 @@ def test_a_cpu_set_the_kernel_refuses_leaves_the_thread_where_it_was():
     t.join()
     assert seen == {"moved": False, "cpus": CALLER}
 
-
-def _nice() -> int:
-    return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-
-
-def test_background_threads_run_below_their_creator_and_the_get_thread_does_not(tmp_path):
-    """Nobody waits on the put thread's writes or the recorder's flushes: where every core is busy
-    (vLLM's CPU scheduler spins on the core kept for it) they yield to the engine's threads. A get's
-    caller waits on the get thread, which keeps its creator's priority."""
-    mine = _nice()
-    with kv.KVStore(tmp_path / "b", model="m") as store:
-        put = store._worker("put").submit(_nice).result()
-        get = store._worker("get").submit(_nice).result()
-        recorder = store._shadow.recorder._thread.native_id
-        assert put == min(19, mine + affinity.BACKGROUND_NICE)
-        assert get == mine
-        deadline = time.monotonic() + 10  # the recorder's thread lowers itself when it starts running
-        while os.getpriority(os.PRIO_PROCESS, recorder) == mine and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert os.getpriority(os.PRIO_PROCESS, recorder) == min(19, mine + affinity.BACKGROUND_NICE)
-    assert _nice() == mine  # the caller's own priority is untouched

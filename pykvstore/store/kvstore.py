@@ -363,10 +363,9 @@ class KVStore(TokenLifecycle):
         gets: a load never queues behind a store."""
         ex = self._executors.get(kind)
         if ex is None:
-            # Nobody waits on the put thread's writes; a get's caller waits on the get thread.
-            start = affinity.start_background_thread if kind == "put" else affinity.pin_current_thread
             ex = self._executors[kind] = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"pykvstore-{kind}",
-                                                            initializer=start, initargs=(self._io_cpus,))
+                                                            initializer=affinity.pin_current_thread,
+                                                            initargs=(self._io_cpus,))
         return ex
 
     def _observe(self, op: str, tag: Optional[str], t0: float, tokens: int) -> None:

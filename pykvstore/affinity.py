@@ -38,17 +38,7 @@ def parse_cpus(spec: Any) -> Optional[frozenset[int]]:
     cpus: set[int] = set()
     if isinstance(spec, str):
         for part in spec.split(","):
-            part = part.strip()
-            lo, sep, hi = part.partition("-")
-            # ASCII digits only: str.isdigit() passes "²" (int() then raises a bare ValueError) and "١" (CPU 1)
-            if not (lo.isascii() and lo.isdigit()) or (sep and not (hi.isascii() and hi.isdigit())):
-                raise InputError(f"io_cpus: {part!r} in {spec!r} is not a CPU number or range like 2-5")
-            a, b = int(lo), int(hi) if sep else int(lo)
-            if b < a:
-                raise InputError(f"io_cpus: range {part!r} in {spec!r} runs backwards")
-            if b >= _MAX_CPU:
-                raise InputError(f"io_cpus: CPU {b} in {spec!r} is out of range")
-            cpus.update(range(a, b + 1))
+            cpus.update(_cpu_range(part.strip(), spec))
     elif isinstance(spec, (bytes, bytearray, memoryview)):  # its items are byte values, not CPU numbers
         raise InputError(f"io_cpus must be a string like '2-3' or a list of CPU numbers, got {spec!r}")
     else:
@@ -63,6 +53,20 @@ def parse_cpus(spec: Any) -> Optional[frozenset[int]]:
     if not cpus:
         raise InputError(f"io_cpus {spec!r} names no CPU")
     return frozenset(cpus)
+
+
+def _cpu_range(part: str, spec: str) -> range:
+    """The CPUs of one item of a list, "5" or "2-5"; InputError naming `spec` for anything else."""
+    lo, sep, hi = part.partition("-")
+    # ASCII digits only: str.isdigit() passes "²" (int() then raises a bare ValueError) and "١" (CPU 1)
+    if not (lo.isascii() and lo.isdigit()) or (sep and not (hi.isascii() and hi.isdigit())):
+        raise InputError(f"io_cpus: {part!r} in {spec!r} is not a CPU number or range like 2-5")
+    a, b = int(lo), int(hi) if sep else int(lo)
+    if b < a:
+        raise InputError(f"io_cpus: range {part!r} in {spec!r} runs backwards")
+    if b >= _MAX_CPU:
+        raise InputError(f"io_cpus: CPU {b} in {spec!r} is out of range")
+    return range(a, b + 1)
 
 
 def _online() -> frozenset[int]:
@@ -88,10 +92,12 @@ def _openmp_bound() -> frozenset[int]:
     texts = (os.environ.get("GOMP_CPU_AFFINITY", "").replace(" ", ","), kmp.group(1) if kmp else "",
              os.environ.get("OMP_PLACES", "").replace("{", ",").replace("}", ","))
     cpus: set[int] = set()
-    for part in (p.strip() for text in texts for p in text.split(",")):
-        lo, sep, hi = part.partition("-")
-        if lo.isascii() and lo.isdigit() and (not sep or (hi.isascii() and hi.isdigit())) and int(hi or lo) < _MAX_CPU:
-            cpus.update(range(int(lo), int(hi or lo) + 1))
+    for text in texts:
+        for part in text.split(","):
+            try:
+                cpus.update(_cpu_range(part.strip(), text))
+            except InputError:  # a form this does not read (strides, place names): skipped
+                pass
     return frozenset(cpus)
 
 

@@ -72,12 +72,12 @@ class GetPipeline:
     on the pages past its new end) fails that read, never the process.
     """
 
-    def __init__(self, parts: StoreParts, mmap: bool, fault_in: bool) -> None:
+    def __init__(self, parts: StoreParts, mmap: bool) -> None:
         self.p = parts
         self._mmap = mmap
         # The pool pages a cold load of this model's chunks would write, faulted in now (prefault.py).
         self.prefault: Optional[threading.Thread] = None
-        if fault_in:
+        if parts.fault_ahead:
             try:
                 stored = parts.bucket.catalog.usage(parts.model)[0]
             except sqlite3.Error:

@@ -121,10 +121,11 @@ class KVStore(TokenLifecycle):
         # called as fn(op, model, tag, seconds, tokens) after each put and get (metrics.py)
         self.observers: list = []
 
-        # The threads the bucket's engine, the tiers, the recorder and the prefault start now start on io_cpus.
+        # The threads the bucket's engine, the tiers and the recorder start now start on io_cpus.
         with affinity.creating_threads_on(self._io_cpus):
             self.bucket = Bucket(path, capacity=capacity, ttl=ttl, ttl_mode=ttl_mode, policy=policy)
             self._pool, self._host, self._remote = open_tiers(self.bucket, host_cap, remote, remote_options)
+            self._shadow = Shadow(self.bucket, bool(record), record_budget)  # shared by salted views
         self.root = self.bucket.root
         self._catalog = self.bucket.catalog  # for tests and benchmarks that look inside; the store uses self.bucket
         self._disk = self.bucket.disk
@@ -134,9 +135,7 @@ class KVStore(TokenLifecycle):
         self._names = Namespaces(self.bucket, self._remote, model=model, revision=revision, chunk_tokens=chunk_tokens,
                                  tp_rank=tp_rank, tp_size=tp_size, hash=hash, salt=salt_hex,
                                  geometry=geometry)
-        with affinity.creating_threads_on(self._io_cpus):
-            self._wire(set(), set())
-            self._shadow = Shadow(self.bucket, bool(record), record_budget)  # shared by salted views
+        self._wire(set(), set())  # its prefault thread moves itself onto io_cpus
 
     def _wire(self, unreleased: set[str], undropped: set[str]) -> None:
         """Builds the pipelines over this store's parts (once per store, and per salted view)."""
@@ -144,7 +143,7 @@ class KVStore(TokenLifecycle):
                            self._remote, self._names, self._counters, self._faults, self._io_cpus, self._prefault)
         self._puts = PutPipeline(parts, unreleased, undropped)
         mmap = defaults.get("mmap_read") == "auto" and defaults.direct_mode("direct_read") == 0
-        self._gets = GetPipeline(parts, mmap, self._prefault)
+        self._gets = GetPipeline(parts, mmap)
         self._landing = RemoteLanding(parts, self._puts, lambda fn, *a: self._worker("put").submit(fn, *a))
 
     def _with_salt(self, salt: Union[str, bytes, None]) -> "KVStore":
@@ -159,8 +158,7 @@ class KVStore(TokenLifecycle):
         view = copy.copy(self)
         view._view_of = self._view_of or self
         view._names = self._names.with_salt(salt_digest(salt))
-        with affinity.creating_threads_on(self._io_cpus):
-            view._wire(self._puts._unreleased, self._puts._undropped)
+        view._wire(self._puts._unreleased, self._puts._undropped)
         return view
 
     def _namespace(self, geometry: Geometry) -> Namespace:

@@ -30,7 +30,7 @@ class StoreParts:
     counters: Counters
     faults: Faults
     io_cpus: Optional[frozenset[int]] = None  # where threads the pipelines start run (affinity.py)
-    fault_ahead: bool = True  # keep pool pages faulted in ahead of use (prefault.keep_ahead)
+    fault_ahead: bool = True  # prefault on: the model's chunks' pages at open, and ahead of use after (prefault.py)
 
 
 _POOL_STAGING = 512 << 20  # pool bytes beyond the host tier, for chunks in flight

@@ -111,8 +111,9 @@ class SchedulerSide:
         end = self._local.get(rid, 0) + num_external_tokens
         if not self._background.pop(rid, False):  # loaded in the step that schedules the request
             self._to_load[rid] = end
-            # A preempted request vLLM resumes comes in the step's cached requests, without its prompt.
-            self._load_prompt[rid] = list(request.prompt_token_ids or [])
+            # A preempted request vLLM resumes comes in the step's cached requests, without its prompt:
+            # keep the request's own list (copied only if that happens; a new request brings its prompt).
+            self._load_prompt[rid] = request.prompt_token_ids or []
             return
         # The request waits for its KV; the worker loads it in the background.
         self._background_loads.append(_Transfer(rid, list(request.prompt_token_ids or []),
@@ -140,8 +141,9 @@ class SchedulerSide:
         for i, req_id in enumerate(cached.req_ids):
             end = self._to_load.pop(req_id, 0) if req_id in cached.resumed_req_ids else 0
             if end and cached.new_block_ids[i] is not None:  # resumed after preemption: its blocks are all new
-                meta.loads.append(_Transfer(req_id, self._load_prompt.pop(req_id, []), list(cached.new_block_ids[i][0]),
-                                            self._salt.get(req_id), start=self._local.get(req_id, 0), end=end))
+                prompt = list(self._load_prompt.pop(req_id, []))
+                meta.loads.append(_Transfer(req_id, prompt, list(cached.new_block_ids[i][0]), self._salt.get(req_id),
+                                            start=self._local.get(req_id, 0), end=end))
             p = self._pending.get(req_id)
             if p is None:
                 continue
